@@ -1,0 +1,122 @@
+"""The `ctsvqa` command line. Heavy imports (Prefect) happen inside the commands that need them,
+so `ctsvqa report` answers in well under a second."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import flows  # noqa: F401  (sets Prefect defaults before Prefect is imported)
+
+
+def _db_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--db", metavar="FILE",
+                        help="warehouse file (default: $CTSVQA_DB, else warehouse/ctsvqa.duckdb)")
+    return parent
+
+
+def cmd_import_upstream(args: argparse.Namespace) -> int:
+    from flows.import_upstream import import_upstream
+
+    summary = import_upstream(path=str(args.path), db=args.db, dataset=args.dataset)
+    print(f"imported dataset {summary['dataset_id']}: {summary['n_volumes']} volumes, "
+          f"{summary['n_questions']} questions, {summary['n_category_labels']} category labels")
+    for run, statuses in summary["predictions"].items():
+        judges = summary["judgments"].get(run, {})
+        print(f"  {run}: {sum(statuses.values())} predictions; judges: "
+              + (", ".join(f"{j} ({sum(c.values())})" for j, c in judges.items()) or "none"))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import warehouse
+    from tasks.report import print_report
+
+    with warehouse.reader(args.db) as con:
+        print_report(con, dataset=args.dataset)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import warehouse
+    from tasks.exports import export_all
+
+    with warehouse.reader(args.db) as con:
+        written = export_all(con, args.out, args.dataset)
+    for path in written:
+        print(path)
+    return 0
+
+
+def cmd_db_snapshot(args: argparse.Namespace) -> int:
+    import warehouse
+    from warehouse.snapshot import export_views_parquet, publish_snapshot
+
+    out = publish_snapshot(args.db, args.out, storage_version=args.storage_version)
+    print(f"snapshot written: {out} (open it with duckdb.connect({str(out)!r}, read_only=True))")
+    if args.parquet:
+        with warehouse.reader(out) as con:
+            for path in export_views_parquet(con, args.parquet):
+                print(path)
+    return 0
+
+
+def cmd_db_migrate(args: argparse.Namespace) -> int:
+    import warehouse
+    from warehouse.migrate import view_names
+
+    with warehouse.writer(args.db) as con:
+        version = con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+        print(f"{warehouse.resolve_db(args.db)}: schema version {version}; views: {', '.join(view_names(con))}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    db = _db_parent()
+    parser = argparse.ArgumentParser(prog="ctsvqa", description="Benchmark 3D medical VLMs on CT-SpatialVQA.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("import-upstream", parents=[db],
+                       help="load an upstream CT-SpatialVQA clone (dataset, predictions, judge verdicts)")
+    p.add_argument("path", type=Path, help="root of the clone (or of any dataset in its layout)")
+    p.add_argument("--dataset", help="dataset id (default: the layout's manifest name, else ct-spatialvqa)")
+    p.set_defaults(func=cmd_import_upstream)
+
+    p = sub.add_parser("report", parents=[db], help="print the accuracy tables")
+    p.add_argument("--dataset", help="only this dataset")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", parents=[db], help="write upstream-format CSV/JSON and Parquet of every view")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--dataset", help="dataset to export (required when the warehouse has several)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("db", help="warehouse maintenance")
+    dbsub = p.add_subparsers(dest="db_command", required=True)
+    s = dbsub.add_parser("snapshot", parents=[db], help="write a read-only copy for analysts")
+    s.add_argument("out", type=Path, help="snapshot file, e.g. snapshots/ctsvqa.duckdb")
+    s.add_argument("--parquet", type=Path, metavar="DIR", help="also write every view as Parquet here")
+    s.add_argument("--storage-version", metavar="V",
+                   help="DuckDB storage version of the copy, e.g. v1.5.0 for older DuckDB CLIs")
+    s.set_defaults(func=cmd_db_snapshot)
+    s = dbsub.add_parser("migrate", parents=[db], help="create or upgrade the schema and views")
+    s.set_defaults(func=cmd_db_migrate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from adapters.datasets.upstream import UpstreamFormatError
+    from warehouse import WarehouseError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UpstreamFormatError, WarehouseError, ValueError, FileNotFoundError) as exc:
+        print(f"ctsvqa: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+-- Per run. Accuracies are fractions over the questions that have a prediction (NULL while the
+-- run has no jury); coverage = n_predictions / questions in the run's dataset.
+-- majority_se is the binomial standard error sqrt(p(1-p)/n) of majority_accuracy.
+CREATE OR REPLACE VIEW model_accuracy AS
+WITH n_q AS (
+    SELECT dataset_id, count(*) AS n_questions FROM questions GROUP BY dataset_id
+), n_p AS (
+    SELECT run_id,
+           count(*) FILTER (WHERE status = 'ok') AS n_predictions,
+           count(*) FILTER (WHERE status <> 'ok') AS n_failed
+    FROM predictions GROUP BY run_id
+), jury AS (
+    SELECT run_id,
+           count(*) AS n_judged,
+           avg(majority_correct::DOUBLE) AS majority_accuracy,
+           avg(strict_correct::DOUBLE) AS strict_accuracy,
+           max(jury_size) AS jury_size,
+           count(*) FILTER (WHERE no_verdict > 0) AS n_incomplete
+    FROM jury_verdicts GROUP BY run_id
+)
+SELECT r.name AS model,
+       coalesce(n_q.n_questions, 0) AS n_questions,
+       coalesce(n_p.n_predictions, 0) AS n_predictions,
+       jury.majority_accuracy,
+       jury.strict_accuracy,
+       coalesce(n_p.n_predictions, 0) / nullif(n_q.n_questions, 0) AS coverage,
+       jury.jury_size,
+       coalesce(jury.n_incomplete, 0) AS n_incomplete_juries,
+       coalesce(n_p.n_failed, 0) AS n_failed_predictions,
+       sqrt(jury.majority_accuracy * (1 - jury.majority_accuracy) / jury.n_judged) AS majority_se,
+       r.dataset_id AS dataset,
+       r.run_id
+FROM runs AS r
+LEFT JOIN n_q ON n_q.dataset_id = r.dataset_id
+LEFT JOIN n_p USING (run_id)
+LEFT JOIN jury USING (run_id);

@@ -1,0 +1,18 @@
+-- Per run and jury member, over the run's answered questions. n_no_verdict counts the questions
+-- this judge gave no true/false for: failed calls, unparsed replies and items it never returned.
+CREATE OR REPLACE VIEW judge_accuracy AS
+SELECT p.model,
+       jr.judge,
+       count(j.verdict) AS n_valid,
+       count(*) FILTER (WHERE j.verdict) AS n_yes,
+       count(*) FILTER (WHERE j.verdict IS NULL) AS n_no_verdict,
+       count(*) FILTER (WHERE j.verdict) / nullif(count(j.verdict), 0) AS accuracy,
+       count(*) FILTER (WHERE j.qid IS NULL) AS n_missing,
+       p.dataset,
+       p.run_id
+FROM stg_predictions AS p
+JOIN run_juries AS jr USING (run_id)
+LEFT JOIN stg_judgments AS j
+       ON j.run_id = p.run_id AND j.qid = p.qid AND j.judge_id = jr.judge_id
+WHERE p.status = 'ok'
+GROUP BY p.dataset, p.model, p.run_id, jr.judge;

@@ -1,0 +1,101 @@
+"""Exports in the upstream CT-SpatialVQA file formats, computed from the warehouse views, plus
+Parquet of every view. Files are written to a temporary name and renamed, so a reader never sees
+half a file."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import duckdb
+
+from warehouse.snapshot import export_views_parquet
+
+MATRIX_CSV = "correctness_matrix_avg3.csv"
+JURY_JSON = "llm_jury_accuracy.json"
+CATEGORY_CSV = "category_performance.csv"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def datasets(con: duckdb.DuckDBPyConnection) -> list[str]:
+    return [r[0] for r in con.execute("SELECT dataset_id FROM datasets ORDER BY dataset_id").fetchall()]
+
+
+def pick_dataset(con: duckdb.DuckDBPyConnection, dataset: str | None) -> str:
+    known = datasets(con)
+    if dataset is not None:
+        if dataset not in known:
+            raise ValueError(f"unknown dataset {dataset!r}; the warehouse has {known}")
+        return dataset
+    if len(known) != 1:
+        raise ValueError(f"the warehouse has {len(known)} datasets {known}; choose one with --dataset")
+    return known[0]
+
+
+def correctness_matrix_csv(con: duckdb.DuckDBPyConnection, dataset: str) -> str:
+    """question_id + one column per model (sorted), rows sorted as Python sorts strings (so '::10'
+    precedes '::2', as upstream), cells floor(100 * yes/jury)/100 as %.2f, empty when unanswered."""
+    rows = con.execute(
+        "SELECT qid, model, yes_votes, jury_size FROM correctness_matrix WHERE dataset = ?", [dataset]
+    ).fetchall()
+    models = sorted({m for _, m, _, _ in rows})
+    # Integer arithmetic: floor(100 * 2/3) must be 66 however the float rounds.
+    cells = {(q, m): f"{(100 * yes // size) / 100:.2f}" for q, m, yes, size in rows}
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["question_id", *models])
+    for qid in sorted({q for q, _, _, _ in rows}):
+        writer.writerow([qid, *(cells.get((qid, m), "") for m in models)])
+    return out.getvalue()
+
+
+def llm_jury_accuracy_json(con: duckdb.DuckDBPyConnection, dataset: str) -> str:
+    """Upstream keys (model, count, llm_jury_accuracy = majority) plus strict accuracy and coverage."""
+    rows = con.execute(
+        "SELECT model, n_predictions, majority_accuracy, strict_accuracy, coverage FROM model_accuracy "
+        "WHERE dataset = ? AND majority_accuracy IS NOT NULL ORDER BY model", [dataset]
+    ).fetchall()
+    return json.dumps([
+        {"model": m, "count": n, "llm_jury_accuracy": maj, "strict_accuracy": strict, "coverage": cov}
+        for m, n, maj, strict, cov in rows
+    ], indent=2)
+
+
+def category_performance_csv(con: duckdb.DuckDBPyConnection, dataset: str) -> str:
+    """category,count,<models>: count = questions of the dataset with that label; cells = majority
+    accuracy in percent over the model's answered questions of that category."""
+    counts = dict(con.execute(
+        "SELECT category, count(*) FROM question_categories WHERE dataset_id = ? GROUP BY category", [dataset]
+    ).fetchall())
+    acc = {(c, m): a for m, c, a in con.execute(
+        "SELECT model, category, majority_accuracy FROM category_accuracy WHERE dataset = ?", [dataset]
+    ).fetchall()}
+    models = sorted({m for _, m in acc})
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["category", "count", *models])
+    for (category,) in con.execute("SELECT category FROM categories ORDER BY category").fetchall():
+        writer.writerow([category, counts.get(category, 0), *(
+            f"{100 * acc[(category, m)]:.2f}" if (category, m) in acc else "" for m in models)])
+    return out.getvalue()
+
+
+def export_all(con: duckdb.DuckDBPyConnection, out_dir: str | os.PathLike, dataset: str | None = None) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dataset = pick_dataset(con, dataset)
+    written = []
+    for name, render in ((MATRIX_CSV, correctness_matrix_csv), (JURY_JSON, llm_jury_accuracy_json),
+                         (CATEGORY_CSV, category_performance_csv)):
+        _write_atomic(out_dir / name, render(con, dataset))
+        written.append(out_dir / name)
+    written += export_views_parquet(con, out_dir / "parquet")
+    return written

@@ -1,0 +1,74 @@
+"""Terminal report of the accuracy views (what `ctsvqa report` prints)."""
+
+from __future__ import annotations
+
+import duckdb
+from rich.console import Console
+from rich.table import Table
+
+from tasks.exports import datasets
+
+
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "—" if x is None else f"{100 * x:.{digits}f}"
+
+
+def model_table(con: duckdb.DuckDBPyConnection, dataset: str) -> Table:
+    t = Table(title=f"Jury accuracy — dataset {dataset}", title_justify="left")
+    for col in ("model", "answered", "coverage %", "jury", "majority %", "± SE", "strict %", "incomplete juries"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for m, nq, npred, maj, strict, cov, jury, inc, se in con.execute(
+        "SELECT model, n_questions, n_predictions, majority_accuracy, strict_accuracy, coverage, jury_size, "
+        "n_incomplete_juries, majority_se FROM model_accuracy WHERE dataset = ? "
+        "ORDER BY majority_accuracy DESC NULLS LAST, model", [dataset]
+    ).fetchall():
+        t.add_row(m, f"{npred}/{nq}", _pct(cov), str(jury or "—"), _pct(maj), _pct(se), _pct(strict), str(inc))
+    return t
+
+
+def judge_table(con: duckdb.DuckDBPyConnection, dataset: str) -> Table:
+    t = Table(title="Per judge (accuracy over valid verdicts; no verdict = failed, unparsed or dropped)",
+              title_justify="left")
+    for col in ("model", "judge", "valid", "no verdict", "accuracy %"):
+        t.add_column(col, justify="left" if col in ("model", "judge") else "right")
+    for m, j, valid, nv, acc in con.execute(
+        "SELECT model, judge, n_valid, n_no_verdict, accuracy FROM judge_accuracy WHERE dataset = ? "
+        "ORDER BY model, judge", [dataset]
+    ).fetchall():
+        t.add_row(m, j, str(valid), str(nv), _pct(acc))
+    return t
+
+
+def category_table(con: duckdb.DuckDBPyConnection, dataset: str) -> Table:
+    rows = con.execute(
+        "SELECT category, model, majority_accuracy, n FROM category_accuracy WHERE dataset = ?", [dataset]
+    ).fetchall()
+    models = sorted({m for _, m, _, _ in rows})
+    cells = {(c, m): (a, n) for c, m, a, n in rows}
+    t = Table(title="By category (majority %, multi-label)", title_justify="left")
+    t.add_column("category")
+    for m in models:
+        t.add_column(m, justify="right")
+    for c in sorted({c for c, _, _, _ in rows}):
+        t.add_row(c, *(_pct(cells[(c, m)][0]) if (c, m) in cells else "—" for m in models))
+    return t
+
+
+def agreement_table(con: duckdb.DuckDBPyConnection, dataset: str) -> Table:
+    t = Table(title="Judge agreement (questions where both judges gave a verdict)", title_justify="left")
+    for col in ("model", "judges", "n", "agreement %", "Cohen's κ"):
+        t.add_column(col, justify="left" if col in ("model", "judges") else "right")
+    for m, a, b, n, agree, kappa in con.execute(
+        "SELECT model, judge_a, judge_b, n, agreement, cohen_kappa FROM judge_agreement WHERE dataset = ? "
+        "ORDER BY model, judge_a, judge_b", [dataset]
+    ).fetchall():
+        t.add_row(m, f"{a} / {b}", str(n), _pct(agree), "—" if kappa is None else f"{kappa:.3f}")
+    return t
+
+
+def print_report(con: duckdb.DuckDBPyConnection, console: Console | None = None, dataset: str | None = None) -> None:
+    console = console or Console(width=None if Console().is_terminal else 120)
+    for ds in [dataset] if dataset else datasets(con):
+        for table in (model_table, judge_table, category_table, agreement_table):
+            console.print(table(con, ds))
+            console.print()

@@ -1,0 +1,144 @@
+"""Import of an upstream CT-SpatialVQA clone: parse every file first (no lock held, nothing
+written), then load everything in one warehouse transaction, so a bad file anywhere leaves the
+database exactly as it was and a re-import of the same files changes nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+import warehouse
+from adapters.datasets import upstream
+from warehouse import loaders
+
+SOURCE = "upstream-import"
+DEFAULT_DATASET_ID = "ct-spatialvqa"
+
+
+@dataclass
+class ImportSummary:
+    dataset_id: str
+    n_volumes: int
+    n_questions: int
+    n_category_labels: int
+    predictions: dict[str, dict[str, int]] = field(default_factory=dict)          # run -> status -> n
+    judgments: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # run -> judge -> status -> n
+    stale_judgments_removed: int = 0
+
+    def as_rows(self) -> list[dict]:
+        rows = []
+        for run, statuses in self.predictions.items():
+            row = {"run": run, "predictions": sum(statuses.values()), "failed": sum(
+                n for s, n in statuses.items() if s != "ok")}
+            for judge, counts in self.judgments.get(run, {}).items():
+                row[judge] = ", ".join(f"{s} {n}" for s, n in sorted(counts.items()))
+            rows.append(row)
+        return rows
+
+
+def run_id_for(dataset_id: str, run: str) -> str:
+    return f"{dataset_id}/upstream/{run}"
+
+
+def parse_dataset(layout: upstream.Layout) -> upstream.Dataset:
+    return upstream.read_dataset(layout)
+
+
+def parse_predictions(run: str, path: Path, dataset: upstream.Dataset,
+                      qids_by_key: dict | None = None) -> upstream.Predictions:
+    return upstream.read_predictions(run, path, qids_by_key or dataset.qids_by_key())
+
+
+def parse_judgments(judge_name: str, path: Path, predictions: upstream.Predictions) -> upstream.Judgments:
+    judge = next(j for j in upstream.UPSTREAM_JUDGES if j.name == judge_name)
+    return upstream.read_judgments(judge, path, predictions)
+
+
+def load(db: str | os.PathLike | None, layout: upstream.Layout, dataset: upstream.Dataset,
+         predictions: list[upstream.Predictions], judgments: list[upstream.Judgments],
+         dataset_id: str | None = None) -> ImportSummary:
+    dataset_id = dataset_id or dataset.name or DEFAULT_DATASET_ID
+    summary = ImportSummary(dataset_id, len(dataset.volumes), len(dataset.questions), len(dataset.categories))
+    questions = {
+        "qid": [q.qid for q in dataset.questions], "volume": [q.volume for q in dataset.questions],
+        "idx": [q.idx for q in dataset.questions], "question": [q.question for q in dataset.questions],
+        "answer": [q.answer for q in dataset.questions],
+    }
+    categories = None
+    if dataset.has_categories:
+        categories = {"qid": [q for q, _ in dataset.categories], "category": [c for _, c in dataset.categories]}
+    root = layout.root.resolve()
+    with warehouse.writer(db) as con, warehouse.transaction(con):
+        loaders.replace_dataset(
+            con, dataset_id=dataset_id, source="upstream-layout", source_path=str(root),
+            synthetic=dataset.synthetic, description=dataset.description, volumes=dataset.volumes,
+            questions=questions, categories=categories,
+        )
+        for preds in predictions:
+            run_id = run_id_for(dataset_id, preds.run)
+            rel = str(preds.path.resolve().relative_to(root))
+            loaders.upsert_model(con, preds.run, description="imported from upstream CT-SpatialVQA predictions")
+            loaders.upsert_run(con, run_id=run_id, dataset_id=dataset_id, name=preds.run, model_id=preds.run,
+                               source=SOURCE, config={"source_file": rel})
+            summary.stale_judgments_removed += loaders.replace_predictions(con, run_id, {
+                "qid": [r.qid for r in preds.rows], "text": [r.text for r in preds.rows],
+                "status": [r.status for r in preds.rows], "reason": [r.reason for r in preds.rows],
+                "provenance": [json.dumps({"file": rel, "line": r.line}) for r in preds.rows],
+            })
+            summary.predictions[preds.run] = dict(Counter(r.status for r in preds.rows))
+        by_run: dict[str, list[upstream.Judgments]] = {p.run: [] for p in predictions}
+        for judged in judgments:
+            by_run[judged.run].append(judged)
+            judge = judged.judge
+            loaders.upsert_judge(con, judge_id=judge.judge_id, name=judge.name, provider=judge.provider,
+                                 model=judge.model, prompt_version=judge.prompt_version,
+                                 settings={"source": "upstream published verdicts"}, notes=judge.notes)
+            summary.judgments.setdefault(judged.run, {})[judge.name] = dict(Counter(r.status for r in judged.rows))
+        for run, files in by_run.items():
+            rows = [(j.judge.judge_id, r) for j in files for r in j.rows]
+            loaders.replace_judgments_from_source(con, run_id=run_id_for(dataset_id, run), source=SOURCE, rows={
+                "judge_id": [jid for jid, _ in rows], "qid": [r.qid for _, r in rows],
+                "verdict": [r.verdict for _, r in rows], "status": [r.status for _, r in rows],
+                "reason": [r.reason for _, r in rows], "raw_response": [r.raw_response for _, r in rows],
+            })
+    return summary
+
+
+def import_upstream(root: str | os.PathLike, db: str | os.PathLike | None = None,
+                    dataset_id: str | None = None) -> ImportSummary:
+    """The whole import as plain function calls (what the flow orchestrates, minus Prefect)."""
+    layout = upstream.discover(root)
+    dataset = parse_dataset(layout)
+    index = dataset.qids_by_key()
+    preds = {run: parse_predictions(run, p, dataset, index) for run, p in layout.predictions.items()}
+    judged = [parse_judgments(judge, p, preds[run]) for (run, judge), p in layout.judgments.items()]
+    return load(db, layout, dataset, list(preds.values()), judged, dataset_id)
+
+
+# Prefect wrappers. Parsed files are large in-memory objects: hashing them for a cache key would
+# cost more than parsing again, so these tasks are never cached.
+parse_dataset_task = task(parse_dataset, name="parse-dataset", cache_policy=NO_CACHE)
+parse_predictions_task = task(parse_predictions, name="parse-predictions", cache_policy=NO_CACHE,
+                              task_run_name="parse-predictions-{run}")
+parse_judgments_task = task(parse_judgments, name="parse-judgments", cache_policy=NO_CACHE,
+                            task_run_name="parse-judgments-{path.name}")
+
+
+def _only_lock_errors(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except warehouse.WarehouseLocked:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+load_task = task(load, name="load-warehouse", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
+                 retry_condition_fn=_only_lock_errors)

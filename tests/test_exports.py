@@ -1,0 +1,88 @@
+"""Upstream-format exports of the example, compared byte for byte with files written by hand."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import warehouse
+from tasks.exports import export_all, pick_dataset
+from tasks.report import print_report
+
+EXPECTED_MATRIX = """\
+question_id,m3d,merlin,radfm
+valid_1_a_1.nii.gz::0,1.00,0.50,1.00
+valid_1_a_1.nii.gz::1,0.66,1.00,1.00
+valid_1_a_1.nii.gz::2,0.33,1.00,0.00
+valid_2_a_1.nii.gz::0,0.66,1.00,1.00
+valid_2_a_1.nii.gz::1,0.00,0.00,0.66
+valid_2_a_1.nii.gz::2,0.66,,0.33
+valid_2_a_2.nii.gz::0,1.00,0.50,1.00
+valid_2_a_2.nii.gz::1,0.00,1.00,0.66
+"""
+
+EXPECTED_CATEGORIES = """\
+category,count,m3d,merlin,radfm
+Adjacency & Containment,3,100.00,66.67,100.00
+Anterior-Posterior (Depth) Relations,1,100.00,,0.00
+Laterality & Bilateral Symmetry,3,33.33,66.67,66.67
+Longitudinal (Vertical) Position,2,0.00,100.00,50.00
+Medial-Lateral Orientation (Centricity),1,100.00,,0.00
+Spatial Extent & Boundaries,2,50.00,50.00,100.00
+"""
+
+
+def test_upstream_format_exports(mini_db, tmp_path):
+    with warehouse.reader(mini_db) as con:
+        export_all(con, tmp_path)
+    assert (tmp_path / "correctness_matrix_avg3.csv").read_text() == EXPECTED_MATRIX
+    assert (tmp_path / "category_performance.csv").read_text() == EXPECTED_CATEGORIES
+    jury = json.loads((tmp_path / "llm_jury_accuracy.json").read_text())
+    assert [(r["model"], r["count"], r["llm_jury_accuracy"]) for r in jury] == [
+        ("m3d", 8, 0.625), ("merlin", 7, 4 / 7), ("radfm", 8, 0.75)]
+    assert (tmp_path / "parquet" / "jury_verdicts.parquet").is_file()
+
+
+def test_matrix_rows_sort_as_python_strings(mini_copy, db, tmp_path):
+    """Upstream sorts question ids as plain strings: '::10' comes before '::2'."""
+    from tests.test_bad_input import DATASET, CATS, edit_json
+    from tasks.upstream_import import import_upstream
+
+    def add_pairs(d):
+        d["valid_1_a_1.nii.gz"]["qa_pairs"] += [
+            {"question": f"Extra question {i}?", "answer": "Yes.", "category": []} for i in range(3, 11)]
+    edit_json(mini_copy / DATASET, add_pairs)
+    edit_json(mini_copy / CATS, add_pairs)
+    path = mini_copy / "benchmarking/reports/predictions/m3d_predictions_full.jsonl"
+    path.write_text(path.read_text() + "".join(
+        json.dumps({"image_path": "x/valid_1_a_1.npy", "question": f"Extra question {i}?", "answer": "Yes.",
+                    "prediction": "Yes"}) + "\n" for i in (10, 3)))
+    import_upstream(mini_copy, db)
+    with warehouse.reader(db) as con:
+        export_all(con, tmp_path)
+    ids = [line.split(",")[0] for line in (tmp_path / "correctness_matrix_avg3.csv").read_text().splitlines()[1:]]
+    assert ids[:5] == ["valid_1_a_1.nii.gz::0", "valid_1_a_1.nii.gz::1", "valid_1_a_1.nii.gz::10",
+                       "valid_1_a_1.nii.gz::2", "valid_1_a_1.nii.gz::3"]
+
+
+def test_dataset_choice_is_explicit_when_several(mini_copy, db):
+    from tasks.upstream_import import import_upstream
+
+    import_upstream(mini_copy, db)
+    import_upstream(mini_copy, db, dataset_id="second")
+    with warehouse.reader(db) as con:
+        with pytest.raises(ValueError, match="choose one with --dataset"):
+            pick_dataset(con, None)
+        assert pick_dataset(con, "second") == "second"
+
+
+def test_report_prints_every_table(mini_db):
+    from rich.console import Console
+
+    console = Console(record=True, width=140)
+    with warehouse.reader(mini_db) as con:
+        print_report(con, console=console)
+    text = console.export_text()
+    for needle in ("Jury accuracy", "Per judge", "By category", "Judge agreement", "62.5", "57.1", "7/8"):
+        assert needle in text

@@ -1,0 +1,184 @@
+"""Migrations, the file lock, snapshots and Parquet exports, on real DuckDB files and processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+import warehouse
+from tests.conftest import REPO
+from warehouse.connection import DEFAULT_DB, resolve_db
+from warehouse.migrate import MIGRATIONS_DIR, MigrationError, migrate, view_names
+from warehouse.snapshot import export_views_parquet, publish_snapshot
+
+REQUIRED_VIEWS = {"jury_verdicts", "model_accuracy", "judge_accuracy", "category_accuracy",
+                  "correctness_matrix", "judge_agreement"}
+
+
+def test_migrations_recorded_once_and_views_created(db):
+    with warehouse.writer(db) as con:
+        assert [v for (v,) in con.execute("SELECT version FROM schema_version").fetchall()] == [1]
+        assert REQUIRED_VIEWS <= set(view_names(con))
+        assert migrate(con) == []                      # nothing left to apply
+
+
+def test_failing_migration_rolls_back_and_names_its_file(db, tmp_path):
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    shutil.copy(MIGRATIONS_DIR / "001_core.sql", migrations)
+    bad = migrations / "002_add_column.sql"
+    bad.write_text("ALTER TABLE judgments ADD COLUMN judge_raw VARCHAR;\nSELECT * FROM no_such_table;\n")
+    con = duckdb.connect(str(db))
+    with pytest.raises(MigrationError, match="002_add_column.sql"):
+        migrate(con, migrations)
+    assert con.execute("SELECT max(version) FROM schema_version").fetchone() == (1,)
+    cols = [r[0] for r in con.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = 'judgments'"
+                                      ).fetchall()]
+    assert "judge_raw" not in cols                     # the ALTER was rolled back with the failure
+    bad.write_text("ALTER TABLE judgments ADD COLUMN judge_raw VARCHAR;\n")
+    assert migrate(con, migrations) == [2]
+    con.close()
+
+
+def test_edited_migration_is_refused(db, tmp_path):
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    shutil.copy(MIGRATIONS_DIR / "001_core.sql", migrations)
+    con = duckdb.connect(str(db))
+    migrate(con, migrations)
+    (migrations / "001_core.sql").write_text((migrations / "001_core.sql").read_text() + "\n-- edited\n")
+    with pytest.raises(MigrationError, match="edited after it was applied"):
+        migrate(con, migrations)
+    con.close()
+
+
+def test_badly_named_migration_is_refused(tmp_path):
+    (tmp_path / "1_core.sql").write_text("SELECT 1;")
+    con = duckdb.connect()
+    with pytest.raises(MigrationError, match="NNN_name.sql"):
+        migrate(con, tmp_path)
+
+
+def test_db_resolution_order(monkeypatch, tmp_path):
+    monkeypatch.delenv("CTSVQA_DB", raising=False)
+    assert resolve_db(None) == DEFAULT_DB == REPO / "warehouse" / "ctsvqa.duckdb"
+    monkeypatch.setenv("CTSVQA_DB", str(tmp_path / "env.duckdb"))
+    assert resolve_db(None) == tmp_path / "env.duckdb"
+    assert resolve_db(tmp_path / "flag.duckdb") == tmp_path / "flag.duckdb"
+
+
+def hold_lock(db: Path, seconds: float) -> subprocess.Popen:
+    """Another process that holds the warehouse open read-write (as a running import does)."""
+    code = textwrap.dedent(f"""
+        import sys, time, duckdb
+        con = duckdb.connect({str(db)!r})
+        con.execute("BEGIN TRANSACTION")
+        con.execute("INSERT INTO models VALUES ('held', NULL, NULL, NULL)")
+        print("ready", flush=True)
+        time.sleep({seconds})
+        con.execute("COMMIT")
+        con.close()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_lock_error_names_the_holder_after_retrying(mini_db):
+    holder = hold_lock(mini_db, 30)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(warehouse.WarehouseLocked) as err:
+            with warehouse.connect(mini_db, timeout=1.0):
+                pass
+        assert time.monotonic() - t0 >= 1.0                 # it waited before giving up
+        assert f"PID {holder.pid}" in str(err.value)
+        assert "Wait for that process" in str(err.value)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_connection_waits_for_a_short_lock(mini_db):
+    holder = hold_lock(mini_db, 1.5)
+    try:
+        with warehouse.writer(mini_db) as con:              # retries until the holder commits
+            assert con.execute("SELECT count(*) FROM models WHERE model_id = 'held'").fetchone() == (1,)
+    finally:
+        holder.wait()
+
+
+def test_snapshot_is_read_only_complete_and_readable_while_the_warehouse_is_locked(mini_db, tmp_path):
+    snap = publish_snapshot(mini_db, tmp_path / "snap" / "ctsvqa.duckdb")
+    assert not os.stat(snap).st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+    with duckdb.connect(str(mini_db), read_only=True) as src:
+        expected = src.execute("SELECT * FROM model_accuracy ORDER BY model").fetchall()
+    holder = hold_lock(mini_db, 30)                         # a pipeline is writing now
+    try:
+        with pytest.raises(warehouse.WarehouseLocked):
+            with warehouse.connect(mini_db, read_only=True, timeout=0.3):
+                pass
+        # ...and an analyst in another process reads the snapshot, views included
+        out = subprocess.run(
+            [sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1], read_only=True); "
+             "print(c.execute('SELECT count(*) FROM model_accuracy').fetchone()[0])", str(snap)],
+            capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == str(len(expected))
+        with duckdb.connect(str(snap), read_only=True) as con:
+            assert con.execute("SELECT * FROM model_accuracy ORDER BY model").fetchall() == expected
+            with pytest.raises(duckdb.Error):
+                con.execute("DELETE FROM judgments")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_snapshot_replaces_an_open_snapshot_atomically(mini_db, tmp_path):
+    target = tmp_path / "snap.duckdb"
+    publish_snapshot(mini_db, target)
+    reader = duckdb.connect(str(target), read_only=True)
+    before = reader.execute("SELECT count(*) FROM judgments").fetchone()
+    with warehouse.writer(mini_db) as con:
+        con.execute("DELETE FROM judgments WHERE judge_id LIKE 'upstream/qwen%'")
+    publish_snapshot(mini_db, target)
+    assert reader.execute("SELECT count(*) FROM judgments").fetchone() == before   # old copy still intact
+    reader.close()
+    with duckdb.connect(str(target), read_only=True) as fresh:
+        assert fresh.execute("SELECT count(*) FROM judgments").fetchone()[0] == before[0] - 8 - 7 - 8
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]     # no temporary left
+
+
+def test_snapshot_for_older_duckdb_storage(mini_db, tmp_path):
+    snap = publish_snapshot(mini_db, tmp_path / "old.duckdb", storage_version="v1.5.0")
+    with duckdb.connect(str(snap), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM jury_verdicts").fetchone() == (23,)
+
+
+def test_every_view_exported_as_parquet(mini_db, tmp_path):
+    with warehouse.reader(mini_db) as con:
+        files = export_views_parquet(con, tmp_path / "pq")
+        names = {p.stem for p in files}
+        assert REQUIRED_VIEWS <= names and names == set(view_names(con))
+        for path in files:
+            n_view = con.execute(f'SELECT count(*) FROM "{path.stem}"').fetchone()[0]
+            assert con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchone()[0] == n_view
+
+
+def test_reader_refuses_a_missing_or_foreign_file(tmp_path):
+    with pytest.raises(warehouse.WarehouseMissing, match="no warehouse at"):
+        with warehouse.reader(tmp_path / "nope.duckdb"):
+            pass
+    duckdb.connect(str(tmp_path / "other.duckdb")).close()
+    with pytest.raises(warehouse.WarehouseMissing, match="not a ctsvqa warehouse"):
+        with warehouse.reader(tmp_path / "other.duckdb"):
+            pass

@@ -1,0 +1,115 @@
+"""Short-lived DuckDB connections that wait politely for the file lock.
+
+DuckDB lets one process hold a read-write file and locks every other process out, readers
+included. So every command opens the warehouse only for as long as it writes or reads, retries
+while another process holds the lock, and then fails with a message naming that process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
+
+DEFAULT_DB = Path(__file__).resolve().parent / "ctsvqa.duckdb"
+DEFAULT_LOCK_TIMEOUT_S = 30.0
+_LOCK_PID = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PID (?P<pid>\d+)\)")
+
+
+class WarehouseError(RuntimeError):
+    pass
+
+
+class WarehouseLocked(WarehouseError):
+    pass
+
+
+class WarehouseMissing(WarehouseError):
+    pass
+
+
+def resolve_db(db: str | os.PathLike | None = None) -> Path:
+    """--db beats $CTSVQA_DB beats warehouse/ctsvqa.duckdb in the project."""
+    if db:
+        return Path(db)
+    if os.environ.get("CTSVQA_DB"):
+        return Path(os.environ["CTSVQA_DB"])
+    return DEFAULT_DB
+
+
+def lock_timeout() -> float:
+    return float(os.environ.get("CTSVQA_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT_S))
+
+
+def is_lock_error(exc: BaseException) -> bool:
+    return isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
+
+
+def describe_lock_holder(exc: BaseException) -> str:
+    match = _LOCK_PID.search(str(exc))
+    if not match:
+        return "another process"
+    pid = match["pid"]
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        cmd = match["exe"]
+    return f"PID {pid} ({cmd})"
+
+
+def retry_on_lock(fn, what: str, timeout: float | None = None):
+    """Call fn() until it stops failing on the DuckDB file lock, for at most `timeout` seconds."""
+    timeout = lock_timeout() if timeout is None else timeout
+    retrying = Retrying(
+        retry=retry_if_exception(is_lock_error),
+        stop=stop_after_delay(timeout),
+        wait=wait_random_exponential(multiplier=0.02, max=0.5),
+        reraise=True,
+    )
+    try:
+        return retrying(fn)
+    except duckdb.IOException as exc:
+        if not is_lock_error(exc):
+            raise
+        raise WarehouseLocked(
+            f"{what} is locked by {describe_lock_holder(exc)}; waited {timeout:g}s. Wait for that "
+            f"process to finish (or stop it), or query a snapshot (`ctsvqa db snapshot OUT.duckdb`) "
+            f"instead. Set CTSVQA_LOCK_TIMEOUT to wait longer."
+        ) from exc
+
+
+@contextmanager
+def connect(db: str | os.PathLike | None = None, *, read_only: bool = False,
+            timeout: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    path = resolve_db(db)
+    if read_only and not path.exists():
+        raise WarehouseMissing(f"no warehouse at {path}: load data first, e.g. `ctsvqa import-upstream PATH --db {path}`")
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    con = retry_on_lock(lambda: duckdb.connect(str(path), read_only=read_only), f"warehouse {path}", timeout)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def sql_literal(value: str | os.PathLike) -> str:
+    """Quote a path or string for statements (ATTACH, COPY) that take no bound parameters."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """All or nothing: on any exception the transaction rolls back and the error propagates."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
