@@ -1,0 +1,1 @@
+"""Units of work: plain functions with thin Prefect @task wrappers."""
