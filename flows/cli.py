@@ -44,7 +44,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from tasks.exports import export_all
 
     with warehouse.reader(args.db) as con:
-        written = export_all(con, args.out, args.dataset)
+        written = export_all(con, args.out, args.dataset, args.panel)
     for path in written:
         print(path)
     return 0
@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", parents=[db], help="write upstream-format CSV/JSON and Parquet of every view")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--dataset", help="dataset to export (required when the warehouse has several)")
+    p.add_argument("--panel", help="jury panel to export (required when the dataset has verdicts of several)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("db", help="warehouse maintenance")

@@ -40,12 +40,25 @@ def pick_dataset(con: duckdb.DuckDBPyConnection, dataset: str | None) -> str:
     return known[0]
 
 
-def correctness_matrix_csv(con: duckdb.DuckDBPyConnection, dataset: str) -> str:
+def pick_panel(con: duckdb.DuckDBPyConnection, dataset: str, panel: str | None) -> str | None:
+    """The jury panel to export: the one asked for, else the only one with verdicts."""
+    known = [r[0] for r in con.execute(
+        "SELECT DISTINCT panel FROM jury_verdicts WHERE dataset = ? ORDER BY panel", [dataset]).fetchall()]
+    if panel is not None:
+        if panel not in known:
+            raise ValueError(f"no verdicts of panel {panel!r} in dataset {dataset!r}; panels: {known}")
+        return panel
+    if len(known) > 1:
+        raise ValueError(f"dataset {dataset!r} has verdicts of {len(known)} jury panels {known}; choose one with --panel")
+    return known[0] if known else None
+
+
+def correctness_matrix_csv(con: duckdb.DuckDBPyConnection, dataset: str, panel: str | None) -> str:
     """question_id + one column per model (sorted), rows sorted as Python sorts strings (so '::10'
     precedes '::2', as upstream), cells floor(100 * yes/jury)/100 as %.2f, empty when unanswered."""
     rows = con.execute(
-        "SELECT qid, model, yes_votes, jury_size FROM correctness_matrix WHERE dataset = ?", [dataset]
-    ).fetchall()
+        "SELECT qid, model, yes_votes, jury_size FROM correctness_matrix WHERE dataset = ? AND panel = ?",
+        [dataset, panel]).fetchall()
     models = sorted({m for _, m, _, _ in rows})
     # Integer arithmetic: floor(100 * 2/3) must be 66 however the float rounds.
     cells = {(q, m): f"{(100 * yes // size) / 100:.2f}" for q, m, yes, size in rows}
@@ -57,27 +70,26 @@ def correctness_matrix_csv(con: duckdb.DuckDBPyConnection, dataset: str) -> str:
     return out.getvalue()
 
 
-def llm_jury_accuracy_json(con: duckdb.DuckDBPyConnection, dataset: str) -> str:
+def llm_jury_accuracy_json(con: duckdb.DuckDBPyConnection, dataset: str, panel: str | None) -> str:
     """Upstream keys (model, count, llm_jury_accuracy = majority) plus strict accuracy and coverage."""
     rows = con.execute(
         "SELECT model, n_predictions, majority_accuracy, strict_accuracy, coverage FROM model_accuracy "
-        "WHERE dataset = ? AND majority_accuracy IS NOT NULL ORDER BY model", [dataset]
-    ).fetchall()
+        "WHERE dataset = ? AND panel = ? ORDER BY model", [dataset, panel]).fetchall()
     return json.dumps([
         {"model": m, "count": n, "llm_jury_accuracy": maj, "strict_accuracy": strict, "coverage": cov}
         for m, n, maj, strict, cov in rows
     ], indent=2)
 
 
-def category_performance_csv(con: duckdb.DuckDBPyConnection, dataset: str) -> str:
+def category_performance_csv(con: duckdb.DuckDBPyConnection, dataset: str, panel: str | None) -> str:
     """category,count,<models>: count = questions of the dataset with that label; cells = majority
     accuracy in percent over the model's answered questions of that category."""
     counts = dict(con.execute(
         "SELECT category, count(*) FROM question_categories WHERE dataset_id = ? GROUP BY category", [dataset]
     ).fetchall())
     acc = {(c, m): a for m, c, a in con.execute(
-        "SELECT model, category, majority_accuracy FROM category_accuracy WHERE dataset = ?", [dataset]
-    ).fetchall()}
+        "SELECT model, category, majority_accuracy FROM category_accuracy WHERE dataset = ? AND panel = ?",
+        [dataset, panel]).fetchall()}
     models = sorted({m for _, m in acc})
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -88,14 +100,16 @@ def category_performance_csv(con: duckdb.DuckDBPyConnection, dataset: str) -> st
     return out.getvalue()
 
 
-def export_all(con: duckdb.DuckDBPyConnection, out_dir: str | os.PathLike, dataset: str | None = None) -> list[Path]:
+def export_all(con: duckdb.DuckDBPyConnection, out_dir: str | os.PathLike, dataset: str | None = None,
+               panel: str | None = None) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dataset = pick_dataset(con, dataset)
+    panel = pick_panel(con, dataset, panel)
     written = []
     for name, render in ((MATRIX_CSV, correctness_matrix_csv), (JURY_JSON, llm_jury_accuracy_json),
                          (CATEGORY_CSV, category_performance_csv)):
-        _write_atomic(out_dir / name, render(con, dataset))
+        _write_atomic(out_dir / name, render(con, dataset, panel))
         written.append(out_dir / name)
     written += export_views_parquet(con, out_dir / "parquet")
     return written

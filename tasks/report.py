@@ -15,14 +15,16 @@ def _pct(x: float | None, digits: int = 1) -> str:
 
 def model_table(con: duckdb.DuckDBPyConnection, dataset: str) -> Table:
     t = Table(title=f"Jury accuracy — dataset {dataset}", title_justify="left")
-    for col in ("model", "answered", "coverage %", "jury", "majority %", "± SE", "strict %", "incomplete juries"):
-        t.add_column(col, justify="left" if col == "model" else "right")
-    for m, nq, npred, maj, strict, cov, jury, inc, se in con.execute(
-        "SELECT model, n_questions, n_predictions, majority_accuracy, strict_accuracy, coverage, jury_size, "
+    for col in ("panel", "model", "answered", "coverage %", "jury", "majority %", "± SE", "strict %",
+                "incomplete juries"):
+        t.add_column(col, justify="left" if col in ("panel", "model") else "right")
+    for panel, m, nq, npred, maj, strict, cov, jury, inc, se in con.execute(
+        "SELECT panel, model, n_questions, n_predictions, majority_accuracy, strict_accuracy, coverage, jury_size, "
         "n_incomplete_juries, majority_se FROM model_accuracy WHERE dataset = ? "
-        "ORDER BY majority_accuracy DESC NULLS LAST, model", [dataset]
+        "ORDER BY panel NULLS LAST, majority_accuracy DESC NULLS LAST, model", [dataset]
     ).fetchall():
-        t.add_row(m, f"{npred}/{nq}", _pct(cov), str(jury or "—"), _pct(maj), _pct(se), _pct(strict), str(inc))
+        t.add_row(panel or "(unjudged)", m, f"{npred}/{nq}", _pct(cov), str(jury or "—"), _pct(maj), _pct(se),
+                  _pct(strict), str(inc))
     return t
 
 
@@ -39,13 +41,13 @@ def judge_table(con: duckdb.DuckDBPyConnection, dataset: str) -> Table:
     return t
 
 
-def category_table(con: duckdb.DuckDBPyConnection, dataset: str) -> Table:
+def category_table(con: duckdb.DuckDBPyConnection, dataset: str, panel: str) -> Table:
     rows = con.execute(
-        "SELECT category, model, majority_accuracy, n FROM category_accuracy WHERE dataset = ?", [dataset]
-    ).fetchall()
+        "SELECT category, model, majority_accuracy, n FROM category_accuracy WHERE dataset = ? AND panel = ?",
+        [dataset, panel]).fetchall()
     models = sorted({m for _, m, _, _ in rows})
     cells = {(c, m): (a, n) for c, m, a, n in rows}
-    t = Table(title="By category (majority %, multi-label)", title_justify="left")
+    t = Table(title=f"By category (majority %, multi-label) — panel {panel}", title_justify="left")
     t.add_column("category")
     for m in models:
         t.add_column(m, justify="right")
@@ -69,6 +71,10 @@ def agreement_table(con: duckdb.DuckDBPyConnection, dataset: str) -> Table:
 def print_report(con: duckdb.DuckDBPyConnection, console: Console | None = None, dataset: str | None = None) -> None:
     console = console or Console(width=None if Console().is_terminal else 120)
     for ds in [dataset] if dataset else datasets(con):
-        for table in (model_table, judge_table, category_table, agreement_table):
-            console.print(table(con, ds))
+        tables = [model_table(con, ds), judge_table(con, ds)]
+        tables += [category_table(con, ds, p) for (p,) in con.execute(
+            "SELECT DISTINCT panel FROM jury_verdicts WHERE dataset = ? ORDER BY panel", [ds]).fetchall()]
+        tables.append(agreement_table(con, ds))
+        for table in tables:
+            console.print(table)
             console.print()

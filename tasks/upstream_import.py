@@ -19,6 +19,7 @@ from warehouse import loaders
 
 SOURCE = "upstream-import"
 DEFAULT_DATASET_ID = "ct-spatialvqa"
+UPSTREAM_PANEL = "upstream"
 
 
 @dataclass
@@ -99,6 +100,7 @@ def load(db: str | os.PathLike | None, layout: upstream.Layout, dataset: upstrea
             loaders.upsert_judge(con, judge_id=judge.judge_id, name=judge.name, provider=judge.provider,
                                  model=judge.model, prompt_version=judge.prompt_version,
                                  settings={"source": "upstream published verdicts"}, notes=judge.notes)
+            loaders.add_panel_member(con, UPSTREAM_PANEL, judge.judge_id, "the three published CT-SpatialVQA judges")
             summary.judgments.setdefault(judged.run, {})[judge.name] = dict(Counter(r.status for r in judged.rows))
         for run, files in by_run.items():
             rows = [(j.judge.judge_id, r) for j in files for r in j.rows]

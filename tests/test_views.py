@@ -124,7 +124,7 @@ def test_judge_agreement_by_hand(con):
 
 def test_contracts(con):
     """Data contracts in the spirit of dbt's unique / not_null / accepted_values tests."""
-    assert rows(con, "SELECT model, qid, count(*) FROM jury_verdicts GROUP BY ALL HAVING count(*) > 1") == []
+    assert rows(con, "SELECT model, qid, panel, count(*) FROM jury_verdicts GROUP BY ALL HAVING count(*) > 1") == []
     n_judges = rows(con, "SELECT count(*) FROM judges")[0][0]
     assert rows(con, "SELECT count(*) FROM jury_verdicts WHERE jury_size NOT BETWEEN 1 AND ?", n_judges) == [(0,)]
     assert rows(con, "SELECT count(*) FROM jury_verdicts WHERE yes_votes + no_votes + no_verdict <> jury_size"

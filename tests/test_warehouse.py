@@ -17,7 +17,7 @@ import pytest
 import warehouse
 from tests.conftest import REPO
 from warehouse.connection import DEFAULT_DB, resolve_db
-from warehouse.migrate import MIGRATIONS_DIR, MigrationError, migrate, view_names
+from warehouse.migrate import MIGRATIONS_DIR, MigrationError, migrate, migrations, view_names
 from warehouse.snapshot import export_views_parquet, publish_snapshot
 
 REQUIRED_VIEWS = {"jury_verdicts", "model_accuracy", "judge_accuracy", "category_accuracy",
@@ -26,7 +26,8 @@ REQUIRED_VIEWS = {"jury_verdicts", "model_accuracy", "judge_accuracy", "category
 
 def test_migrations_recorded_once_and_views_created(db):
     with warehouse.writer(db) as con:
-        assert [v for (v,) in con.execute("SELECT version FROM schema_version").fetchall()] == [1]
+        applied = [v for (v,) in con.execute("SELECT version FROM schema_version ORDER BY 1").fetchall()]
+        assert applied == [m.version for m in migrations()] and applied[0] == 1
         assert REQUIRED_VIEWS <= set(view_names(con))
         assert migrate(con) == []                      # nothing left to apply
 
@@ -46,6 +47,20 @@ def test_failing_migration_rolls_back_and_names_its_file(db, tmp_path):
     assert "judge_raw" not in cols                     # the ALTER was rolled back with the failure
     bad.write_text("ALTER TABLE judgments ADD COLUMN judge_raw VARCHAR;\n")
     assert migrate(con, migrations) == [2]
+    con.close()
+
+
+def test_upgrade_from_v1_puts_upstream_judges_on_the_upstream_panel(db, tmp_path):
+    only_v1 = tmp_path / "v1"
+    only_v1.mkdir()
+    shutil.copy(MIGRATIONS_DIR / "001_core.sql", only_v1)
+    con = duckdb.connect(str(db))
+    migrate(con, only_v1)
+    con.execute("INSERT INTO judges VALUES ('upstream/gpt/gpt-4o-mini/upstream-batch5-v1', 'gpt', 'openai', "
+                "'gpt-4o-mini', 'upstream-batch5-v1', '{}', NULL)")
+    assert migrate(con) == [m.version for m in migrations()][1:]
+    assert con.execute("SELECT panel, judge_id FROM panel_members").fetchall() == [
+        ("upstream", "upstream/gpt/gpt-4o-mini/upstream-batch5-v1")]
     con.close()
 
 

@@ -115,6 +115,13 @@ def upsert_judge(con: duckdb.DuckDBPyConnection, *, judge_id: str, name: str, pr
     )
 
 
+def add_panel_member(con: duckdb.DuckDBPyConnection, panel: str, judge_id: str,
+                     description: str | None = None) -> None:
+    con.execute("INSERT INTO panels VALUES (?, ?) ON CONFLICT (panel) DO UPDATE SET "
+                "description = coalesce(excluded.description, description)", [panel, description])
+    con.execute("INSERT INTO panel_members VALUES (?, ?) ON CONFLICT DO NOTHING", [panel, judge_id])
+
+
 def replace_judgments_from_source(con: duckdb.DuckDBPyConnection, *, run_id: str, source: str,
                                   rows: dict[str, list]) -> None:
     """Make the run's judgments that came from `source` exactly `rows` (columns judge_id, qid,

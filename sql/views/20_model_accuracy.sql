@@ -1,6 +1,6 @@
--- Per run. Accuracies are fractions over the questions that have a prediction (NULL while the
--- run has no jury); coverage = n_predictions / questions in the run's dataset.
--- majority_se is the binomial standard error sqrt(p(1-p)/n) of majority_accuracy.
+-- Per run and jury panel (a run nobody judged yet has one row with panel NULL). Accuracies are
+-- fractions over the questions that have a prediction (NULL while unjudged); coverage =
+-- n_predictions / questions in the run's dataset. majority_se = sqrt(p(1-p)/n).
 CREATE OR REPLACE VIEW model_accuracy AS
 WITH n_q AS (
     SELECT dataset_id, count(*) AS n_questions FROM questions GROUP BY dataset_id
@@ -10,13 +10,13 @@ WITH n_q AS (
            count(*) FILTER (WHERE status <> 'ok') AS n_failed
     FROM predictions GROUP BY run_id
 ), jury AS (
-    SELECT run_id,
+    SELECT run_id, panel,
            count(*) AS n_judged,
            avg(majority_correct::DOUBLE) AS majority_accuracy,
            avg(strict_correct::DOUBLE) AS strict_accuracy,
            max(jury_size) AS jury_size,
            count(*) FILTER (WHERE no_verdict > 0) AS n_incomplete
-    FROM jury_verdicts GROUP BY run_id
+    FROM jury_verdicts GROUP BY run_id, panel
 )
 SELECT r.name AS model,
        coalesce(n_q.n_questions, 0) AS n_questions,
@@ -24,6 +24,7 @@ SELECT r.name AS model,
        jury.majority_accuracy,
        jury.strict_accuracy,
        coalesce(n_p.n_predictions, 0) / nullif(n_q.n_questions, 0) AS coverage,
+       jury.panel,
        jury.jury_size,
        coalesce(jury.n_incomplete, 0) AS n_incomplete_juries,
        coalesce(n_p.n_failed, 0) AS n_failed_predictions,

@@ -1,8 +1,9 @@
--- Per run and jury member, over the run's answered questions. n_no_verdict counts the questions
--- this judge gave no true/false for: failed calls, unparsed replies and items it never returned.
+-- Per run and judge (every judge that judged the run, on a panel or not), over the run's
+-- answered questions. n_no_verdict counts the questions this judge gave no true/false for:
+-- failed calls, unparsed replies and items it never returned (n_missing).
 CREATE OR REPLACE VIEW judge_accuracy AS
 SELECT p.model,
-       jr.judge,
+       rj.judge,
        count(j.verdict) AS n_valid,
        count(*) FILTER (WHERE j.verdict) AS n_yes,
        count(*) FILTER (WHERE j.verdict IS NULL) AS n_no_verdict,
@@ -11,8 +12,8 @@ SELECT p.model,
        p.dataset,
        p.run_id
 FROM stg_predictions AS p
-JOIN run_juries AS jr USING (run_id)
+JOIN run_judges AS rj USING (run_id)
 LEFT JOIN stg_judgments AS j
-       ON j.run_id = p.run_id AND j.qid = p.qid AND j.judge_id = jr.judge_id
+       ON j.run_id = p.run_id AND j.qid = p.qid AND j.judge_id = rj.judge_id
 WHERE p.status = 'ok'
-GROUP BY p.dataset, p.model, p.run_id, jr.judge;
+GROUP BY p.dataset, p.model, p.run_id, rj.judge;
