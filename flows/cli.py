@@ -30,6 +30,40 @@ def cmd_import_upstream(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_judge(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    import flows.judge as judge_flow
+    from tasks.judging import format_forecast
+
+    if args.dry_run:
+        rows = judge_flow.judge(judges=args.judges, runs=args.run, db=args.db, retry_failed=args.retry_failed,
+                                dry_run=True)
+        print("forecast — nothing was sent:")
+        print(format_forecast(rows))
+        return 0
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, disable=not console.is_terminal) as progress:
+        bars: dict[str, int] = {}
+
+        def hook(name: str, done: int, total: int) -> None:
+            if name not in bars:
+                bars[name] = progress.add_task(name, total=total)
+            progress.update(bars[name], completed=done, total=total)
+
+        judge_flow.progress_hook = hook
+        try:
+            rows = judge_flow.judge(judges=args.judges, runs=args.run, db=args.db, retry_failed=args.retry_failed)
+        finally:
+            judge_flow.progress_hook = None
+    for r in rows:
+        print(f"{r['judge']}: {r['pending']} pending, {r['from_cache']} from cache, {r['sent']} distinct sent in "
+              f"{r['calls']} calls, statuses {r['statuses']}, ${r['cost_usd']:.4f}, {r['seconds']} s")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     import warehouse
     from tasks.report import print_report
@@ -84,6 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset id (default: the layout's manifest name, else ct-spatialvqa)")
     p.set_defaults(func=cmd_import_upstream)
 
+    p = sub.add_parser("judge", parents=[db], help="judge predictions with a panel of judges")
+    p.add_argument("--judges", required=True, metavar="FILE|PRESET",
+                   help="a judges YAML file, or a preset: paper, offline")
+    p.add_argument("--run", action="append", metavar="NAME", help="only this run (repeatable; default: all runs)")
+    p.add_argument("--dry-run", action="store_true", help="forecast calls, tokens and cost; send nothing")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="also judge again what ended unparsed, blocked or without a verdict")
+    p.set_defaults(func=cmd_judge)
+
     p = sub.add_parser("report", parents=[db], help="print the accuracy tables")
     p.add_argument("--dataset", help="only this dataset")
     p.set_defaults(func=cmd_report)
@@ -109,12 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from adapters.datasets.upstream import UpstreamFormatError
+    from adapters.judges.keys import MissingKey
     from warehouse import WarehouseError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UpstreamFormatError, WarehouseError, ValueError, FileNotFoundError) as exc:
+    except (UpstreamFormatError, WarehouseError, MissingKey, ValueError, FileNotFoundError) as exc:
         print(f"ctsvqa: error: {exc}", file=sys.stderr)
         return 2
 

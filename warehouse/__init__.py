@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -11,15 +12,33 @@ import duckdb
 from warehouse.connection import (  # noqa: F401  (re-exported)
     WarehouseError, WarehouseLocked, WarehouseMissing, connect, resolve_db, transaction,
 )
-from warehouse.migrate import ensure_schema
+from warehouse.migrate import ensure_schema, latest_version
+
+
+_schema_ready: set[tuple[str, float]] = set()
+_schema_lock = threading.Lock()
 
 
 @contextmanager
 def writer(db: str | os.PathLike | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A short-lived read-write connection to a migrated warehouse with current views."""
+    """A short-lived read-write connection to a migrated warehouse with current views. The schema
+    is checked once per process and file (judging flushes often, from several threads)."""
     with connect(db) as con:
-        ensure_schema(con)
+        path = resolve_db(db).resolve()
+        key = (str(path), path.stat().st_ino if path.exists() else 0)
+        with _schema_lock:
+            if key not in _schema_ready or not _migrated(con):
+                ensure_schema(con)
+                _schema_ready.add(key)
         yield con
+
+
+def _migrated(con: duckdb.DuckDBPyConnection) -> bool:
+    try:
+        version = con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+    except duckdb.CatalogException:
+        return False
+    return version == latest_version()
 
 
 @contextmanager

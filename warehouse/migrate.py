@@ -50,6 +50,10 @@ def migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return found
 
 
+def latest_version(directory: Path = MIGRATIONS_DIR) -> int:
+    return max(m.version for m in migrations(directory))
+
+
 def applied_versions(con: duckdb.DuckDBPyConnection) -> dict[int, str]:
     con.execute(
         "CREATE TABLE IF NOT EXISTS schema_version ("

@@ -1,0 +1,124 @@
+"""Versioned judge prompts (prompts/<version>.yaml): rendering and strict parsing.
+
+Parsing never guesses. A batch reply is matched to its items by the index the judge returns; an
+item that is missing, duplicated, out of range or not a JSON boolean gets no verdict here, and the
+caller asks for it again on its own."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
+_FENCE = re.compile(r"^\s*```[a-zA-Z]*\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
+_WORD = re.compile(r"^\W*(yes|no)\W*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Item:
+    """What a judge sees of one prediction."""
+
+    question: str
+    answer: str
+    prediction: str
+
+
+@dataclass(frozen=True)
+class Prompt:
+    version: str
+    kind: str                      # 'batch' (indexed JSON list) or 'single' (YES/NO)
+    batch_size: int
+    system: str | None
+    user: str
+    item: str | None
+    item_separator: str
+    schema: dict | None
+    expected_output_tokens_per_item: int
+
+    def render(self, items: Sequence[Item]) -> str:
+        if self.kind == "single":
+            if len(items) != 1:
+                raise ValueError(f"prompt {self.version} judges one item per call, got {len(items)}")
+            return _fill(self.user, question=items[0].question, answer=items[0].answer,
+                         prediction=items[0].prediction)
+        lines = [_fill(self.item, k=str(k), question=it.question, answer=it.answer, prediction=it.prediction)
+                 for k, it in enumerate(items, start=1)]
+        return _fill(self.user, batch=self.item_separator.join(lines))
+
+    def parse(self, text: str | None, n_items: int, structured: bool) -> dict[int, bool]:
+        """Verdicts by 1-based item position; positions absent from the result need asking again."""
+        if self.kind == "single":
+            verdict = parse_yes_no(text)
+            return {} if verdict is None else {1: verdict}
+        return parse_indexed_list(text, n_items)
+
+
+def _fill(template: str, **values: str) -> str:
+    # Plain replacement, not str.format: prompts contain literal JSON braces.
+    for key, value in values.items():
+        template = template.replace("{" + key + "}", value)
+    return template
+
+
+@lru_cache(maxsize=None)
+def load_prompt(version: str) -> Prompt:
+    path = PROMPTS_DIR / f"{version}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    raw = yaml.safe_load(path.read_text())
+    if raw.get("version") != version:
+        raise ValueError(f"{path}: declares version {raw.get('version')!r}")
+    return Prompt(version, raw["kind"], int(raw.get("batch_size", 1)), raw.get("system"), raw["user"],
+                  raw.get("item"), raw.get("item_separator", "\n"), raw.get("schema"),
+                  int(raw.get("expected_output_tokens_per_item", 8)))
+
+
+def strip_fence(text: str) -> str:
+    match = _FENCE.match(text)
+    return match.group(1) if match else text.strip()
+
+
+def parse_yes_no(text: str | None) -> bool | None:
+    """Accept a bare YES/NO (any case, surrounding punctuation) or {"verdict": "YES"|"NO"}."""
+    if not text:
+        return None
+    body = strip_fence(text)
+    if body.startswith("{"):
+        try:
+            obj = json.loads(body)
+        except json.JSONDecodeError:
+            return None
+        value = obj.get("verdict") if isinstance(obj, dict) else None
+        return {"YES": True, "NO": False}.get(value.upper()) if isinstance(value, str) else None
+    match = _WORD.match(body)
+    return None if match is None else match.group(1).lower() == "yes"
+
+
+def parse_indexed_list(text: str | None, n_items: int) -> dict[int, bool]:
+    if not text:
+        return {}
+    try:
+        data: Any = json.loads(strip_fence(text))
+    except json.JSONDecodeError:
+        return {}
+    if isinstance(data, dict) and isinstance(data.get("items"), list):
+        data = data["items"]
+    if not isinstance(data, list):
+        return {}
+    seen: dict[int, list[bool]] = {}
+    for element in data:
+        if not isinstance(element, dict):
+            continue
+        index, verdict = element.get("index"), element.get("is_correct")
+        if isinstance(index, bool) or not isinstance(index, int) or not isinstance(verdict, bool):
+            continue
+        if 1 <= index <= n_items:
+            seen.setdefault(index, []).append(verdict)
+    # An index answered twice is ambiguous even when both answers agree: ask again.
+    return {i: v[0] for i, v in seen.items() if len(v) == 1}

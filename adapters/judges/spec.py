@@ -1,0 +1,134 @@
+"""Judge configuration: a judges file (YAML) names a panel and its judges; `paper` and `offline`
+are bundled presets. A judge's identity — what its judgments and cached verdicts are keyed by — is
+provider + model + prompt version + decoding settings, never its display name or its rate limits."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+LLM_PROVIDERS = ("openai", "openai-compatible", "gemini", "dashscope", "dashscope-compatible")
+OFFLINE_PROVIDERS = ("exact", "spatial-rules", "sbert")
+DEFAULT_PROMPT = "radiologist-yesno-v1"
+
+
+class JudgeConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    name: str
+    provider: str
+    model: str
+    prompt: str | None = None
+    temperature: float | None = 0.0
+    max_tokens: int | None = 512
+    structured: bool = True
+    system_prompt: bool = True
+    base_url: str | None = None
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    max_concurrency: int = 4
+    timeout_s: float = 60.0
+    max_attempts: int = 6
+    price_per_1m_input: float = 0.0
+    price_per_1m_output: float = 0.0
+    api_key_env: str | None = None          # name of the variable holding the key, never the key
+    api_key_secret: str | None = None       # name of a Prefect Secret block holding the key
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def offline(self) -> bool:
+        return self.provider in OFFLINE_PROVIDERS
+
+    def identity_settings(self) -> dict[str, Any]:
+        """Everything that can change a verdict. Rates, prices, timeouts and keys cannot."""
+        if self.offline:
+            return {"options": self.options}
+        return {"temperature": self.temperature, "max_tokens": self.max_tokens, "structured": self.structured,
+                "system_prompt": self.system_prompt, "options": self.options}
+
+    @property
+    def judge_id(self) -> str:
+        digest = hashlib.sha256(json.dumps(self.identity_settings(), sort_keys=True).encode()).hexdigest()[:10]
+        return f"{self.provider}/{self.model}/{self.prompt or 'rules'}/{digest}"
+
+    def cost(self, tokens_in: int | None, tokens_out: int | None) -> float:
+        return ((tokens_in or 0) * self.price_per_1m_input + (tokens_out or 0) * self.price_per_1m_output) / 1e6
+
+    def public_settings(self) -> dict[str, Any]:
+        """What the warehouse records about the judge (no secrets, only the names of where they live)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("name",)}
+
+
+@dataclass(frozen=True)
+class Panel:
+    name: str
+    description: str | None
+    judges: tuple[JudgeSpec, ...]
+    source: str
+
+
+_FIELDS = set(JudgeSpec.__dataclass_fields__)
+
+
+def _spec(raw: Any, where: str) -> JudgeSpec:
+    if not isinstance(raw, dict):
+        raise JudgeConfigError(f"{where}: each judge must be a mapping, got {raw!r}")
+    unknown = set(raw) - _FIELDS
+    if unknown:
+        raise JudgeConfigError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(_FIELDS)}")
+    for required in ("name", "provider", "model"):
+        if not raw.get(required):
+            raise JudgeConfigError(f"{where}: field {required!r} is required")
+    provider = raw["provider"]
+    if provider not in LLM_PROVIDERS + OFFLINE_PROVIDERS:
+        raise JudgeConfigError(f"{where}: provider {provider!r} is not one of {list(LLM_PROVIDERS + OFFLINE_PROVIDERS)}")
+    values = dict(raw)
+    if provider in LLM_PROVIDERS:
+        values.setdefault("prompt", DEFAULT_PROMPT)
+        from adapters.judges.prompts import load_prompt  # late: prompts import spec
+        try:
+            load_prompt(values["prompt"])
+        except FileNotFoundError:
+            raise JudgeConfigError(f"{where}: unknown prompt {values['prompt']!r}") from None
+    else:
+        values["prompt"] = None
+    if provider == "openai-compatible" and not values.get("base_url"):
+        raise JudgeConfigError(f"{where}: provider openai-compatible needs a base_url")
+    try:
+        spec = JudgeSpec(**values)
+    except TypeError as exc:
+        raise JudgeConfigError(f"{where}: {exc}") from None
+    if spec.max_concurrency < 1 or spec.max_attempts < 1:
+        raise JudgeConfigError(f"{where}: max_concurrency and max_attempts must be at least 1")
+    return spec
+
+
+def load_panel(judges: str | Path) -> Panel:
+    """`judges` is a preset name (paper, offline) or the path of a YAML judges file."""
+    path = Path(judges)
+    if not path.is_file():
+        preset = PRESETS_DIR / f"{judges}.yaml"
+        if not preset.is_file():
+            known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+            raise JudgeConfigError(f"{judges!r} is neither a judges file nor a preset ({', '.join(known)})")
+        path = preset
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise JudgeConfigError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("judges"), list) or not data["judges"]:
+        raise JudgeConfigError(f"{path}: expected a mapping with a non-empty 'judges' list")
+    specs = tuple(_spec(raw, f"{path}: judges[{i}]") for i, raw in enumerate(data["judges"]))
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise JudgeConfigError(f"{path}: judge names must be unique, got {names}")
+    return Panel(str(data.get("panel") or path.stem), data.get("description"), specs, str(path))

@@ -1,0 +1,62 @@
+"""Flow: judge the predictions of some runs with a panel of judges (a judges file or a preset)."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from adapters.judges.spec import JudgeSpec, load_panel
+from tasks import judging
+
+# Set by the CLI to drive a terminal progress bar; tasks run in threads of the same process.
+progress_hook: judging.ProgressFn | None = None
+
+
+@task(name="judge-runs", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10,
+      task_run_name="judge-{spec.name}")
+def judge_task(db: str | None, spec: JudgeSpec, runs: list[str] | None, retry_failed: bool) -> judging.JudgeSummary:
+    log = get_run_logger()
+    step = [0]
+
+    def report(name: str, done: int, total: int) -> None:
+        if progress_hook:
+            progress_hook(name, done, total)
+        decile = 10 * done // max(total, 1)
+        if decile > step[0] or done == total:
+            step[0] = decile
+            log.info("%s: %d/%d judged", name, done, total)
+
+    summary = judging.judge_runs(db, spec, runs, retry_failed, progress=report)
+    log.info("%s: %d pending, %d from cache, %d distinct items sent in %d calls, statuses %s",
+             spec.name, summary.pending, summary.from_cache, summary.distinct_sent, summary.calls, summary.statuses)
+    return summary
+
+
+@flow(name="judge", task_runner=ThreadPoolTaskRunner(max_workers=4), validate_parameters=False)
+def judge(judges: str = "offline", runs: list[str] | None = None, db: str | None = None,
+          retry_failed: bool = False, dry_run: bool = False) -> list[dict]:
+    """Every judge of the panel works in parallel; each stores its results as they complete."""
+    log = get_run_logger()
+    panel = load_panel(judges)
+    if dry_run:
+        rows = judging.forecast(db, panel, runs, retry_failed)
+        log.info("forecast (nothing sent):\n%s", judging.format_forecast(rows))
+        create_table_artifact(key="judge-forecast", table=rows, description=f"Forecast for panel {panel.name}")
+        return rows
+    judging.register_panel(db, panel)
+    futures = [judge_task.submit(db, spec, runs, retry_failed) for spec in panel.judges]
+    rows, failed = [], []
+    for spec, future in zip(panel.judges, futures):
+        result = future.result(raise_on_failure=False)      # let every judge finish before failing
+        if isinstance(result, BaseException):
+            failed.append((spec.name, result))
+        else:
+            rows.append(judging.summary_row(result))
+    if rows:
+        create_table_artifact(key="judge-summary", table=rows, description=f"Judging with panel {panel.name}")
+    if failed:
+        raise failed[0][1] if len(failed) == 1 else RuntimeError(
+            "; ".join(f"judge {name}: {type(exc).__name__}: {exc}" for name, exc in failed))
+    return rows
