@@ -80,7 +80,7 @@ class FakeProviders:
 
     def __post_init__(self):
         self._faults: dict[str, deque[tuple[str | None, Fault]]] = {api: deque() for api in APIS}
-        self._window: deque[float] = deque()
+        self._windows: dict[str, deque[float]] = {api: deque() for api in APIS}   # rpm is per API
         self._lock = threading.Lock()
         self.port = 0
 
@@ -141,17 +141,19 @@ class FakeProviders:
                     return f
         return None
 
-    def _over_rate(self) -> float | None:
-        """Seconds until the next request would be allowed, or None if it is allowed now."""
+    def _over_rate(self, api: str) -> float | None:
+        """Seconds until the next request to `api` would be allowed (a rolling 60 s window), or
+        None if it is allowed now."""
         if self.rpm is None:
             return None
         now = time.monotonic()
+        window = self._windows[api]
         with self._lock:
-            while self._window and now - self._window[0] >= 60:
-                self._window.popleft()
-            if len(self._window) >= self.rpm:
-                return 60 - (now - self._window[0])
-            self._window.append(now)
+            while window and now - window[0] >= 60:
+                window.popleft()
+            if len(window) >= self.rpm:
+                return 60 - (now - window[0])
+            window.append(now)
         return None
 
     def _handler(self, api: str):
@@ -163,7 +165,7 @@ class FakeProviders:
             wants_json = _wants_json(api, body)
             if self.latency_s:
                 await asyncio.sleep(self.latency_s)
-            wait = self._over_rate()
+            wait = self._over_rate(api)
             if wait is not None:
                 self._record(api, items, auth, body, "rate_limited")
                 return _error(api, 429, {"Retry-After": f"{wait:.2f}"})

@@ -49,7 +49,15 @@ def test_flow_records_runs_and_tasks_in_prefect(prefect_server, db):
                           for r in runs)
 
     import asyncio
-    names = asyncio.run(task_names())
+    import time
+
+    # Task runs reach the API through its event pipeline: wait for them to land.
+    deadline, names = time.monotonic() + 30, []
+    while time.monotonic() < deadline:
+        names = asyncio.run(task_names())
+        if "load-warehouse" in names and "parse-judgments-m3d_gemini2.5_eval_full.json" in names:
+            break
+        time.sleep(0.5)
     assert "load-warehouse" in names and "parse-predictions-merlin" in names
     assert "parse-judgments-m3d_gemini2.5_eval_full.json" in names
 
@@ -67,3 +75,55 @@ def test_cli_bad_input_exits_2_names_the_item_and_keeps_the_warehouse(prefect_se
 def test_cli_report_on_missing_warehouse(tmp_path, capsys):
     assert main(["report", "--db", str(tmp_path / "none.duckdb")]) == 2
     assert "no warehouse at" in capsys.readouterr().err
+
+
+def test_cli_judge_offline_twice_adds_nothing(prefect_server, mini_db, tmp_path, capsys):
+    assert main(["judge", "--judges", "offline", "--run", "m3d", "--db", str(mini_db)]) == 0
+    out = capsys.readouterr().out
+    assert "spatial-rules: 8 pending" in out and "sbert: 8 pending" in out and "exact: 8 pending" in out
+    with duckdb.connect(str(mini_db), read_only=True) as con:
+        n = con.execute("SELECT count(*) FROM judgments WHERE source <> 'upstream-import'").fetchone()[0]
+        assert n == 24
+        panels = con.execute("SELECT panel, jury_size FROM model_accuracy WHERE model = 'm3d' ORDER BY panel"
+                             ).fetchall()
+        assert panels == [("offline", 3), ("upstream", 3)]
+        pairs = {(a, b) for a, b in con.execute("SELECT judge_a, judge_b FROM judge_agreement WHERE model = 'm3d'"
+                                                ).fetchall()}
+        assert ("exact", "gpt") in pairs and ("gpt", "spatial-rules") in pairs
+    before = table_digest(mini_db)
+    assert main(["judge", "--judges", "offline", "--run", "m3d", "--db", str(mini_db)]) == 0
+    assert "spatial-rules: 0 pending" in capsys.readouterr().out
+    after = table_digest(mini_db)
+    assert {t for t in before if before[t] != after[t]} <= {"judges"}      # only settings refreshed
+
+    assert main(["export", "--db", str(mini_db), "--out", str(tmp_path / "x")]) == 2
+    assert "choose one with --panel" in capsys.readouterr().err
+    assert main(["export", "--db", str(mini_db), "--out", str(tmp_path / "x"), "--panel", "offline"]) == 0
+
+
+def test_cli_judge_paper_preset_against_fake_providers(prefect_server, mini_db, monkeypatch, capsys):
+    from tests.fake_providers import FakeProviders
+
+    fake = FakeProviders().start()
+    try:
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.url + "/v1")
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", fake.url)
+        monkeypatch.setenv("DASHSCOPE_COMPATIBLE_BASE_URL", fake.url + "/compatible-mode/v1")
+        for k, v in {"OPENAI_API_KEY": "k1-secret", "GEMINI_API_KEY": "k2-secret", "DASHSCOPE_API_KEY": "k3-secret"
+                     }.items():
+            monkeypatch.setenv(k, v)
+        assert main(["judge", "--judges", "paper", "--run", "m3d", "--db", str(mini_db), "--dry-run"]) == 0
+        assert "forecast — nothing was sent" in capsys.readouterr().out
+        assert fake.requests() == []
+        assert main(["judge", "--judges", "paper", "--run", "m3d", "--db", str(mini_db)]) == 0
+        assert {r.api for r in fake.requests()} == {"openai", "gemini", "dashscope-compatible"}
+        assert len(fake.requests()) == 6                    # 2 calls of the 5-item prompt per judge
+        with duckdb.connect(str(mini_db), read_only=True) as con:
+            costs = con.execute("SELECT judge, n_calls, tokens_in > 0, cost_usd > 0 FROM judge_costs "
+                                "WHERE n_calls > 0 ORDER BY judge").fetchall()
+            assert costs == [("gemini-2.5-flash", 2, True, True), ("gpt-4o-mini", 2, True, True),
+                             ("qwen-plus", 2, True, True)]
+            assert con.execute("SELECT jury_size FROM model_accuracy WHERE model = 'm3d' AND panel = 'paper'"
+                               ).fetchone() == (3,)
+    finally:
+        fake.stop()

@@ -10,8 +10,9 @@ from aiolimiter import AsyncLimiter
 
 class JudgeLimiter:
     def __init__(self, requests_per_minute: float | None, tokens_per_minute: float | None, max_concurrency: int):
-        # Capacity 1 spaces requests evenly: a provider that counts a rolling window sees no burst.
-        self.requests = AsyncLimiter(1, 60.0 / requests_per_minute) if requests_per_minute else None
+        # A bucket of two requests: requests stay evenly spaced (a provider counting a rolling window
+        # sees no burst), and a waiter woken late by a busy event loop can catch up by one.
+        self.requests = AsyncLimiter(2, 120.0 / requests_per_minute) if requests_per_minute else None
         # Tokens: buckets of 6 s worth, so one large request never exceeds the bucket.
         self.tokens = AsyncLimiter(tokens_per_minute / 10, 6.0) if tokens_per_minute else None
         self.in_flight = asyncio.Semaphore(max_concurrency)

@@ -35,6 +35,8 @@ class ExactJudge:
     batch_size = 1024
 
     def __init__(self, spec: JudgeSpec):
+        if spec.model != "exact-v1":
+            raise ValueError(f"judge {spec.name!r}: only exact-v1 is implemented, not {spec.model!r}")
         self.spec = spec
 
     async def judge(self, items: Sequence[Item]):
@@ -67,6 +69,7 @@ _DIMENSIONS: dict[str, dict[str, re.Pattern]] = {
 _YES = re.compile(r"^(yes|yeah|present|there (is|are))\b")
 _NO = re.compile(r"^(no|none|not|absent|negative|there (is|are) no)\b")
 _YES_NO_QUESTION = re.compile(r"^(is|are|was|were|does|do|did|has|have|had|can|could|should|will|would)\b")
+_CHOICE = re.compile(r"\b(or|which|where|what)\b")
 _NEGATION = re.compile(r"\b(no|not|without|absent|none|negative for|free of|unremarkable)\b")
 
 
@@ -100,8 +103,11 @@ def spatial_verdict(question: str, answer: str, prediction: str) -> tuple[bool |
     """(verdict, why). None when the answers share no fact the rules can compare."""
     if not clean(prediction):
         return False, "empty prediction"
+    q = question.strip().lower()
+    # A plain yes/no question; "Is it in one or both lungs?" and "..., and if so, where?" ask for a place.
+    yes_no = bool(_YES_NO_QUESTION.match(q)) and not _CHOICE.search(q)
     agreements, conflicts = [], []
-    if _YES_NO_QUESTION.match(question.strip().lower()):
+    if _YES_NO_QUESTION.match(q):
         ref_pol, pred_pol = polarity(answer, True), polarity(prediction, False)
         if ref_pol is not None and pred_pol is not None:
             (agreements if ref_pol == pred_pol else conflicts).append("polarity")
@@ -110,17 +116,26 @@ def spatial_verdict(question: str, answer: str, prediction: str) -> tuple[bool |
         (agreements if ref[dimension] == pred[dimension] else conflicts).append(dimension)
     if conflicts:
         return False, "conflicting " + ", ".join(conflicts)
+    missing = sorted(ref.keys() - pred.keys())
+    if missing and not yes_no and not agreements:
+        # A where-question answered with no part of the reference's location. (Also rejecting
+        # answers that give the side but not the level lowered kappa on the tune half.)
+        return False, "prediction states none of the reference's " + ", ".join(missing)
     if agreements:
         return True, "agreeing " + ", ".join(agreements)
-    if ref and not pred and not _YES_NO_QUESTION.match(question.strip().lower()):
-        return False, "prediction states none of the reference's spatial facts (" + ", ".join(sorted(ref)) + ")"
     return None, "no comparable spatial fact"
+
+
+RULES_VERSION = "spatial-rules-v2"       # bump with every rule change: it is part of the judge's identity
 
 
 class SpatialRulesJudge:
     batch_size = 1024
 
     def __init__(self, spec: JudgeSpec):
+        if spec.model != RULES_VERSION:
+            raise ValueError(f"judge {spec.name!r}: this version of ctsvqa implements {RULES_VERSION}, "
+                             f"not {spec.model!r}; cached {spec.model} verdicts stay in the warehouse")
         self.spec = spec
 
     async def judge(self, items: Sequence[Item]):
