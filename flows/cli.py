@@ -59,8 +59,8 @@ def cmd_judge(args: argparse.Namespace) -> int:
         finally:
             judge_flow.progress_hook = None
     for r in rows:
-        print(f"{r['judge']}: {r['pending']} pending, {r['from_cache']} from cache, {r['sent']} distinct sent in "
-              f"{r['calls']} calls, statuses {r['statuses']}, ${r['cost_usd']:.4f}, {r['seconds']} s")
+        print(f"{r['judge']}: {r['pending']} pending, {r['from_cache']} from cache, {r['sent']} distinct judged in "
+              f"{r['calls']} API calls, statuses {r['statuses']}, ${r['cost_usd']:.4f}, {r['seconds']} s")
     return 0
 
 

@@ -127,3 +127,16 @@ def test_cli_judge_paper_preset_against_fake_providers(prefect_server, mini_db, 
                                ).fetchone() == (3,)
     finally:
         fake.stop()
+
+
+def test_api_key_from_a_prefect_secret_block(prefect_server, monkeypatch):
+    from prefect.blocks.system import Secret
+
+    from adapters.judges.keys import api_key
+    from adapters.judges.spec import JudgeSpec
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    Secret(value="sk-from-block-1234").save("judge-openai-key", overwrite=True)
+    spec = JudgeSpec("gpt", "openai", "gpt-4o-mini", prompt="radiologist-yesno-v1", api_key_secret="judge-openai-key")
+    assert api_key(spec) == "sk-from-block-1234"
+    assert "sk-from-block" not in str(spec.public_settings())

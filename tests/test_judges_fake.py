@@ -294,3 +294,44 @@ def test_missing_key_fails_before_any_call(tmp_path, mini_db, fake, monkeypatch)
     with pytest.raises(MissingKey, match="OPENAI_API_KEY"):
         judge_m3d(mini_db, make_panel(tmp_path, fake, "openai"))
     assert fake.requests() == []
+
+
+def test_openai_compatible_local_judge(tmp_path, mini_db, fake, monkeypatch):
+    """Any OpenAI-compatible base_url (vLLM, llama.cpp, Ollama) works, with or without a key."""
+    judge = {"name": "local", "provider": "openai-compatible", "model": "qwen2.5-7b-instruct",
+             "prompt": "radiologist-yesno-v1", "base_url": fake.url + "/v1", "max_concurrency": 1}
+    path = tmp_path / "local.yaml"
+    path.write_text(yaml.safe_dump({"panel": "local", "judges": [judge]}))
+    judge_m3d(mini_db, load_panel(path))
+    assert_all_match_oracle(mini_db)
+    assert {r.body["model"] for r in fake.requests("openai")} == {"qwen2.5-7b-instruct"}
+    assert all(r.auth == "Bearer not-needed" for r in fake.requests("openai"))
+
+
+def test_bad_judges_files_are_refused(tmp_path):
+    from adapters.judges.spec import JudgeConfigError
+
+    cases = {
+        "provider 'claude' is not one of": {"judges": [{"name": "a", "provider": "claude", "model": "m"}]},
+        "unknown prompt": {"judges": [{"name": "a", "provider": "openai", "model": "m", "prompt": "nope-v9"}]},
+        r"unknown field\(s\) \['temprature'\]": {"judges": [{"name": "a", "provider": "openai", "model": "m", "temprature": 0}]},
+        "unique": {"judges": [{"name": "a", "provider": "exact", "model": "exact-v1"}] * 2},
+        "needs a base_url": {"judges": [{"name": "a", "provider": "openai-compatible", "model": "m"}]},
+        "non-empty 'judges' list": {"panel": "x"},
+    }
+    for message, content in cases.items():
+        path = tmp_path / "j.yaml"
+        path.write_text(yaml.safe_dump(content))
+        with pytest.raises(JudgeConfigError, match=message):
+            load_panel(path)
+    with pytest.raises(JudgeConfigError, match="neither a judges file nor a preset"):
+        load_panel("no-such-preset")
+
+
+def test_identity_ignores_rates_and_names_but_not_decoding():
+    from dataclasses import replace
+
+    spec = load_panel("paper").judges[0]
+    assert replace(spec, name="x", requests_per_minute=1, max_concurrency=99).judge_id == spec.judge_id
+    assert replace(spec, temperature=0.7).judge_id != spec.judge_id
+    assert replace(spec, prompt="radiologist-yesno-v1").judge_id != spec.judge_id
