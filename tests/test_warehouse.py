@@ -32,10 +32,16 @@ def test_migrations_recorded_once_and_views_created(db):
         assert migrate(con) == []                      # nothing left to apply
 
 
+def only_v1(tmp_path):
+    """A migrations folder holding just the first, real migration."""
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    shutil.copy(MIGRATIONS_DIR / "001_core.sql", folder)
+    return folder
+
+
 def test_failing_migration_rolls_back_and_names_its_file(db, tmp_path):
-    migrations = tmp_path / "migrations"
-    migrations.mkdir()
-    shutil.copy(MIGRATIONS_DIR / "001_core.sql", migrations)
+    migrations = only_v1(tmp_path)
     bad = migrations / "002_add_column.sql"
     bad.write_text("ALTER TABLE judgments ADD COLUMN judge_raw VARCHAR;\nSELECT * FROM no_such_table;\n")
     con = duckdb.connect(str(db))
@@ -51,11 +57,8 @@ def test_failing_migration_rolls_back_and_names_its_file(db, tmp_path):
 
 
 def test_upgrade_from_v1_puts_upstream_judges_on_the_upstream_panel(db, tmp_path):
-    only_v1 = tmp_path / "v1"
-    only_v1.mkdir()
-    shutil.copy(MIGRATIONS_DIR / "001_core.sql", only_v1)
     con = duckdb.connect(str(db))
-    migrate(con, only_v1)
+    migrate(con, only_v1(tmp_path))
     con.execute("INSERT INTO judges VALUES ('upstream/gpt/gpt-4o-mini/upstream-batch5-v1', 'gpt', 'openai', "
                 "'gpt-4o-mini', 'upstream-batch5-v1', '{}', NULL)")
     assert migrate(con) == [m.version for m in migrations()][1:]
@@ -65,9 +68,7 @@ def test_upgrade_from_v1_puts_upstream_judges_on_the_upstream_panel(db, tmp_path
 
 
 def test_edited_migration_is_refused(db, tmp_path):
-    migrations = tmp_path / "migrations"
-    migrations.mkdir()
-    shutil.copy(MIGRATIONS_DIR / "001_core.sql", migrations)
+    migrations = only_v1(tmp_path)
     con = duckdb.connect(str(db))
     migrate(con, migrations)
     (migrations / "001_core.sql").write_text((migrations / "001_core.sql").read_text() + "\n-- edited\n")
