@@ -64,6 +64,28 @@ def cmd_judge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_phantoms(args: argparse.Namespace) -> int:
+    from adapters.datasets.phantom import generate
+
+    cases = generate(args.out, args.n, args.seed, args.size)
+    n_qa = sum(len(c.qa) for c in cases)
+    print(f"wrote {len(cases)} phantom volume(s) and {n_qa} questions under {args.out} (upstream layout; "
+          f"load with: ctsvqa import-upstream {args.out})")
+    return 0
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from flows.preprocess import preprocess
+
+    result = preprocess(recipes=args.recipes, db=args.db, dataset=args.dataset, volumes=args.volumes,
+                        out=args.out, workers=args.workers, decode_cache=args.decode_cache)
+    print(f"{result['volumes_processed']} volume(s) processed; {result['inputs_ok']} model inputs built in total "
+          f"under {result['out_root']}")
+    for volume, reason in result["failed_volumes"].items():
+        print(f"  failed: {volume}: {reason}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     import warehouse
     from tasks.report import print_report
@@ -126,6 +148,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true",
                    help="also judge again what ended unparsed, blocked or without a verdict")
     p.set_defaults(func=cmd_judge)
+
+    p = sub.add_parser("phantoms", help="generate a synthetic chest-CT data set in the upstream layout")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--n", type=int, default=6, help="number of volumes")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--size", choices=("small", "full"), default="small",
+                   help="small: fast demo volumes; full: CT-RATE sized (512x512x200-300)")
+    p.set_defaults(func=cmd_phantoms)
+
+    p = sub.add_parser("preprocess", parents=[db], help="build model inputs for the volumes of a dataset")
+    p.add_argument("--recipes", default="all", help="all | own | upstream | comma-separated recipe names")
+    p.add_argument("--dataset", help="only this dataset (default: all)")
+    p.add_argument("--volumes", action="append", metavar="DIR",
+                   help="where the .nii.gz files are (repeatable; the dataset's import folder is searched too)")
+    p.add_argument("--out", help="output root (default: inputs/ beside the warehouse file)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes (one thread each)")
+    p.add_argument("--decode-cache", metavar="DIR", help="also keep decoded int16 volumes here, by content hash")
+    p.set_defaults(func=cmd_preprocess)
 
     p = sub.add_parser("report", parents=[db], help="print the accuracy tables")
     p.add_argument("--dataset", help="only this dataset")

@@ -1,0 +1,84 @@
+"""Flow: build model inputs for the volumes of a dataset (decode once, every recipe from memory)."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+
+import warehouse
+from adapters.models.recipes import RECIPES, select
+from tasks import model_inputs
+
+_pool = None
+
+
+def _content_key(context, parameters) -> str:
+    """Prefect cache key: the volume file's content hash + the recipes (name@version) + where outputs go."""
+    job = parameters["job"]
+    digest = hashlib.sha256()
+    if job.path:
+        with open(job.path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+    else:
+        digest.update(f"missing:{job.volume}".encode())
+    recipes = ",".join(sorted(RECIPES[n].key for n in job.recipes))
+    return f"model-inputs-{digest.hexdigest()}-{hashlib.sha256((recipes + parameters['out_root']).encode()).hexdigest()[:16]}"
+
+
+@task(name="preprocess-volume", cache_key_fn=_content_key, cache_expiration=timedelta(days=30),
+      persist_result=True, result_serializer="json", retries=1, task_run_name="preprocess-{job.volume}")
+def preprocess_volume(job: model_inputs.VolumeJob, out_root: str, decode_cache: str | None) -> list[dict]:
+    return _pool.submit(model_inputs.process_volume, job, out_root, decode_cache).result()
+
+
+@flow(name="preprocess", task_runner=ThreadPoolTaskRunner(max_workers=2), validate_parameters=False)
+def preprocess(recipes: str = "all", db: str | None = None, dataset: str | None = None,
+               volumes: list[str] | None = None, out: str | None = None, workers: int = 2,
+               decode_cache: str | None = None) -> dict:
+    """Skips what is already built; a bad volume is recorded as failed and the rest go on."""
+    global _pool
+    log = get_run_logger()
+    chosen = select(recipes)
+    out_root = Path(out) if out else warehouse.resolve_db(db).parent / "inputs"
+    jobs = model_inputs.plan(db, dataset, chosen, [Path(v) for v in volumes or []], out_root)
+    log.info("%d volume(s) need %d recipe(s); outputs under %s", len(jobs), len(chosen), out_root)
+    rows: list[dict] = []
+    if jobs:
+        _pool = model_inputs.worker_pool(workers)
+        try:
+            futures = [preprocess_volume.submit(job, str(out_root), decode_cache) for job in jobs]
+            for job, future in zip(jobs, futures):
+                result = future.result()
+                if any(r["status"] == "ok" and not Path(r["path"]).is_file() for r in result):
+                    # a cached result whose files were deleted since: build again
+                    result = preprocess_volume.with_options(refresh_cache=True)(job, str(out_root), decode_cache)
+                rows.extend(result)
+                if len(rows) >= 200:                 # store as we go: a crash keeps what was built
+                    log.info("recorded %d model inputs", model_inputs.record(db, rows))
+                    rows = []
+        finally:
+            model_inputs.record(db, rows)
+            _pool.shutdown()
+            _pool = None
+    with warehouse.reader(db) as con:
+        failed = con.execute(
+            "SELECT volume, recipe, reason FROM model_inputs WHERE status = 'failed' AND (? IS NULL OR dataset_id = ?) "
+            "ORDER BY volume, recipe", [dataset, dataset]).fetchall()
+        built = con.execute("SELECT count(*) FROM model_inputs WHERE status = 'ok' AND (? IS NULL OR dataset_id = ?)",
+                            [dataset, dataset]).fetchone()[0]
+    by_volume: dict[str, str] = {}
+    for volume, _, reason in failed:
+        by_volume.setdefault(volume, reason)
+    for volume, reason in by_volume.items():
+        log.warning("failed input %s: %s", volume, reason)
+    if by_volume:
+        create_table_artifact(key="preprocess-failures", table=[{"volume": v, "reason": r}
+                                                               for v, r in by_volume.items()])
+    return {"volumes_processed": len(jobs), "inputs_ok": built, "failed_volumes": by_volume,
+            "out_root": str(out_root)}
