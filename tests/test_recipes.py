@@ -56,9 +56,10 @@ def test_left_lesion_lands_on_the_documented_side(volumes, name, codes):
     axis, end = left_side(recipe, volume)
     assert lesion_side(array, axis) == end
     if not recipe.frame.startswith("voxel"):
-        # the models' own recipes do not depend on how the file was stored
+        # the models' own recipes do not depend on how the file was stored (up to float32 rounding:
+        # the separable resize runs along the file's memory order)
         reference = build(recipe, volumes["RAS"])
-        assert np.array_equal(array, reference.get("arr", reference.get("slices")))
+        np.testing.assert_allclose(array, reference.get("arr", reference.get("slices")), atol=1e-5, rtol=0)
 
 
 def test_upstream_harness_variants_flip_with_the_file_as_upstream_did(volumes):

@@ -89,7 +89,17 @@ def _source_positions(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np
 
 
 def resize_clip(arr: np.ndarray, size: tuple[int, int, int], clip: tuple[float, float] | None) -> np.ndarray:
-    """Trilinear resize of a (possibly strided, int16) 3-D view, clipping first. float32 out."""
+    """Trilinear resize of a (possibly strided, int16) 3-D view, clipping first. float32 out.
+    Works along the view's axes in memory order (planes contiguous), then puts them back."""
+    order = tuple(int(i) for i in np.argsort([-abs(s) for s in arr.strides], kind="stable"))
+    if order != (0, 1, 2):
+        inverse = tuple(int(i) for i in np.argsort(order))
+        out = _resize_planes(arr.transpose(order), tuple(size[i] for i in order), clip)
+        return np.ascontiguousarray(out.transpose(inverse))
+    return _resize_planes(arr, size, clip)
+
+
+def _resize_planes(arr: np.ndarray, size: tuple[int, int, int], clip: tuple[float, float] | None) -> np.ndarray:
     lo, hi, w = _source_positions(arr.shape[0], size[0])
     needed = np.unique(np.concatenate([lo, hi]))
     planes = np.ascontiguousarray(arr[needed]).astype(np.float32)
@@ -180,14 +190,14 @@ BOUNDS = {"minmax": (0.0, 1.0), "window01": (0.0, 1.0), "window11": (-1.0, 1.0),
 
 # --- the whole recipe ---------------------------------------------------------------------------
 
-def build(recipe: Recipe, volume: Volume) -> dict[str, np.ndarray]:
+def build(recipe: Recipe, volume: Volume, fast: bool = True) -> dict[str, np.ndarray]:
     """The model input: {'arr': float32 array} for volume recipes, {'slices', 'slice_indices'} for
-    slice recipes."""
+    slice recipes. fast=False takes the plain full-volume path (for benchmarks and tests)."""
     arr, spacing = frame_view(recipe, volume)
     if recipe.kind == "slices":
         return render_slices(recipe, arr)
     size = output_size(recipe, arr.shape, spacing)
-    vol = resize_clip(arr, size, recipe.clip)
+    vol = (resize_clip if fast else resize_reference)(arr, size, recipe.clip)
     vol = _scale(recipe, vol, arr).astype(np.float32)
     if recipe.scale in BOUNDS:                       # float rounding in the blend must not leave the range
         np.clip(vol, *BOUNDS[recipe.scale], out=vol)
