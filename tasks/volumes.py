@@ -97,12 +97,14 @@ def _header(path: Path, body: bytes) -> nib.Nifti1Header:
         raise VolumeError(path, f"unreadable NIfTI header ({exc})") from None
 
 
-def decode(path: str | os.PathLike) -> Volume:
-    """Decode one `.nii`/`.nii.gz` into HU with its affine, validating everything a recipe relies on."""
+def decode(path: str | os.PathLike, raw: bytes | None = None) -> Volume:
+    """Decode one `.nii`/`.nii.gz` into HU with its affine, validating everything a recipe relies on.
+    `raw`: the file's bytes, when the caller has read them already."""
     path = Path(path)
-    if not path.is_file():
-        raise VolumeError(path, "file not found")
-    raw = path.read_bytes()
+    if raw is None:
+        if not path.is_file():
+            raise VolumeError(path, "file not found")
+        raw = path.read_bytes()
     sha = hashlib.sha256(raw).hexdigest()
     body = _decompress(path, raw)
     hdr = _header(path, body)
@@ -171,14 +173,16 @@ class DecodeCache:
 
     def get(self, path: str | os.PathLike) -> Volume:
         path = Path(path)
-        sha = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
-        if sha:
-            array_path, meta_path = self._paths(sha)
-            if array_path.is_file() and meta_path.is_file():
-                meta = json.loads(meta_path.read_text())
-                data = np.load(array_path, mmap_mode="r").T            # back to stored (i, j, k)
-                return Volume(path, sha, data, np.array(meta["affine"]), tuple(meta["zooms"]))
-        volume = decode(path)
+        if not path.is_file():
+            raise VolumeError(path, "file not found")
+        raw = path.read_bytes()
+        sha = hashlib.sha256(raw).hexdigest()
+        array_path, meta_path = self._paths(sha)
+        if array_path.is_file() and meta_path.is_file():
+            meta = json.loads(meta_path.read_text())
+            data = np.load(array_path, mmap_mode="r").T                # back to stored (i, j, k)
+            return Volume(path, sha, data, np.array(meta["affine"]), tuple(meta["zooms"]))
+        volume = decode(path, raw)
         self.put(volume)
         return volume
 
