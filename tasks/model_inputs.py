@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 import warehouse
+from adapters.datasets.upstream import ct_rate_folder
 from adapters.models.recipes import RECIPES, Recipe
 
 VOLUME_SUBDIRS = ("volumes", "dataset/data_volumes/dataset/valid_fixed", "valid_fixed", ".")
@@ -27,14 +28,6 @@ class VolumeJob:
     path: str | None                 # None: not found on disk
     looked_in: str
     recipes: tuple[str, ...]         # recipe names still missing for this volume
-
-
-def ct_rate_folder(volume: str) -> Path:
-    """valid_12_a_1.nii.gz -> valid_12/valid_12_a (CT-RATE's folder layout)."""
-    parts = volume.split(".")[0].split("_")
-    if len(parts) >= 4:
-        return Path("_".join(parts[:2])) / "_".join(parts[:3])
-    return Path(".")
 
 
 def find_volume(volume: str, roots: Sequence[Path]) -> Path | None:

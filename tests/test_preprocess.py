@@ -9,6 +9,7 @@ import duckdb
 import numpy as np
 import pytest
 
+from adapters.datasets.upstream import ct_rate_folder
 from adapters.models.recipes import RECIPES, select
 from tasks import model_inputs
 from tasks.upstream_import import import_upstream
@@ -31,10 +32,10 @@ def make_dataset(root: Path) -> Path:
     path.write_text(json.dumps(data))
     good_file = None
     for i, (volume, codes) in enumerate(GOOD.items()):
-        target = root / "volumes" / model_inputs.ct_rate_folder(volume) / volume
+        target = root / "volumes" / ct_rate_folder(volume) / volume
         good_file = save(target, left_lesion_ras(), codes, stored_offset=1024 * (i % 2))
     for volume, case in BROKEN.items():
-        target = root / "volumes" / model_inputs.ct_rate_folder(volume) / volume
+        target = root / "volumes" / ct_rate_folder(volume) / volume
         target.parent.mkdir(parents=True, exist_ok=True)
         BAD[case][0](target, good_file)
     return root

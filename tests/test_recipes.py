@@ -96,3 +96,45 @@ def test_ctchat_reproduces_ct_clip_sizes_and_padding(volumes):
     # 40 slices x 2.5 mm -> int(40 * 2.5 / 1.5) = 66 slices, centred in 240: rows outside are padding
     assert (out[:80] == -1).all() and (out[-80:] == -1).all()
     assert (out[100:140] > -1).any()
+
+
+@pytest.fixture(scope="module")
+def phantom_pairs(tmp_path_factory):
+    """Phantom chest CTs with a left-sided lesion — a mass in the left lower lobe and the whole left
+    lung consolidated (so every axial slice through the chest shows it) — and the same case without
+    it, stored in each orientation: their difference shows where a recipe puts the lesion."""
+    from adapters.datasets.phantom import LABELS, make_case
+
+    folder = tmp_path_factory.mktemp("phantoms")
+    pairs = {}
+    for i, codes in enumerate(ORIENTATIONS):
+        case = make_case(i, seed=3, size="small", orientation=codes, findings=[("mass", "LLL")])
+        left_lung = np.isin(case.labels_ras, [LABELS["lung_lul"], LABELS["lung_lll"]]) | (case.labels_ras >= 100)
+        sick = case.hu_ras.copy()
+        sick[left_lung] = 40                            # consolidated: soft tissue instead of air
+        healthy = case.hu_ras.copy()
+        healthy[case.labels_ras >= 100] = -860          # the mass erased too
+        spacing = tuple(float(s) for s in np.abs(np.diag(case.affine_ras)[:3]))
+        a = decode(save(folder / f"{codes}.nii.gz", sick, codes, spacing=spacing))
+        b = decode(save(folder / f"{codes}-healthy.nii.gz", healthy, codes, spacing=spacing))
+        pairs[codes] = (a, b)
+    return pairs
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_phantom_left_finding_on_the_documented_side(phantom_pairs, name):
+    recipe = RECIPES[name]
+    seen = 0
+    for codes, (with_finding, without) in phantom_pairs.items():
+        a, b = build(recipe, with_finding), build(recipe, without)
+        key = "arr" if "arr" in a else "slices"
+        diff = np.abs(a[key].astype(np.float64) - b[key].astype(np.float64))
+        if diff.max() == 0:
+            continue
+        axis, end = left_side(recipe, with_finding)
+        values = diff[..., 0] if key == "slices" else diff
+        profile = values.sum(axis=tuple(i for i in range(values.ndim) if i != axis))
+        centre = (profile * np.arange(len(profile))).sum() / profile.sum()
+        assert ("low" if centre < (len(profile) - 1) / 2 else "high") == end, codes
+        seen += 1
+    assert seen == len(ORIENTATIONS)                    # every recipe saw the findings in every orientation

@@ -275,6 +275,14 @@ def read_categories(path: Path, questions: list[Question]) -> list[tuple[str, st
     return out
 
 
+def ct_rate_folder(volume: str) -> Path:
+    """Where CT-RATE keeps a volume: valid_12_a_1.nii.gz -> valid_12/valid_12_a."""
+    parts = volume.split(".")[0].split("_")
+    if len(parts) >= 4:
+        return Path("_".join(parts[:2])) / "_".join(parts[:3])
+    return Path(".")
+
+
 def image_id(raw: str) -> str:
     """Basename of a case id or image path, as the volume's .nii.gz file name."""
     name = raw.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
