@@ -98,7 +98,7 @@ def main() -> int:
         print(f"{'view':<28}{'rows':>8}{'median ms':>12}")
         total = 0.0
         for view in view_names(con):
-            t, n = timed(lambda: con.execute(f'SELECT * FROM "{view}"').to_arrow_table().num_rows,
+            t, n = timed(lambda: con.sql(f'SELECT * FROM "{view}"').to_arrow_table().num_rows,
                          max(args.repeats, 5))
             total += t
             print(f"{view:<28}{n:>8}{1000 * t:>12.1f}")
