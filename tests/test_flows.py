@@ -140,3 +140,33 @@ def test_api_key_from_a_prefect_secret_block(prefect_server, monkeypatch):
     spec = JudgeSpec("gpt", "openai", "gpt-4o-mini", prompt="radiologist-yesno-v1", api_key_secret="judge-openai-key")
     assert api_key(spec) == "sk-from-block-1234"
     assert "sk-from-block" not in str(spec.public_settings())
+
+
+def test_deployments_yaml_deploys_to_a_real_server(prefect_server, tmp_path):
+    """`prefect deploy --prefect-file deployments.yaml --all` registers every deployment."""
+    import os
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "CTSVQA_ROOT": str(REPO)}
+    prefect = [sys.executable, "-m", "prefect", "--no-prompt"]
+    subprocess.run(prefect + ["work-pool", "create", "ctsvqa-cpu", "--type", "process", "--overwrite"],
+                   env=env, cwd=REPO, check=True, capture_output=True, timeout=120)
+    done = subprocess.run(prefect + ["deploy", "--prefect-file", "deployments.yaml", "--all"],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    import asyncio
+
+    from prefect import get_client
+
+    async def deployments():
+        async with get_client() as client:
+            return {(d.name, tuple(s.schedule.cron for s in d.schedules)) for d in await client.read_deployments()}
+
+    assert asyncio.run(deployments()) >= {("import-upstream-nightly", ("0 3 * * *",)),
+                                          ("judge-offline-nightly", ("30 3 * * *",)), ("judge-paper", ()),
+                                          ("preprocess", ())}
