@@ -163,6 +163,23 @@ def _crop_window(size: tuple[int, int, int], crop: tuple[int, int, int] | None) 
     return tuple(slice((n - c) // 2, (n - c) // 2 + c) if n > c else slice(None) for n, c in zip(size, crop))
 
 
+def resize_sitk(arr: np.ndarray, size: tuple[int, int, int], spacing: tuple[float, float, float],
+                clip: tuple[float, float] | None) -> np.ndarray:
+    """What the upstream preprocess scripts did: SimpleITK linear Resample to `size`, output spacing
+    in_spacing * in_size / out_size, origin and direction kept (so samples start at the first voxel's
+    centre, not half a voxel in, as torch's grid does). `arr` is (z, y, x); clip afterwards."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.ascontiguousarray(arr, dtype=np.float32))
+    image.SetSpacing(tuple(float(s) for s in reversed(spacing)))
+    out_size = [int(n) for n in reversed(size)]                       # SimpleITK sizes are (x, y, z)
+    out_spacing = [s * n / m for s, n, m in zip(image.GetSpacing(), image.GetSize(), out_size)]
+    resampled = sitk.Resample(image, out_size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(),
+                              out_spacing, image.GetDirection(), 0.0, sitk.sitkFloat32)
+    out = sitk.GetArrayFromImage(resampled)
+    return np.clip(out, *clip) if clip is not None else out
+
+
 def crop_pad(vol: np.ndarray, shape: tuple[int, int, int], value: float) -> np.ndarray:
     out = np.full(shape, value, dtype=vol.dtype)
     src, dst = [], []
@@ -255,7 +272,9 @@ def build(recipe: Recipe, volume: Volume, fast: bool = True) -> dict[str, np.nda
     if recipe.kind == "slices":
         return render_slices(recipe, arr)
     size = output_size(recipe, arr.shape, spacing)
-    if fast:
+    if recipe.resampler == "sitk":
+        vol = resize_sitk(arr, size, spacing, recipe.clip)
+    elif fast:
         vol = resize_clip(arr, size, recipe.clip, _crop_window(size, recipe.crop_pad))
     else:
         vol = resize_reference(arr, size, recipe.clip)

@@ -41,6 +41,8 @@ class Recipe:
     size: tuple[int, int, int] | None = None    # output grid in frame order (trilinear, align_corners=False)
     spacing: tuple[float, float, float] | None = None    # or: resample to this spacing (frame order)
     spacing_rounding: str = "round"             # 'round' (SimpleITK/MONAI) or 'trunc' (CT-CLIP's int())
+    resampler: str = "torch"                    # 'torch' (half-pixel grid) | 'sitk' (SimpleITK Resample to
+    #                                             `size` keeping origin and direction, as the upstream scripts did)
     use_header_spacing: bool = True
     crop_pad: tuple[int, int, int] | None = None   # centre crop / pad to this shape (frame order)
     pad_value: float = 0.0
@@ -78,13 +80,13 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
     # M3D-LaMed: 1x32x256x256 in [0,1]; trained on display-windowed slice stacks, min-max normalised.
     _r(name="m3d", version="1", model="M3D-LaMed", frame="display", kind="volume", clip=(-1000, 1000),
        scale="minmax", size=(32, 256, 256), source="M3D README quick start; Data/process/m3d_cap_data_prepare.py"),
-    _r(name="m3d-upstream-harness", version="1", model="M3D-LaMed", frame="voxel-zyx", kind="volume",
+    _r(name="m3d-upstream-harness", version="1", resampler="sitk", model="M3D-LaMed", frame="voxel-zyx", kind="volume",
        scale="minmax", size=(32, 256, 256),
        source="CT-SpatialVQA benchmarking/preprocess/preprocess_m3d.py: SimpleITK linear, global min-max of raw HU"),
     # Med3DVLM: 1x128x256x256, same M3D-Cap style normalisation.
     _r(name="med3dvlm", version="1", model="Med3DVLM", frame="display", kind="volume", clip=(-1000, 1000),
        scale="minmax", size=(128, 256, 256), source="Med3DVLM src/dataset (M3D-Cap: min-max, Resize 128x256x256)"),
-    _r(name="med3dvlm-upstream-harness", version="1", model="Med3DVLM", frame="voxel-zyx", kind="volume",
+    _r(name="med3dvlm-upstream-harness", version="1", resampler="sitk", model="Med3DVLM", frame="voxel-zyx", kind="volume",
        scale="minmax", size=(128, 256, 256), source="CT-SpatialVQA preprocess_med3dvlm.py: min-max raw HU, no crop"),
     # CT-CHAT's CT-CLIP encoder: clip +-1000, /1000, spacing z 1.5 / xy 0.75 (int() sizes), crop/pad -1
     # to 480x480x240, permuted to (240, 480, 480).
@@ -108,7 +110,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
     _r(name="radfm", version="1", model="RadFM", frame="display", kind="volume", clip=(-1000, 1000),
        scale="minmax", size=(64, 256, 256), channels=3, layout="(3, H, W, D)",
        source="RadFM src/Dataset: min-max per image, 3 channels, 256x256, depth <= 64"),
-    _r(name="radfm-upstream-harness", version="1", model="RadFM", frame="voxel-zyx", kind="volume",
+    _r(name="radfm-upstream-harness", version="1", resampler="sitk", model="RadFM", frame="voxel-zyx", kind="volume",
        clip=(-1024, 1024), scale="window01", size=(128, 512, 512), channels=3, layout="(3, H, W, D)",
        source="CT-SpatialVQA benchmarking/preprocess/preprocess_radfm.py: 512x512x128, clip +-1024"),
     # MedGemma 1.5: 85 axial slices, RGB windows (-1024,1024) (-135,215) (0,80), native resolution.
