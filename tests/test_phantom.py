@@ -10,7 +10,6 @@ import gzip
 import hashlib
 import json
 import re
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,11 +28,9 @@ KIND_WORD = {"nodule": "nodule", "mass": "mass", "effusion": "pleural effusion",
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> tuple[Path, list[P.PhantomCase], float]:
+def dataset(tmp_path_factory) -> tuple[Path, list[P.PhantomCase]]:
     out = tmp_path_factory.mktemp("phantom")
-    t0 = time.perf_counter()
-    cases = P.generate(out, 6, SEED, "small")
-    return out, cases, time.perf_counter() - t0
+    return out, P.generate(out, 6, SEED, "small")
 
 
 # ---- independent geometry, straight from a file's array and affine ------------------------
@@ -108,7 +105,7 @@ def test_ignoring_the_affine_gets_left_and_right_wrong():
 # ---- stored intensities ------------------------------------------------------------------
 
 def test_saved_volumes_read_back_as_hu(dataset):
-    out, cases, _ = dataset
+    out, cases = dataset
     conventions, orientations = set(), set()
     for i, case in enumerate(cases):
         arrays = P.make_case(i, SEED, "small")
@@ -158,7 +155,7 @@ def test_hu_values_are_realistic():
 
 
 def test_spacing_and_slices_vary_within_the_size_spec(dataset):
-    _, cases, _ = dataset
+    _, cases = dataset
     assert len({c.spacing for c in cases}) > 1 and len({c.shape for c in cases}) > 1
     for c in cases:
         sx, sy, sz = c.spacing
@@ -167,15 +164,12 @@ def test_spacing_and_slices_vary_within_the_size_spec(dataset):
 
 
 def test_full_size_case():
-    t0 = time.perf_counter()
     a = P.make_case(2, SEED, "full", findings=[("mass", "LLL")])
-    elapsed = time.perf_counter() - t0
     nx, ny, nz = a.hu_ras.shape
     sx, sy, sz = np.diag(a.affine_ras)[:3]
     assert (nx, ny) == (512, 512) and 200 <= nz <= 300
     assert 0.6 <= sx == sy <= 0.8 and 1.0 <= sz <= 1.5
     assert a.orientation == "LAI" and "".join(nib.aff2axcodes(a.affine)) == "LAI"
-    assert elapsed < 30
     qa = {q["question"]: q["answer"] for q in P.qa_from_labels(a.labels_stored, a.affine, a.findings, max_qa=None)}
     assert qa["In which lobe is the mass located?"] == "In the left lower lobe."
     mm = int(re.fullmatch(r"About (\d+) mm\.", qa["What is the largest diameter of the mass?"]).group(1))
@@ -209,7 +203,7 @@ def expected_answers(img, lab, findings) -> dict[str, str]:
 
 
 def test_qa_answers_agree_with_the_label_map(dataset):
-    out, cases, _ = dataset
+    out, cases = dataset
     checked = 0
     for i, case in enumerate(cases):
         img, lab = labels_of(case.labels_path)
@@ -260,7 +254,7 @@ def test_effusion_lymph_node_and_anatomy_questions():
 # ---- layout ---------------------------------------------------------------------------------
 
 def test_layout_and_json_files(dataset):
-    out, cases, _ = dataset
+    out, cases = dataset
     names = [f"valid_{1001 + i}_a_1.nii.gz" for i in range(6)]
     assert [c.volume for c in cases] == names
     for c in cases:
@@ -301,14 +295,12 @@ def tree_digest(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_generation_is_deterministic_and_fast(dataset, tmp_path):
-    out, _, first_s = dataset
-    t0 = time.perf_counter()
+def test_generation_is_deterministic(dataset, tmp_path):
+    # (speed is measured in bench/, never asserted here)
+    out, _ = dataset
     P.generate(tmp_path / "again", 6, SEED, "small")
-    again_s = time.perf_counter() - t0
     a, b = tree_digest(out), tree_digest(tmp_path / "again")
     assert len(a) == 6 * 2 + 3 and a == b
-    assert first_s < 10 and again_s < 10
     other = tree_digest(P.generate(tmp_path / "other", 1, SEED + 1, "small")[0].path.parent)
     first = {k.rsplit("/", 1)[1]: v for k, v in a.items() if k.startswith("volumes/valid_1001/")}
     assert set(other) == set(first) and all(other[k] != first[k] for k in first)   # the seed matters
