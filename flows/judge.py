@@ -7,6 +7,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from adapters.judges.keys import check_keys
 from adapters.judges.spec import JudgeSpec, load_panel
 from tasks import judging
 
@@ -45,6 +46,7 @@ def judge(judges: str = "offline", runs: list[str] | None = None, db: str | None
         log.info("forecast (nothing sent):\n%s", judging.format_forecast(rows))
         create_table_artifact(key="judge-forecast", table=rows, description=f"Forecast for panel {panel.name}")
         return rows
+    check_keys(panel.judges)
     judging.register_panel(db, panel)
     futures = [judge_task.submit(db, spec, runs, retry_failed) for spec in panel.judges]
     rows, failed = [], []

@@ -170,3 +170,14 @@ def test_deployments_yaml_deploys_to_a_real_server(prefect_server, tmp_path):
     assert asyncio.run(deployments()) >= {("import-upstream-nightly", ("0 3 * * *",)),
                                           ("judge-offline-nightly", ("30 3 * * *",)), ("judge-paper", ()),
                                           ("preprocess", ())}
+
+
+def test_cli_judge_without_keys_names_every_missing_key_and_stores_nothing(prefect_server, mini_db, monkeypatch,
+                                                                          capsys):
+    for name in ("OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "DASHSCOPE_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    before = table_digest(mini_db)
+    assert main(["judge", "--judges", "paper", "--db", str(mini_db)]) == 2
+    err = capsys.readouterr().err
+    assert "OPENAI_API_KEY" in err and "GEMINI_API_KEY" in err and "DASHSCOPE_API_KEY" in err
+    assert table_digest(mini_db) == before

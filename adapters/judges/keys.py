@@ -33,3 +33,17 @@ def api_key(spec: JudgeSpec) -> str:
         return "not-needed"          # local servers (vLLM, llama.cpp, Ollama) usually take any key
     raise MissingKey(f"judge {spec.name!r}: no API key; set {' or '.join(names)} "
                      f"(or api_key_env / api_key_secret in the judges file)")
+
+
+def check_keys(specs) -> None:
+    """Fail before anything is sent or stored when any judge lacks its key, naming all of them."""
+    problems = []
+    for spec in specs:
+        if spec.offline:
+            continue
+        try:
+            api_key(spec)
+        except MissingKey as exc:
+            problems.append(str(exc))
+    if problems:
+        raise MissingKey("; ".join(problems))
