@@ -88,17 +88,19 @@ def process_volume(job: VolumeJob, out_root: str, decode_cache: str | None = Non
 
     base = {"dataset_id": job.dataset_id, "volume": job.volume, "source_path": job.path}
     recipes = [RECIPES[n] for n in job.recipes]
+
+    def all_failed(reason: str) -> list[dict]:
+        return [{**base, "recipe": r.name, "version": r.version, "status": "failed", "reason": reason}
+                for r in recipes]
+
     if job.path is None:
-        return [{**base, "recipe": r.name, "version": r.version, "status": "failed",
-                 "reason": f"volume file not found (looked in {job.looked_in})"} for r in recipes]
+        return all_failed(f"volume file not found (looked in {job.looked_in})")
     try:
         volume = DecodeCache(decode_cache).get(job.path) if decode_cache else decode(job.path)
     except VolumeError as exc:
-        return [{**base, "recipe": r.name, "version": r.version, "status": "failed", "reason": exc.reason}
-                for r in recipes]
+        return all_failed(exc.reason)
     except Exception as exc:  # noqa: BLE001  (anything else about one file must not stop the rest)
-        return [{**base, "recipe": r.name, "version": r.version, "status": "failed",
-                 "reason": f"unreadable: {type(exc).__name__}: {exc}"} for r in recipes]
+        return all_failed(f"unreadable: {type(exc).__name__}: {exc}")
     rows = []
     for recipe in recipes:
         t0 = time.perf_counter()

@@ -46,7 +46,12 @@ def lesion_side(array: np.ndarray, axis: int) -> str:
     values = array[..., 0] if array.dtype == np.uint8 else array      # one channel of an RGB stack
     values = values.astype(np.float64)
     bright = values >= values.max() - 0.05 * (values.max() - values.min())
-    profile = bright.sum(axis=tuple(i for i in range(values.ndim) if i != axis))
+    return half_of(bright, axis)
+
+
+def half_of(weights: np.ndarray, axis: int) -> str:
+    """'low' or 'high': which half of `axis` the weights' centroid falls in."""
+    profile = weights.sum(axis=tuple(i for i in range(weights.ndim) if i != axis))
     centre = (profile * np.arange(len(profile))).sum() / profile.sum()
     return "low" if centre < (len(profile) - 1) / 2 else "high"
 
@@ -137,8 +142,6 @@ def test_phantom_left_finding_on_the_documented_side(phantom_pairs, name):
             continue
         axis, end = left_side(recipe, with_finding)
         values = diff[..., 0] if key == "slices" else diff
-        profile = values.sum(axis=tuple(i for i in range(values.ndim) if i != axis))
-        centre = (profile * np.arange(len(profile))).sum() / profile.sum()
-        assert ("low" if centre < (len(profile) - 1) / 2 else "high") == end, codes
+        assert half_of(values, axis) == end, codes
         seen += 1
     assert seen == len(ORIENTATIONS)                    # every recipe saw the findings in every orientation

@@ -74,8 +74,8 @@ class LLMJudge:
             schema=self.prompt.schema if self.spec.structured else None,
         )
 
-    def forecast_tokens(self, items: Sequence[Item]) -> tuple[int, int]:
-        req = self.request(items)
+    def forecast_tokens(self, items: Sequence[Item], req: ChatRequest | None = None) -> tuple[int, int]:
+        req = req or self.request(items)
         return (estimate_tokens((req.system or "") + req.user),
                 self.prompt.expected_output_tokens_per_item * len(items) + 2)
 
@@ -106,7 +106,7 @@ class LLMJudge:
 
     async def _ask(self, items: Sequence[Item], calls: list[CallLog]):
         req = self.request(items)
-        estimated_in, estimated_out = self.forecast_tokens(items)
+        estimated_in, estimated_out = self.forecast_tokens(items, req)
         call_id = uuid.uuid4().hex
         last_latency = [None]
 
