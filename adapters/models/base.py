@@ -1,0 +1,202 @@
+"""The model-adapter protocol: what the runner (tasks/inference.py) needs of any model, ours or a
+third party's. No DuckDB, no Prefect here.
+
+Life of an adapter in one run:
+  1. constructed with the user's settings (`AdapterSettings`); cheap, loads nothing;
+  2. `identity()` — everything that can change an answer; the run id is a hash of it (plus the
+     ablation and dataset), so it must be computable before `load()` and must not contain paths that
+     differ between machines when the content is the same (hash the checkpoint's config/index files);
+  3. `load()` once; `prepare(dataset)` once with every question of the dataset (baselines use the
+     other volumes' references; models ignore it);
+  4. `answer(model_input, questions)` per volume, with at most `batch_size` questions of that volume;
+     returns exactly one `Answer` per question, in any order, matched by qid. Raising fails every
+     question of the call (stored as `error` with the message); an `Answer(status="error")` fails one;
+  5. `provenance()` — identity plus what helps to reproduce (package versions, device, dtype).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+
+class AdapterError(RuntimeError):
+    """A model cannot be used as configured (missing checkpoint, bad option). The message says what to do."""
+
+
+@dataclass(frozen=True)
+class Question:
+    qid: str
+    question: str
+
+
+@dataclass(frozen=True)
+class DatasetQuestion:
+    """A question with its reference answer and categories, for adapters that learn from the data set
+    (the offline baselines). Models must never see the reference of the question they answer."""
+    qid: str
+    volume: str
+    question: str
+    answer: str
+    categories: tuple[str, ...] = ()
+
+
+@dataclass
+class Answer:
+    qid: str
+    text: str | None
+    status: str = "ok"                     # 'ok' | 'error'
+    reason: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)   # tokens, seconds, ... (stored in provenance)
+
+    def __post_init__(self) -> None:
+        if self.status not in ("ok", "error"):
+            raise ValueError(f"answer status must be 'ok' or 'error', not {self.status!r}")
+        if (self.status == "ok") != (self.text is not None):
+            raise ValueError(f"answer {self.qid}: status 'ok' needs a text and 'error' must have none")
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """One volume's input for one recipe: a file written by the preprocess tasks."""
+    volume: str                            # the volume whose pixels these are (differs from the question's
+    #                                        volume only under the shuffle ablation)
+    recipe: str
+    version: str
+    path: Path
+    shape: tuple[int, ...]
+    dtype: str
+    patient_left: str                      # e.g. 'axis 3, high index'
+
+    def load(self) -> dict[str, np.ndarray]:
+        """Arrays by name: 'arr' for .npy recipes, the npz's own keys ('slices', 'indices', ...) otherwise."""
+        if self.path.suffix == ".npz":
+            with np.load(self.path) as z:
+                return {k: z[k] for k in z.files}
+        return {"arr": np.load(self.path)}
+
+
+@dataclass(frozen=True)
+class AdapterSettings:
+    checkpoint: str | None = None          # directory or hub id
+    device: str = "cpu"                    # 'cpu' | 'cuda' | 'cuda:N'
+    dtype: str | None = None               # 'float32' | 'bfloat16' | 'float16'; None: the adapter's default
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)   # adapter-specific (e.g. {'variant': 'upstream-harness'})
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """One thing an adapter needs, for `ctsvqa models`."""
+    what: str                              # 'weights', 'code', 'package transformers>=5'
+    found: bool
+    detail: str                            # where it was looked for, or what to download and where to put it
+
+
+class ModelAdapter:
+    """Subclass, set the class attributes, implement `load` and `answer`."""
+
+    name: ClassVar[str]                    # registry name, e.g. 'medgemma'
+    version: ClassVar[str] = "1"           # bump whenever a change to the adapter can change an answer
+    default_recipe: ClassVar[str | None] = None   # a name in adapters/models/recipes.py; None: reads no image
+    description: ClassVar[str] = ""
+    packages: ClassVar[tuple[str, ...]] = ()      # distributions whose versions go into provenance
+
+    def __init__(self, settings: AdapterSettings | None = None) -> None:
+        self.settings = settings or AdapterSettings()
+
+    # -- what the runner asks before loading -------------------------------------------------
+    @property
+    def recipe(self) -> str | None:
+        """The recipe this configuration consumes (an option may pick the `-upstream-harness` one)."""
+        return self.default_recipe
+
+    def generation(self) -> dict[str, Any]:
+        """Prompt template and generation settings: part of the identity."""
+        return {}
+
+    def checkpoint_identity(self) -> dict[str, Any] | None:
+        """What identifies the weights without loading them. Default: a hash of the checkpoint
+        directory's small metadata files (config, weight index, tokenizer config)."""
+        ckpt = self.settings.checkpoint
+        if ckpt is None:
+            return None
+        return checkpoint_fingerprint(ckpt)
+
+    def identity(self) -> dict[str, Any]:
+        from adapters.models.recipes import RECIPES
+
+        recipe = self.recipe
+        return {
+            "adapter": self.name,
+            "adapter_version": self.version,
+            "checkpoint": self.checkpoint_identity(),
+            "recipe": RECIPES[recipe].key if recipe else None,
+            "generation": self.generation(),
+            "seed": self.settings.seed,
+            "options": dict(sorted(self.settings.options.items())),
+        }
+
+    @classmethod
+    def requirements(cls, settings: AdapterSettings) -> list[Requirement]:
+        """What this adapter needs and whether it is here; nothing needed by default."""
+        return []
+
+    # -- the work --------------------------------------------------------------------------------
+    def load(self) -> None:
+        """Load weights once. Raise AdapterError with what to download and where to put it."""
+
+    def prepare(self, dataset: Sequence[DatasetQuestion]) -> None:
+        """Called once after load with every question of the data set."""
+
+    def answer(self, model_input: ModelInput | None, questions: Sequence[Question]) -> list[Answer]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Free what load() took (GPU memory)."""
+
+    def provenance(self) -> dict[str, Any]:
+        versions = {}
+        for dist in ("ctsvqa", "torch", "transformers", "numpy", *self.packages):
+            try:
+                versions[dist] = metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                pass
+        return {**self.identity(), "device": self.settings.device, "dtype": self.settings.dtype,
+                "python": platform.python_version(), "packages": versions}
+
+
+CHECKPOINT_METADATA = ("config.json", "generation_config.json", "model.safetensors.index.json",
+                       "pytorch_model.bin.index.json", "preprocessor_config.json", "processor_config.json",
+                       "tokenizer_config.json", "chat_template.jinja", "chat_template.json")
+
+
+def checkpoint_fingerprint(checkpoint: str) -> dict[str, Any]:
+    """sha256 over a checkpoint directory's metadata files and its weight files' names and sizes;
+    a hub id (not a directory) is identified by its name alone."""
+    path = Path(checkpoint).expanduser()
+    if not path.is_dir():
+        return {"id": checkpoint}
+    digest = hashlib.sha256()
+    for name in CHECKPOINT_METADATA:
+        f = path / name
+        if f.is_file():
+            digest.update(name.encode() + b"\0" + f.read_bytes() + b"\0")
+    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) + sorted(path.glob("*.pt")):
+        digest.update(f"{f.name}:{f.stat().st_size}\0".encode())
+    return {"name": path.name, "sha256": digest.hexdigest()}
+
+
+def identity_hash(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def settings_dict(settings: AdapterSettings) -> dict[str, Any]:
+    return asdict(settings)
