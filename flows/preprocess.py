@@ -40,13 +40,14 @@ def preprocess_volume(job: model_inputs.VolumeJob, out_root: str, decode_cache: 
 @flow(name="preprocess", task_runner=ThreadPoolTaskRunner(max_workers=2), validate_parameters=False)
 def preprocess(recipes: str = "all", db: str | None = None, dataset: str | None = None,
                volumes: list[str] | None = None, out: str | None = None, workers: int = 2,
-               decode_cache: str | None = None) -> dict:
-    """Skips what is already built; a bad volume is recorded as failed and the rest go on."""
+               decode_cache: str | None = None, only_volumes: list[str] | None = None) -> dict:
+    """Skips what is already built; a bad volume is recorded as failed and the rest go on.
+    `only_volumes`: build only these volumes (what an inference run lacks)."""
     global _pool
     log = get_run_logger()
     chosen = select(recipes)
     out_root = Path(out) if out else warehouse.resolve_db(db).parent / "inputs"
-    jobs = model_inputs.plan(db, dataset, chosen, [Path(v) for v in volumes or []], out_root)
+    jobs = model_inputs.plan(db, dataset, chosen, [Path(v) for v in volumes or []], out_root, only_volumes)
     log.info("%d volume(s) need %d recipe(s); outputs under %s", len(jobs), len(chosen), out_root)
     rows: list[dict] = []
     if jobs:

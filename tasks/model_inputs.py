@@ -9,7 +9,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Collection, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -40,8 +40,10 @@ def find_volume(volume: str, roots: Sequence[Path]) -> Path | None:
 
 
 def plan(db, dataset: str | None, recipes: Sequence[Recipe], volume_roots: Sequence[Path],
-         out_root: Path) -> list[VolumeJob]:
-    """Volumes of the dataset(s) with at least one requested recipe not yet built (or whose file is gone)."""
+         out_root: Path, only_volumes: Collection[str] | None = None) -> list[VolumeJob]:
+    """Volumes of the dataset(s) with at least one requested recipe not yet built (or whose file is gone);
+    with `only_volumes`, only those (the runner builds just what its run lacks)."""
+    only = None if only_volumes is None else set(only_volumes)
     with warehouse.reader(db) as con:
         datasets = con.execute("SELECT dataset_id, source_path FROM datasets WHERE ? IS NULL OR dataset_id = ?",
                                [dataset, dataset]).fetchall()
@@ -54,6 +56,8 @@ def plan(db, dataset: str | None, recipes: Sequence[Recipe], volume_roots: Seque
             roots = [Path(r) for r in volume_roots] + ([Path(source_path)] if source_path else [])
             for (volume,) in con.execute("SELECT volume FROM volumes WHERE dataset_id = ? ORDER BY position",
                                          [dataset_id]).fetchall():
+                if only is not None and volume not in only:
+                    continue
                 missing = tuple(r.name for r in recipes
                                 if not (p := done.get((dataset_id, volume, r.name, r.version))) or not Path(p).is_file())
                 if missing:

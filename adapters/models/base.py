@@ -76,11 +76,19 @@ class ModelInput:
     patient_left: str                      # e.g. 'axis 3, high index'
 
     def load(self) -> dict[str, np.ndarray]:
-        """Arrays by name: 'arr' for .npy recipes, the npz's own keys ('slices', 'indices', ...) otherwise."""
+        """Arrays by name: 'arr' for .npy recipes, the npz's own keys ('slices', 'indices', ...) otherwise.
+        Read once: the runner loads a volume's input before the adapter's first batch, and later
+        batches of the same volume get the same arrays (treat them as read-only)."""
+        cached = self.__dict__.get("_arrays")
+        if cached is not None:
+            return cached
         if self.path.suffix == ".npz":
             with np.load(self.path) as z:
-                return {k: z[k] for k in z.files}
-        return {"arr": np.load(self.path)}
+                arrays = {k: z[k] for k in z.files}
+        else:
+            arrays = {"arr": np.load(self.path)}
+        object.__setattr__(self, "_arrays", arrays)      # frozen dataclass: a cache, not a field
+        return arrays
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,453 @@
+"""Inference as plain functions: plan a run from a model configuration, build the inputs it lacks,
+load the model once, hand it each volume's input with that volume's pending questions, and store
+the predictions as volumes finish. Killed at any moment and run again, it answers only the qids
+without a stored prediction; a question or volume that fails is stored as 'error' with the reason."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pyarrow as pa
+
+import warehouse
+from adapters.models import registry
+from adapters.models.base import (
+    AdapterError, AdapterSettings, Answer, DatasetQuestion, ModelAdapter, ModelInput, Question, identity_hash,
+)
+from adapters.models.recipes import RECIPES
+from warehouse import loaders
+
+SQL = Path(__file__).resolve().parent.parent / "sql" / "queries"
+SOURCE = "inference"
+ABLATIONS = ("shuffle-volumes",)
+log = logging.getLogger("ctsvqa.inference")
+
+ProgressFn = Callable[[int, int], None]            # (done, total) questions of this session
+
+
+class InferenceError(RuntimeError):
+    """The run cannot start or went wholly wrong; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """What the user asked for: small, serialisable, passed between tasks instead of the model."""
+    model: str
+    checkpoint: str | None = None
+    name: str | None = None
+    dataset: str | None = None
+    device: str = "cpu"
+    dtype: str | None = None
+    batch_size: int = 8
+    limit_volumes: int | None = None
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+    ablate: str | None = None
+    retry_failed: bool = False
+
+    def settings(self) -> AdapterSettings:
+        return AdapterSettings(checkpoint=self.checkpoint, device=self.device, dtype=self.dtype, seed=self.seed,
+                               options=dict(self.options))
+
+
+@dataclass
+class RunPlan:
+    run_id: str
+    name: str
+    dataset_id: str
+    model: str
+    recipe: str | None                     # recipe name (None: the adapter reads no image)
+    config: dict[str, Any]
+    mapping: dict[str, str] | None         # question's volume -> volume whose input it is shown (ablation)
+    exists: bool                           # the run is already stored (this is a resume)
+    pending: dict[str, list[Question]]     # volume -> questions still to answer, in dataset order
+
+    @property
+    def n_pending(self) -> int:
+        return sum(len(qs) for qs in self.pending.values())
+
+    def input_volume(self, volume: str) -> str:
+        return self.mapping[volume] if self.mapping else volume
+
+
+@dataclass
+class InferSummary:
+    run_id: str
+    name: str
+    dataset_id: str
+    model: str
+    session_id: str | None = None
+    pending: int = 0
+    ok: int = 0
+    error: int = 0
+    volumes: int = 0
+    seconds: float = 0.0
+    reasons: dict[str, int] = field(default_factory=dict)      # error reason -> count (most common first)
+
+    @property
+    def all_failed(self) -> bool:
+        return self.pending > 0 and self.ok == 0
+
+    def row(self) -> dict[str, Any]:
+        top = "; ".join(f"{n}x {r}" for r, n in list(self.reasons.items())[:3])
+        return {"run": self.name, "run_id": self.run_id, "dataset": self.dataset_id, "model": self.model,
+                "pending": self.pending, "ok": self.ok, "error": self.error, "volumes": self.volumes,
+                "seconds": round(self.seconds, 2), "errors": top}
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+def make_adapter(request: InferRequest) -> ModelAdapter:
+    if request.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, not {request.batch_size}")
+    if request.ablate is not None and request.ablate not in ABLATIONS:
+        raise ValueError(f"unknown ablation {request.ablate!r}; known: {', '.join(ABLATIONS)}")
+    adapter = registry.create(request.model, request.settings())
+    recipe = adapter.recipe
+    if recipe is not None and recipe not in RECIPES:
+        raise AdapterError(f"model {request.model!r} asks for recipe {recipe!r}, which is not in "
+                           f"adapters/models/recipes.py (known: {', '.join(RECIPES)})")
+    return adapter
+
+
+def resolve_dataset(con, dataset: str | None) -> str:
+    ids = [r[0] for r in con.execute("SELECT dataset_id FROM datasets ORDER BY dataset_id").fetchall()]
+    if dataset is not None:
+        if dataset not in ids:
+            raise ValueError(f"unknown dataset {dataset!r}; the warehouse has: {', '.join(ids) or 'none'}")
+        return dataset
+    if not ids:
+        raise ValueError("the warehouse has no dataset; import one first (ctsvqa import-upstream PATH)")
+    if len(ids) > 1:
+        raise ValueError(f"the warehouse has several datasets ({', '.join(ids)}); pass --dataset")
+    return ids[0]
+
+
+def derangement(volumes: Sequence[str], seed: int) -> dict[str, str]:
+    """A seeded permutation of the volumes in which none maps to itself (Sattolo's algorithm: one
+    cycle through every volume). The same volumes and seed give the same pairing."""
+    order = list(volumes)
+    if len(order) < 2:
+        raise InferenceError(f"--ablate shuffle-volumes needs at least two volumes in the data set; it has "
+                             f"{len(order)}")
+    rng = random.Random(int.from_bytes(hashlib.sha256(f"shuffle-volumes:{seed}".encode()).digest()[:8], "big"))
+    perm = list(range(len(order)))
+    for i in range(len(perm) - 1, 0, -1):
+        j = rng.randrange(i)                      # j < i: Sattolo, never a fixed point
+        perm[i], perm[j] = perm[j], perm[i]
+    return {order[i]: order[perm[i]] for i in range(len(order))}
+
+
+def run_config(adapter: ModelAdapter, dataset_id: str, ablation: dict[str, Any] | None) -> dict[str, Any]:
+    return {"identity": adapter.identity(), "ablation": ablation, "dataset": dataset_id}
+
+
+def default_name(request: InferRequest) -> str:
+    return request.model + ("-shuffled" if request.ablate == "shuffle-volumes" else "")
+
+
+def plan_run(db, request: InferRequest, adapter: ModelAdapter | None = None) -> RunPlan:
+    """Read-only: the run's id and name, and what it still has to answer. Refuses a name that
+    already belongs to another configuration."""
+    adapter = adapter or make_adapter(request)
+    try:
+        identity = adapter.identity()
+    except OSError as exc:
+        raise AdapterError(f"checkpoint {request.checkpoint} cannot be read: {exc}") from exc
+    with warehouse.reader(db) as con:
+        dataset_id = resolve_dataset(con, request.dataset)
+        mapping = ablation = None
+        if request.ablate == "shuffle-volumes":
+            volumes = [v for (v,) in con.execute("SELECT volume FROM volumes WHERE dataset_id = ? ORDER BY position",
+                                                 [dataset_id]).fetchall()]
+            mapping = derangement(volumes, request.seed)
+            ablation = {"kind": "shuffle-volumes", "seed": request.seed, "mapping": mapping}
+        config = {"identity": identity, "ablation": ablation, "dataset": dataset_id}
+        run_id = "infer-" + identity_hash(config)[:24]
+        name = request.name or default_name(request)
+        by_name = con.execute("SELECT run_id FROM runs WHERE dataset_id = ? AND name = ?", [dataset_id, name]).fetchone()
+        if by_name and by_name[0] != run_id:
+            raise InferenceError(
+                f"run name {name!r} on dataset {dataset_id} already belongs to another configuration (run "
+                f"{by_name[0]}); pass --name to store this configuration as a new run")
+        stored = con.execute("SELECT name FROM runs WHERE run_id = ?", [run_id]).fetchone()
+        if stored and stored[0] != name:
+            if request.name is not None:
+                raise InferenceError(f"this configuration is already stored as run {stored[0]!r} ({run_id}); pass "
+                                     f"--name {stored[0]} to resume it, or change the configuration")
+            name = stored[0]
+        rows = con.execute((SQL / "pending_predictions.sql").read_text(), {
+            "run_id": run_id, "dataset": dataset_id, "limit": request.limit_volumes,
+            "retry_failed": request.retry_failed}).fetchall()
+    pending: dict[str, list[Question]] = {}
+    for volume, qid, question in rows:
+        pending.setdefault(volume, []).append(Question(qid, question))
+    return RunPlan(run_id, name, dataset_id, request.model, adapter.recipe, config, mapping, bool(stored), pending)
+
+
+# -- inputs ----------------------------------------------------------------------------------------
+
+def input_rows(db, dataset_id: str, recipe: str, volumes: Sequence[str]) -> dict[str, tuple]:
+    r = RECIPES[recipe]
+    with warehouse.reader(db) as con:
+        con.register("wanted_volumes", pa.table({"volume": list(volumes)}))
+        rows = con.execute(
+            "SELECT m.volume, m.status, m.reason, m.path, m.shape, m.dtype, m.patient_left FROM model_inputs m "
+            "JOIN wanted_volumes USING (volume) WHERE m.dataset_id = ? AND m.recipe = ? AND m.version = ?",
+            [dataset_id, r.name, r.version]).fetchall()
+    return {row[0]: row[1:] for row in rows}
+
+
+def missing_inputs(db, plan: RunPlan) -> list[str]:
+    """Input volumes the plan needs whose input for its recipe is not built (or whose file is gone)."""
+    if plan.recipe is None:
+        return []
+    wanted = sorted({plan.input_volume(v) for v in plan.pending})
+    have = input_rows(db, plan.dataset_id, plan.recipe, wanted)
+    return [v for v in wanted if not (v in have and have[v][0] == "ok" and Path(have[v][2]).is_file())]
+
+
+def build_inputs(db, dataset_id: str, recipe: str, volumes: Sequence[str]) -> int:
+    """Without Prefect: the preprocess steps for one recipe and these volumes only."""
+    from tasks import model_inputs
+
+    out_root = warehouse.resolve_db(db).parent / "inputs"
+    jobs = model_inputs.plan(db, dataset_id, [RECIPES[recipe]], [], out_root, only_volumes=volumes)
+    return model_inputs.record(db, [row for job in jobs for row in model_inputs.process_volume(job, str(out_root))])
+
+
+def model_inputs_for(db, plan: RunPlan) -> dict[str, ModelInput | str]:
+    """Each input volume's ModelInput, or why there is none."""
+    if plan.recipe is None:
+        return {}
+    r = RECIPES[plan.recipe]
+    wanted = sorted({plan.input_volume(v) for v in plan.pending})
+    have = input_rows(db, plan.dataset_id, plan.recipe, wanted)
+    out: dict[str, ModelInput | str] = {}
+    for v in wanted:
+        if v not in have:
+            out[v] = f"no {r.key} input for volume {v} (run `ctsvqa preprocess --recipes {r.name}`)"
+            continue
+        status, reason, path, shape, dtype, left = have[v]
+        if status != "ok":
+            out[v] = f"no {r.key} input for volume {v}: {reason}"
+        elif not Path(path).is_file():
+            out[v] = f"{r.key} input of volume {v} is gone ({path}); run `ctsvqa preprocess --recipes {r.name}`"
+        else:
+            out[v] = ModelInput(v, r.name, r.version, Path(path), tuple(shape), dtype, left)
+    return out
+
+
+def dataset_questions(db, dataset_id: str) -> list[DatasetQuestion]:
+    with warehouse.reader(db) as con:
+        rows = con.execute((SQL / "dataset_questions.sql").read_text(), {"dataset": dataset_id}).fetchall()
+    return [DatasetQuestion(qid, volume, q, a, tuple(cats)) for qid, volume, q, a, cats in rows]
+
+
+# -- storing ---------------------------------------------------------------------------------------
+
+PREDICTION_SCHEMA = pa.schema([("run_id", pa.string()), ("qid", pa.string()), ("text", pa.string()),
+                               ("status", pa.string()), ("reason", pa.string()), ("provenance", pa.string())])
+
+
+class PredictionWriter:
+    """Buffers rows and stores them in one transaction per flush: when a volume finishes and at
+    least `seconds` passed since the last flush (slow models: every volume; fast baselines: about
+    once a second), or when `every` rows wait."""
+
+    def __init__(self, db, seconds: float = 1.0, every: int = 1000):
+        self.db, self.seconds, self.every = db, seconds, every
+        self.rows: list[dict] = []
+        self.last = time.monotonic()
+
+    def add(self, rows: list[dict]) -> None:
+        self.rows.extend(rows)
+
+    def volume_done(self) -> None:
+        if len(self.rows) >= self.every or time.monotonic() - self.last >= self.seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        self.last = time.monotonic()
+        if not self.rows:
+            return
+        table = pa.Table.from_pylist(self.rows, schema=PREDICTION_SCHEMA)
+        with warehouse.writer(self.db) as con, warehouse.transaction(con):
+            con.register("new_predictions", table)
+            con.execute((SQL / "save_predictions.sql").read_text())
+            con.unregister("new_predictions")
+        self.rows = []
+
+
+def register_run(db, plan: RunPlan, adapter: ModelAdapter, session_id: str, flow_run_id: str | None) -> None:
+    with warehouse.writer(db) as con, warehouse.transaction(con):
+        taken = con.execute("SELECT run_id FROM runs WHERE dataset_id = ? AND name = ? AND run_id <> ?",
+                            [plan.dataset_id, plan.name, plan.run_id]).fetchone()
+        if taken:
+            raise InferenceError(f"run name {plan.name!r} on dataset {plan.dataset_id} already belongs to another "
+                                 f"configuration (run {taken[0]}); pass --name to store this one as a new run")
+        loaders.upsert_model(con, adapter.name, family=type(adapter).__module__,
+                             checkpoint=adapter.settings.checkpoint, description=adapter.description or None)
+        exists = con.execute("SELECT 1 FROM runs WHERE run_id = ?", [plan.run_id]).fetchone()
+        if not exists:                            # a resumed run keeps its row (and created_at) as it was
+            loaders.upsert_run(con, run_id=plan.run_id, dataset_id=plan.dataset_id, name=plan.name,
+                               model_id=adapter.name, source=SOURCE, config=plan.config)
+        con.execute("INSERT INTO inference_sessions (session_id, run_id, flow_run_id, provenance, pending) "
+                    "VALUES (?, ?, ?, ?, ?)", [session_id, plan.run_id, flow_run_id,
+                                                json.dumps(adapter.provenance(), default=str), plan.n_pending])
+
+
+def close_session(db, summary: InferSummary) -> None:
+    with warehouse.writer(db) as con:
+        con.execute("UPDATE inference_sessions SET finished_at = now(), ok = ?, error = ?, seconds = ? "
+                    "WHERE session_id = ?", [summary.ok, summary.error, summary.seconds, summary.session_id])
+
+
+# -- answering -------------------------------------------------------------------------------------
+
+def _row(run_id: str, qid: str, text: str | None, status: str, reason: str | None, prov: dict) -> dict:
+    return {"run_id": run_id, "qid": qid, "text": text, "status": status, "reason": reason,
+            "provenance": json.dumps(prov, sort_keys=True, default=str)}
+
+
+def answer_volume(adapter: ModelAdapter, run_id: str, model_input: ModelInput | None, questions: list[Question],
+                  batch_size: int, base: dict[str, Any]) -> list[dict]:
+    """The volume's questions in chunks of batch_size; every question ends as exactly one row."""
+    rows = []
+    for start in range(0, len(questions), batch_size):
+        chunk = questions[start:start + batch_size]
+        t0 = time.perf_counter()
+        try:
+            answers = adapter.answer(model_input, chunk)
+            failure = None
+        except Exception as exc:  # noqa: BLE001  (one volume's failure must not stop the run)
+            answers, failure = [], f"adapter raised {type(exc).__name__}: {exc}"
+            log.warning("%s on %s: %s", adapter.name, base.get("volume"), failure)
+        seconds = time.perf_counter() - t0
+        prov = {**base, "batch": len(chunk), "seconds": round(seconds / len(chunk), 6),
+                "batch_seconds": round(seconds, 6)}
+        by_qid: dict[str, Answer] = {}
+        for a in answers if isinstance(answers, (list, tuple)) else []:
+            if isinstance(a, Answer) and a.qid not in by_qid:
+                by_qid[a.qid] = a
+        if failure is None and not isinstance(answers, (list, tuple)):
+            failure = f"adapter returned {type(answers).__name__}, not a list of Answer"
+        for q in chunk:
+            a = by_qid.get(q.qid)
+            if failure is not None:
+                rows.append(_row(run_id, q.qid, None, "error", failure, prov))
+            elif a is None:
+                rows.append(_row(run_id, q.qid, None, "error", "the adapter returned no answer for this question", prov))
+            elif a.status == "ok" and not isinstance(a.text, str):
+                rows.append(_row(run_id, q.qid, None, "error", f"the adapter's answer is a {type(a.text).__name__}, "
+                                 "not text", prov))
+            else:
+                meta = {**prov, **({"meta": a.meta} if a.meta else {})}
+                reason = None if a.status == "ok" else (a.reason or "the adapter reported an error without a reason")
+                rows.append(_row(run_id, q.qid, a.text, a.status, reason, meta))
+    return rows
+
+
+def load_adapter(adapter: ModelAdapter, request: InferRequest) -> None:
+    try:
+        adapter.load()
+    except AdapterError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (any loader failure becomes one line that names the checkpoint)
+        where = f" from {request.checkpoint}" if request.checkpoint else ""
+        raise AdapterError(f"model {request.model!r} could not be loaded{where}: {type(exc).__name__}: {exc}") from exc
+
+
+def _load_input(mi: ModelInput | str | None) -> ModelInput | str | None:
+    """Read the input file now (off the model's thread); a string says why there is none."""
+    if mi is None or isinstance(mi, str):
+        return mi
+    try:
+        mi.load()
+    except Exception as exc:  # noqa: BLE001
+        return f"unreadable model input {mi.path}: {type(exc).__name__}: {exc}"
+    return mi
+
+
+def run_inference(db, request: InferRequest, progress: ProgressFn | None = None, flow_run_id: str | None = None,
+                  build_missing: bool = True, flush_seconds: float = 1.0) -> InferSummary:
+    """The whole run in one process: plan, build missing inputs (without Prefect when `build_missing`),
+    load the model once, answer volume by volume, store as volumes finish."""
+    t0 = time.perf_counter()
+    adapter = make_adapter(request)
+    plan = plan_run(db, request, adapter)
+    summary = InferSummary(plan.run_id, plan.name, plan.dataset_id, plan.model, pending=plan.n_pending)
+    if build_missing and (missing := missing_inputs(db, plan)):
+        log.info("building %d missing %s input(s)", len(missing), plan.recipe)
+        build_inputs(db, plan.dataset_id, plan.recipe, missing)
+    if not plan.pending:
+        return summary
+    load_adapter(adapter, request)
+    writer = PredictionWriter(db, seconds=flush_seconds)
+    try:
+        adapter.prepare(dataset_questions(db, plan.dataset_id))
+        summary.session_id = str(uuid.uuid4())
+        register_run(db, plan, adapter, summary.session_id, flow_run_id)
+        inputs = model_inputs_for(db, plan)
+        recipe_key = RECIPES[plan.recipe].key if plan.recipe else None
+        reasons: Counter[str] = Counter()
+        done = 0
+        if progress:
+            progress(0, summary.pending)
+        volumes = list(plan.pending)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
+            # the next volume's input is read while the model answers this one
+            nxt = pool.submit(_load_input, inputs.get(plan.input_volume(volumes[0])) if plan.recipe else None)
+            for i, volume in enumerate(volumes):
+                mi = nxt.result()
+                if i + 1 < len(volumes) and plan.recipe:
+                    nxt = pool.submit(_load_input, inputs.get(plan.input_volume(volumes[i + 1])))
+                questions = plan.pending[volume]
+                base = {"session": summary.session_id, "volume": volume, "input_volume": plan.input_volume(volume)
+                        if plan.recipe else None, "recipe": recipe_key}
+                if plan.recipe and not isinstance(mi, ModelInput):
+                    reason = mi or f"no input for volume {plan.input_volume(volume)}"
+                    rows = [_row(plan.run_id, q.qid, None, "error", reason, base) for q in questions]
+                else:
+                    if mi is not None:
+                        base["input_sha256"] = Path(mi.path).stem
+                    rows = answer_volume(adapter, plan.run_id, mi, questions, request.batch_size, base)
+                writer.add(rows)
+                writer.volume_done()
+                for r in rows:
+                    if r["status"] == "ok":
+                        summary.ok += 1
+                    else:
+                        summary.error += 1
+                        reasons[r["reason"]] += 1
+                summary.volumes += 1
+                done += len(questions)
+                if progress:
+                    progress(done, summary.pending)
+        summary.reasons = dict(reasons.most_common())
+    finally:
+        summary.seconds = time.perf_counter() - t0
+        try:
+            writer.flush()                        # what was answered before a failure is kept
+            adapter.close()
+        finally:
+            if summary.session_id:
+                try:
+                    close_session(db, summary)
+                except Exception:  # noqa: BLE001  (bookkeeping must not mask the real error)
+                    log.exception("could not close inference session %s", summary.session_id)
+    return summary
+
+
+def summary_table(summary: InferSummary) -> list[dict]:
+    return [summary.row()]
