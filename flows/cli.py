@@ -86,6 +86,78 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def _options(pairs: list[str] | None) -> dict:
+    import json
+
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option {pair!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(value)           # numbers, booleans, lists; anything else stays text
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from adapters.models.base import AdapterError
+    from tasks.inference import InferenceError, InferRequest, plan_run
+
+    params = dict(model=args.model, checkpoint=args.checkpoint, name=args.name, dataset=args.dataset,
+                  device=args.device, dtype=args.dtype, batch_size=args.batch_size, limit_volumes=args.limit_volumes,
+                  seed=args.seed, options=_options(args.option), ablate=args.ablate, retry_failed=args.retry_failed)
+    try:
+        plan = plan_run(args.db, InferRequest(**params))      # a bad model, dataset or name fails before Prefect starts
+    except (AdapterError, InferenceError) as exc:
+        print(f"ctsvqa: error: {exc}", file=sys.stderr)
+        return 2
+    if not plan.pending:
+        print(f"run {plan.name} ({plan.run_id}) on {plan.dataset_id} has every prediction stored; nothing to do "
+              f"(--retry-failed answers its failures again)")
+        return 0
+    import flows.infer as infer_flow
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, disable=not console.is_terminal) as progress:
+        bar = progress.add_task(plan.name, total=plan.n_pending)
+        infer_flow.progress_hook = lambda done, total: progress.update(bar, completed=done, total=total)
+        try:
+            row = infer_flow.infer(**params, db=args.db)
+        except (AdapterError, InferenceError) as exc:
+            print(f"ctsvqa: error: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            infer_flow.progress_hook = None
+    print(f"run {row['run']} ({row['run_id']}) on {row['dataset']}: {row['ok']} answered, {row['error']} failed "
+          f"of {row['pending']} in {row['seconds']} s" + (f"; errors: {row['errors']}" if row["errors"] else ""))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from adapters.models.base import AdapterSettings
+    from adapters.models.registry import describe
+
+    settings = AdapterSettings(checkpoint=args.checkpoint)
+    for info in describe(settings):
+        if args.model and info.name != args.model:
+            continue
+        state = "ready" if info.ready else ("not importable" if not info.importable else "missing requirements")
+        print(f"{info.name:<16} recipe {info.recipe or '-':<26} {state:<20} {info.origin}: {info.target}")
+        if info.description:
+            print(f"    {info.description}")
+        for r in info.requirements or []:
+            print(f"    [{'found' if r.found else 'MISSING'}] {r.what}: {r.detail}")
+        if info.error:
+            print(f"    error: {info.error}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     import warehouse
     from tasks.report import print_report
@@ -166,6 +238,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="worker processes (one thread each)")
     p.add_argument("--decode-cache", metavar="DIR", help="also keep decoded int16 volumes here, by content hash")
     p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("infer", parents=[db], help="run a model (or a baseline) over a dataset; resumable")
+    p.add_argument("--model", required=True, metavar="NAME", help="an adapter name (see `ctsvqa models`) or module:Class")
+    p.add_argument("--checkpoint", metavar="PATH", help="checkpoint directory or hub id (default: the adapter's)")
+    p.add_argument("--name", help="run name (default: the model name, plus -shuffled under the ablation)")
+    p.add_argument("--dataset", help="dataset id (required when the warehouse has several)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: the adapter's")
+    p.add_argument("--batch-size", type=int, default=8, help="questions of one volume per adapter call")
+    p.add_argument("--limit-volumes", type=int, metavar="N", help="only the first N volumes of the dataset")
+    p.add_argument("--seed", type=int, default=0, help="recorded; drives sampling, the random baseline and the ablation")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="adapter option (repeatable)")
+    p.add_argument("--ablate", choices=("shuffle-volumes",),
+                   help="shuffle-volumes: show every question another patient's volume (a seeded derangement)")
+    p.add_argument("--retry-failed", action="store_true", help="also answer again the questions stored as errors")
+    p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("models", help="list the model adapters, their recipes and whether what they need is found")
+    p.add_argument("--model", metavar="NAME", help="only this adapter")
+    p.add_argument("--checkpoint", metavar="PATH", help="check this checkpoint instead of the adapters' defaults")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("report", parents=[db], help="print the accuracy tables")
     p.add_argument("--dataset", help="only this dataset")

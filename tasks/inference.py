@@ -200,11 +200,11 @@ def plan_run(db, request: InferRequest, adapter: ModelAdapter | None = None) -> 
 def input_rows(db, dataset_id: str, recipe: str, volumes: Sequence[str]) -> dict[str, tuple]:
     r = RECIPES[recipe]
     with warehouse.reader(db) as con:
-        con.register("wanted_volumes", pa.table({"volume": list(volumes)}))
         rows = con.execute(
             "SELECT m.volume, m.status, m.reason, m.path, m.shape, m.dtype, m.patient_left FROM model_inputs m "
-            "JOIN wanted_volumes USING (volume) WHERE m.dataset_id = ? AND m.recipe = ? AND m.version = ?",
-            [dataset_id, r.name, r.version]).fetchall()
+            "JOIN (SELECT unnest(?::VARCHAR[]) AS volume) USING (volume) "
+            "WHERE m.dataset_id = ? AND m.recipe = ? AND m.version = ?",
+            [list(volumes), dataset_id, r.name, r.version]).fetchall()
     return {row[0]: row[1:] for row in rows}
 
 

@@ -1,0 +1,71 @@
+"""Flow: run one model configuration over a dataset (resumable; see tasks/inference.py)."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from flows.preprocess import preprocess
+from tasks import inference
+from tasks.inference import InferenceError, InferRequest
+
+# Set by the CLI to drive a terminal progress bar; the answer task runs in this process.
+progress_hook: inference.ProgressFn | None = None
+
+
+@task(name="plan-inference", cache_policy=NO_CACHE)
+def plan_task(db: str | None, request: InferRequest) -> dict:
+    """Run id, name and the inputs still to build: references only (the plan's questions stay here)."""
+    plan = inference.plan_run(db, request)
+    return {"run_id": plan.run_id, "name": plan.name, "dataset_id": plan.dataset_id, "recipe": plan.recipe,
+            "pending": plan.n_pending, "resumed": plan.exists, "missing_inputs": inference.missing_inputs(db, plan)}
+
+
+@task(name="answer", cache_policy=NO_CACHE, task_run_name="answer-{request.model}")
+def answer_task(db: str | None, request: InferRequest) -> inference.InferSummary:
+    """Loads the model and answers every pending question in this one task, so the model object
+    never crosses a task boundary."""
+    log = get_run_logger()
+    step = [-1]
+
+    def report(done: int, total: int) -> None:
+        if progress_hook:
+            progress_hook(done, total)
+        decile = 10 * done // max(total, 1)
+        if decile > step[0]:
+            step[0] = decile
+            log.info("%s: %d/%d questions answered", request.model, done, total)
+
+    return inference.run_inference(db, request, progress=report, flow_run_id=str(flow_run.get_id() or ""),
+                                   build_missing=False)
+
+
+@flow(name="infer", validate_parameters=False)
+def infer(model: str, checkpoint: str | None = None, name: str | None = None, dataset: str | None = None,
+          device: str = "cpu", dtype: str | None = None, batch_size: int = 8, limit_volumes: int | None = None,
+          seed: int = 0, options: dict | None = None, ablate: str | None = None, retry_failed: bool = False,
+          db: str | None = None) -> dict:
+    """Same configuration: resumes the stored run; a missing model input is built first (that recipe,
+    those volumes only). Fails when every question of this session failed."""
+    log = get_run_logger()
+    request = InferRequest(model=model, checkpoint=checkpoint, name=name, dataset=dataset, device=device, dtype=dtype,
+                           batch_size=batch_size, limit_volumes=limit_volumes, seed=seed, options=dict(options or {}),
+                           ablate=ablate, retry_failed=retry_failed)
+    info = plan_task(db, request)
+    log.info("run %s (%s) on %s: %d question(s) to answer%s", info["name"], info["run_id"], info["dataset_id"],
+             info["pending"], " (resuming)" if info["resumed"] else "")
+    if info["missing_inputs"]:
+        log.info("building the %s input of %d volume(s) first", info["recipe"], len(info["missing_inputs"]))
+        preprocess(recipes=info["recipe"], db=db, dataset=info["dataset_id"], only_volumes=info["missing_inputs"])
+    summary = answer_task(db, request)
+    row = summary.row()
+    create_table_artifact(key="infer-summary", table=[row],
+                          description=f"Inference run {summary.name} ({summary.run_id}) on {summary.dataset_id}")
+    log.info("%s: %d ok, %d error of %d in %.1f s", summary.name, summary.ok, summary.error, summary.pending,
+             summary.seconds)
+    if summary.all_failed:
+        raise InferenceError(f"every one of the {summary.pending} question(s) failed in run {summary.name}; "
+                             f"first reason: {next(iter(summary.reasons), 'unknown')}")
+    return row

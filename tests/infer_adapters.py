@@ -1,0 +1,55 @@
+"""A third-party-style adapter for the runner's tests, registered through a real entry point
+(tests/test_infer.py writes a dist-info folder whose entry_points.txt names it).
+
+It reads the `lingshu` recipe's slices and answers with facts of the pixels it was given, so a test can
+tell which volume's input it saw. Environment (not identity, since they never change an answer):
+ECHO_TEST_LOG appends every qid it answers to that file; ECHO_TEST_DELAY sleeps that long per call."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+from adapters.models.base import AdapterError, AdapterSettings, Answer, ModelAdapter, ModelInput, Question, Requirement
+
+
+class EchoModel(ModelAdapter):
+    name = "echo-test"
+    version = "1"
+    default_recipe = "lingshu"
+    description = "test adapter: answers with the mean of the slices it was shown"
+
+    @classmethod
+    def requirements(cls, settings: AdapterSettings) -> list[Requirement]:
+        ckpt = settings.checkpoint
+        found = ckpt is None or (Path(ckpt) / "config.json").is_file()
+        return [Requirement("weights", found, f"{ckpt}/config.json" if ckpt else "none needed")]
+
+    def generation(self) -> dict:
+        return {"template": "mean={mean:.4f}", "greedy": True}
+
+    def load(self) -> None:
+        if self.settings.checkpoint:
+            path = Path(self.settings.checkpoint) / "config.json"
+            if not path.is_file():
+                raise AdapterError(f"no checkpoint at {self.settings.checkpoint}: put config.json there")
+            self.config = json.loads(path.read_text())        # garbage: the runner reports it in one line
+
+    def answer(self, model_input: ModelInput | None, questions: Sequence[Question]) -> list[Answer]:
+        if model_input is None:
+            raise ValueError("echo-test needs an image")
+        if os.environ.get("ECHO_TEST_DELAY"):
+            time.sleep(float(os.environ["ECHO_TEST_DELAY"]))
+        if model_input.volume == self.settings.options.get("fail_volume"):
+            raise RuntimeError(f"cannot read volume {model_input.volume}")
+        slices = model_input.load()["slices"]
+        mean = float(slices.mean())
+        if os.environ.get("ECHO_TEST_LOG"):
+            with open(os.environ["ECHO_TEST_LOG"], "a") as f:
+                for q in questions:
+                    f.write(q.qid + "\n")
+                f.flush()
+        return [Answer(q.qid, f"mean={mean:.4f}", meta={"seen": model_input.volume}) for q in questions]

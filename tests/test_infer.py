@@ -1,0 +1,372 @@
+"""The model runner on a phantom data set: a third-party adapter through a real entry point and the CLI,
+kill -9 and resume, determinism, the shuffle ablation, bad input, and the offline baselines."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+import warehouse
+from adapters.datasets.phantom import generate
+from adapters.models import registry
+from adapters.models.base import AdapterError, DatasetQuestion, Question
+from adapters.models.baselines import Blind, RandomAnswer
+from tasks import inference
+from tasks.inference import InferenceError, InferRequest, derangement, run_inference
+from tasks.upstream_import import import_upstream
+from tests.conftest import REPO
+
+N_VOLUMES = 3
+ECHO = "echo-test"
+
+
+@pytest.fixture(scope="module")
+def phantom_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("phantom")
+    generate(root, N_VOLUMES, 11, "small")
+    return root
+
+
+@pytest.fixture(scope="module")
+def template_db(phantom_root, tmp_path_factory) -> Path:
+    db = tmp_path_factory.mktemp("template") / "wh.duckdb"
+    import_upstream(phantom_root, db)
+    return db
+
+
+@pytest.fixture
+def pdb(template_db, tmp_path) -> Path:
+    db = tmp_path / "wh.duckdb"
+    shutil.copy(template_db, db)
+    return db
+
+
+@pytest.fixture(scope="module")
+def plugin_dir(tmp_path_factory) -> Path:
+    """A distribution that exists only as a dist-info folder whose entry point names the test adapter."""
+    site = tmp_path_factory.mktemp("site")
+    info = site / "ctsvqa_test_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ctsvqa-test-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[ctsvqa.models]\n{ECHO} = tests.infer_adapters:EchoModel\n")
+    return site
+
+
+@pytest.fixture
+def plugin(plugin_dir, monkeypatch) -> Path:
+    monkeypatch.syspath_prepend(str(plugin_dir))
+    return plugin_dir
+
+
+def rows(db, sql: str, params=None) -> list[tuple]:
+    with warehouse.reader(db) as con:
+        return con.execute(sql, params or []).fetchall()
+
+
+def predictions(db, name: str) -> dict[str, tuple]:
+    return {qid: (text, status, reason, json.loads(prov)) for qid, text, status, reason, prov in rows(
+        db, "SELECT qid, text, status, reason, provenance FROM predictions JOIN runs USING (run_id) WHERE name = ?",
+        [name])}
+
+
+def all_qids(db) -> set[str]:
+    return {q for (q,) in rows(db, "SELECT qid FROM questions")}
+
+
+def volume_of(qid: str) -> str:
+    return qid.split("::")[0]
+
+
+# -- registry and the entry-point contract ---------------------------------------------------------
+
+def test_registry_lists_shipped_adapters_and_says_which_cannot_be_imported(plugin):
+    infos = {i.name: i for i in registry.describe()}
+    assert {"blind", "random", "phantom-expert", "medgemma", "lingshu", ECHO} <= set(infos)
+    assert infos["blind"].ready and infos["random"].ready and infos["blind"].recipe is None
+    assert infos[ECHO].origin == "entry point (ctsvqa-test-plugin)" and infos[ECHO].recipe == "lingshu"
+    for info in infos.values():
+        if not info.importable:                   # another helper's module not merged yet: said clearly
+            assert "cannot be imported" in info.error and info.target.split(":")[0] in info.error
+    with pytest.raises(registry.UnknownModel, match=r"unknown model 'nope'; known models: .*blind.*random"):
+        registry.adapter_class("nope")
+
+
+def test_third_party_adapter_through_a_real_entry_point_and_the_cli(prefect_server, plugin_dir, pdb):
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(plugin_dir)]),
+           "PREFECT_API_URL": PREFECT_API_URL.value()}
+    cli = [sys.executable, "-m", "flows.cli"]
+    listed = subprocess.run([*cli, "models", "--model", ECHO], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert "recipe lingshu" in listed.stdout and "ready" in listed.stdout and "ctsvqa-test-plugin" in listed.stdout
+
+    done = subprocess.run([*cli, "infer", "--model", ECHO, "--batch-size", "3", "--db", str(pdb)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"run {ECHO} (infer-" in done.stdout
+    preds = predictions(pdb, ECHO)
+    assert set(preds) == all_qids(pdb)
+    assert all(s == "ok" and t.startswith("mean=") for t, s, _, _ in preds.values())
+    assert {p["recipe"] for *_, p in preds.values()} == {"lingshu@1"}
+    assert all(p["input_volume"] == volume_of(q) == p["meta"]["seen"] for q, (*_, p) in preds.items())
+    # the missing inputs were built first: that recipe only
+    assert rows(pdb, "SELECT DISTINCT recipe, status FROM model_inputs") == [("lingshu", "ok")]
+    (config,) = rows(pdb, "SELECT config FROM runs WHERE name = ?", [ECHO])[0]
+    assert json.loads(config)["identity"]["adapter"] == ECHO
+    (prov,) = rows(pdb, "SELECT provenance FROM inference_sessions")[0]
+    assert json.loads(prov)["adapter"] == ECHO and "packages" in json.loads(prov)
+
+
+# -- resume after kill -9 --------------------------------------------------------------------------
+
+def test_kill_9_mid_run_then_resume_answers_each_question_once(plugin, pdb, tmp_path, monkeypatch):
+    log_file = tmp_path / "answered.log"
+    inference.build_inputs(pdb, rows(pdb, "SELECT dataset_id FROM datasets")[0][0], "lingshu",
+                           [v for (v,) in rows(pdb, "SELECT volume FROM volumes")])
+    code = textwrap.dedent(f"""
+        from tasks.inference import InferRequest, run_inference
+        run_inference({str(pdb)!r}, InferRequest(model={ECHO!r}, batch_size=2), flush_seconds=0)
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(plugin)]),
+           "ECHO_TEST_DELAY": "0.4", "ECHO_TEST_LOG": str(log_file)}
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env)
+    stored_before: set[str] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not stored_before:
+            if proc.poll() is not None:
+                pytest.fail("the runner finished before it could be killed")
+            try:
+                with warehouse.connect(pdb, read_only=True, timeout=5) as con:
+                    if con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'predictions'").fetchone()[0]:
+                        stored_before = {q for (q,) in con.execute("SELECT qid FROM predictions").fetchall()}
+            except (warehouse.WarehouseError, duckdb.Error):
+                pass
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stored_after_kill = set(predictions(pdb, ECHO))
+    everything = all_qids(pdb)
+    assert stored_before and stored_after_kill < everything          # killed in the middle
+    answered_first = log_file.read_text().split()
+
+    monkeypatch.setenv("ECHO_TEST_LOG", str(log_file))
+    summary = run_inference(pdb, InferRequest(model=ECHO, batch_size=2))
+    answered_second = log_file.read_text().split()[len(answered_first):]
+    assert set(answered_second) == everything - stored_after_kill       # only what was not stored
+    assert len(answered_second) == len(set(answered_second))            # nothing answered twice
+    assert summary.pending == len(everything - stored_after_kill) == summary.ok
+    (n, distinct) = rows(pdb, "SELECT count(*), count(DISTINCT qid) FROM predictions")[0]
+    assert n == distinct == len(everything)                             # no duplicate, no lost row
+    assert run_inference(pdb, InferRequest(model=ECHO, batch_size=2)).pending == 0
+
+
+# -- determinism, identity, names --------------------------------------------------------------------
+
+def test_same_configuration_twice_into_two_warehouses_gives_identical_predictions(plugin, template_db, tmp_path):
+    results = []
+    for i in range(2):
+        db = tmp_path / f"wh{i}.duckdb"
+        shutil.copy(template_db, db)
+        for model in ("random", "blind", ECHO):
+            run_inference(db, InferRequest(model=model, seed=5, batch_size=3 + i))   # batching must not matter
+        results.append(rows(db, "SELECT run_id, qid, text, status FROM predictions ORDER BY ALL"))
+    assert results[0] == results[1] and len(results[0]) == 3 * len(all_qids(db))
+
+
+def test_name_of_another_configuration_is_refused_and_same_configuration_resumes(pdb):
+    first = run_inference(pdb, InferRequest(model="random", seed=1))
+    assert first.ok == first.pending > 0
+    with pytest.raises(InferenceError, match=r"run name 'random' .* another configuration .* pass --name"):
+        inference.plan_run(pdb, InferRequest(model="random", seed=2))
+    again = run_inference(pdb, InferRequest(model="random", seed=1))
+    assert again.pending == 0 and again.session_id is None
+    other = run_inference(pdb, InferRequest(model="random", seed=2, name="random-s2"))
+    assert other.run_id != first.run_id and other.ok == first.ok
+    assert len(rows(pdb, "SELECT * FROM inference_sessions")) == 2
+
+
+def test_limit_volumes_answers_the_first_volumes_and_the_rest_later(pdb):
+    first = run_inference(pdb, InferRequest(model="random", limit_volumes=1))
+    volumes = [v for (v,) in rows(pdb, "SELECT volume FROM volumes ORDER BY position")]
+    assert {volume_of(q) for q in predictions(pdb, "random")} == {volumes[0]}
+    rest = run_inference(pdb, InferRequest(model="random"))
+    assert rest.run_id == first.run_id and first.pending + rest.pending == len(all_qids(pdb))
+
+
+# -- the shuffle ablation --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [2, 3, 7, 30])
+def test_derangement_never_maps_a_volume_to_itself(n):
+    volumes = [f"v{i}" for i in range(n)]
+    for seed in range(20):
+        mapping = derangement(volumes, seed)
+        assert sorted(mapping) == sorted(mapping.values()) == sorted(volumes)
+        assert all(k != v for k, v in mapping.items())
+        assert mapping == derangement(volumes, seed)
+
+
+def test_derangement_of_one_volume_is_a_clear_error():
+    with pytest.raises(InferenceError, match="needs at least two volumes"):
+        derangement(["only.nii.gz"], 0)
+
+
+def test_shuffled_run_shows_every_question_another_volume_and_records_the_pairing(plugin, pdb):
+    summary = run_inference(pdb, InferRequest(model=ECHO, ablate="shuffle-volumes", seed=3))
+    assert summary.name == f"{ECHO}-shuffled" and summary.ok == len(all_qids(pdb))
+    (config,) = rows(pdb, "SELECT config FROM runs WHERE name = ?", [summary.name])[0]
+    ablation = json.loads(config)["ablation"]
+    assert ablation["kind"] == "shuffle-volumes" and ablation["seed"] == 3
+    mapping = ablation["mapping"]
+    assert len(mapping) == N_VOLUMES and all(k != v for k, v in mapping.items())
+    for qid, (text, _, _, prov) in predictions(pdb, summary.name).items():
+        assert prov["volume"] == volume_of(qid) != prov["input_volume"] == mapping[volume_of(qid)]
+        assert prov["meta"]["seen"] == prov["input_volume"]          # the adapter really got that volume
+    normal = run_inference(pdb, InferRequest(model=ECHO, seed=3))
+    assert normal.run_id != summary.run_id
+
+
+# -- bad input -------------------------------------------------------------------------------------
+
+def test_cli_unknown_model_is_one_line_that_lists_the_known_ones(pdb, capsys):
+    from flows.cli import main
+
+    assert main(["infer", "--model", "nope", "--db", str(pdb)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "unknown model 'nope'" in err and "blind" in err and "random" in err
+    assert not rows(pdb, "SELECT * FROM predictions")
+
+
+def test_adapter_that_raises_on_one_volume_fails_only_that_volume(plugin, pdb):
+    bad = rows(pdb, "SELECT volume FROM volumes ORDER BY position")[1][0]
+    summary = run_inference(pdb, InferRequest(model=ECHO, options={"fail_volume": bad}))
+    preds = predictions(pdb, ECHO)
+    assert set(preds) == all_qids(pdb)
+    for qid, (text, status, reason, _) in preds.items():
+        if volume_of(qid) == bad:
+            assert status == "error" and text is None and reason == f"adapter raised RuntimeError: cannot read volume {bad}"
+        else:
+            assert status == "ok"
+    assert summary.error == sum(volume_of(q) == bad for q in preds) and summary.ok > 0
+
+
+def test_unreadable_checkpoint_is_one_line_and_stores_nothing(plugin, pdb, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{not json")
+    with pytest.raises(AdapterError) as err:
+        run_inference(pdb, InferRequest(model=ECHO, checkpoint=str(ckpt)))
+    msg = str(err.value)
+    assert "\n" not in msg and f"could not be loaded from {ckpt}" in msg and "JSONDecodeError" in msg
+    with pytest.raises(AdapterError, match="no checkpoint at .*put config.json there"):
+        run_inference(pdb, InferRequest(model=ECHO, checkpoint=str(tmp_path / "absent")))
+    assert not rows(pdb, "SELECT * FROM predictions") and not rows(pdb, "SELECT * FROM runs")
+
+
+def test_missing_input_that_cannot_be_built_fails_that_volume_only(plugin, phantom_root, tmp_path):
+    root = tmp_path / "ph"
+    shutil.copytree(phantom_root, root)
+    gone = sorted(root.glob("volumes/**/*_a_1.nii.gz"))[0]
+    gone.unlink()
+    db = tmp_path / "wh.duckdb"
+    import_upstream(root, db)
+    run_inference(db, InferRequest(model=ECHO))
+    preds = predictions(db, ECHO)
+    assert set(preds) == all_qids(db)
+    for qid, (_, status, reason, prov) in preds.items():
+        if volume_of(qid) == gone.name:
+            assert status == "error" and "volume file not found" in reason and gone.name in reason
+            assert prov["input_volume"] == gone.name
+        else:
+            assert status == "ok"
+
+
+def test_cli_exits_non_zero_when_every_prediction_failed(prefect_server, plugin, phantom_root, tmp_path, capsys):
+    from flows.cli import main
+
+    root = tmp_path / "ph"
+    shutil.copytree(phantom_root, root, ignore=shutil.ignore_patterns("*.nii.gz"))
+    db = tmp_path / "wh.duckdb"
+    import_upstream(root, db)
+    assert main(["infer", "--model", ECHO, "--db", str(db)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("ctsvqa: error: every one of the") and "volume file not found" in err
+    assert {s for _, s, _, _ in predictions(db, ECHO).values()} == {"error"}
+    assert len(predictions(db, ECHO)) == len(all_qids(db))
+
+
+def test_cli_flow_random_then_resume(prefect_server, pdb, capsys):
+    from flows.cli import main
+
+    assert main(["infer", "--model", "random", "--db", str(pdb)]) == 0
+    assert "answered, 0 failed" in capsys.readouterr().out
+    assert main(["infer", "--model", "random", "--db", str(pdb)]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert len(predictions(pdb, "random")) == len(all_qids(pdb))
+
+
+# -- baselines -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model", ["random", "blind"])
+def test_baselines_never_answer_from_the_questions_own_volume(model, pdb):
+    summary = run_inference(pdb, InferRequest(model=model))
+    assert summary.ok == len(all_qids(pdb))
+    refs = dict(rows(pdb, "SELECT qid, answer FROM questions"))
+    cats = {}
+    for qid, cat in rows(pdb, "SELECT qid, category FROM question_categories"):
+        cats.setdefault(qid, set()).add(cat)
+    for qid, (text, _, _, prov) in predictions(pdb, model).items():
+        src = prov["meta"]["from_qid"]
+        assert volume_of(src) != volume_of(qid) and text == refs[src]
+        if model == "random" and prov["meta"]["pool"] == "category":
+            assert cats[src] & cats[qid]
+
+
+def _dq(qid: str, question: str, answer: str, *cats: str) -> DatasetQuestion:
+    return DatasetQuestion(qid, volume_of(qid), question, answer, cats)
+
+
+def test_blind_skips_an_identical_question_of_the_same_volume():
+    data = [_dq("a::0", "Which side is the nodule on?", "left"),
+            _dq("a::1", "Which side is the nodule on?", "right"),        # same volume: never borrowed
+            _dq("b::0", "Which side is the mass on?", "right side"),
+            _dq("c::0", "Is the heart enlarged?", "no")]
+    for adapter in (Blind(), ):
+        adapter.prepare(data)
+        (ans,) = adapter.answer(None, [Question("a::0", "Which side is the nodule on?")])
+        assert ans.text == "right side" and ans.meta["from_qid"] == "b::0"
+    # the fallback measure follows the same rule
+    fallback = Blind()
+    fallback._method = lambda: "token-jaccard"
+    fallback.prepare(data)
+    assert fallback.answer(None, [Question("a::0", "Which side is the nodule on?")])[0].meta["from_qid"] == "b::0"
+    assert fallback.generation()["similarity"] == "token-jaccard"
+
+
+def test_random_draws_per_qid_from_the_category_in_other_volumes_and_falls_back():
+    data = [_dq("a::0", "q", "A0", "Laterality"), _dq("a::1", "q", "A1", "Laterality"),
+            _dq("b::0", "q", "B0", "Laterality"), _dq("c::0", "q", "C0", "Extent"), _dq("c::1", "q", "C1", "Depth")]
+    r = RandomAnswer()
+    r.prepare(data)
+    both = r.answer(None, [Question("a::0", "q"), Question("c::1", "q")])
+    assert both[0].text == "B0" and both[0].meta["pool"] == "category"       # the only other-volume Laterality
+    assert both[1].meta["pool"] == "any-volume" and both[1].text in {"A0", "A1", "B0"}
+    assert r.answer(None, [Question("c::1", "q")])[0].text == both[1].text   # per qid, not per batch
+    lone = RandomAnswer()
+    lone.prepare([_dq("a::0", "q", "A0", "Laterality")])
+    assert lone.answer(None, [Question("a::0", "q")])[0].status == "error"
