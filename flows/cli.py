@@ -128,12 +128,13 @@ def cmd_infer(args: argparse.Namespace) -> int:
         bar = progress.add_task(plan.name, total=plan.n_pending)
         infer_flow.progress_hook = lambda done, total: progress.update(bar, completed=done, total=total)
         try:
-            row = infer_flow.infer(**params, db=args.db)
-        except (AdapterError, InferenceError) as exc:
-            print(f"ctsvqa: error: {exc}", file=sys.stderr)
-            return 1
+            state = infer_flow.infer(**params, db=args.db, return_state=True)
         finally:
             infer_flow.progress_hook = None
+    if not state.is_completed():
+        print(f"ctsvqa: error: {state.message}", file=sys.stderr)
+        return 1
+    row = state.result()
     print(f"run {row['run']} ({row['run_id']}) on {row['dataset']}: {row['ok']} answered, {row['error']} failed "
           f"of {row['pending']} in {row['seconds']} s" + (f"; errors: {row['errors']}" if row["errors"] else ""))
     return 0

@@ -6,8 +6,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
+from prefect.states import Failed
 
 from flows.preprocess import preprocess
+from adapters.models.base import AdapterError
 from tasks import inference
 from tasks.inference import InferenceError, InferRequest
 
@@ -38,8 +40,13 @@ def answer_task(db: str | None, request: InferRequest) -> inference.InferSummary
             step[0] = decile
             log.info("%s: %d/%d questions answered", request.model, done, total)
 
-    return inference.run_inference(db, request, progress=report, flow_run_id=str(flow_run.get_id() or ""),
-                                   build_missing=False)
+    try:
+        return inference.run_inference(db, request, progress=report, flow_run_id=str(flow_run.get_id() or ""),
+                                       build_missing=False)
+    except (AdapterError, InferenceError) as exc:
+        # a configuration problem (e.g. a checkpoint that does not load): a failed state with one
+        # clear line, no traceback, since there is no bug to debug
+        return Failed(message=str(exc))
 
 
 @flow(name="infer", validate_parameters=False)
@@ -48,7 +55,8 @@ def infer(model: str, checkpoint: str | None = None, name: str | None = None, da
           seed: int = 0, options: dict | None = None, ablate: str | None = None, retry_failed: bool = False,
           db: str | None = None) -> dict:
     """Same configuration: resumes the stored run; a missing model input is built first (that recipe,
-    those volumes only). Fails when every question of this session failed."""
+    those volumes only). Ends Failed (with a one-line message) when the model cannot be loaded or every
+    question of this session failed; otherwise returns the summary row."""
     log = get_run_logger()
     request = InferRequest(model=model, checkpoint=checkpoint, name=name, dataset=dataset, device=device, dtype=dtype,
                            batch_size=batch_size, limit_volumes=limit_volumes, seed=seed, options=dict(options or {}),
@@ -59,13 +67,16 @@ def infer(model: str, checkpoint: str | None = None, name: str | None = None, da
     if info["missing_inputs"]:
         log.info("building the %s input of %d volume(s) first", info["recipe"], len(info["missing_inputs"]))
         preprocess(recipes=info["recipe"], db=db, dataset=info["dataset_id"], only_volumes=info["missing_inputs"])
-    summary = answer_task(db, request)
+    state = answer_task(db, request, return_state=True)
+    if state.is_failed():
+        return Failed(message=state.message)
+    summary = state.result()
     row = summary.row()
     create_table_artifact(key="infer-summary", table=[row],
                           description=f"Inference run {summary.name} ({summary.run_id}) on {summary.dataset_id}")
     log.info("%s: %d ok, %d error of %d in %.1f s", summary.name, summary.ok, summary.error, summary.pending,
              summary.seconds)
     if summary.all_failed:
-        raise InferenceError(f"every one of the {summary.pending} question(s) failed in run {summary.name}; "
-                             f"first reason: {next(iter(summary.reasons), 'unknown')}")
+        return Failed(message=f"every one of the {summary.pending} question(s) failed in run {summary.name}; "
+                              f"first reason: {next(iter(summary.reasons), 'unknown')}")
     return row

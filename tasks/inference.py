@@ -152,8 +152,9 @@ def run_config(adapter: ModelAdapter, dataset_id: str, ablation: dict[str, Any] 
     return {"identity": adapter.identity(), "ablation": ablation, "dataset": dataset_id}
 
 
-def default_name(request: InferRequest) -> str:
-    return request.model + ("-shuffled" if request.ablate == "shuffle-volumes" else "")
+def default_name(request: InferRequest, adapter: ModelAdapter) -> str:
+    base = adapter.name if ":" in request.model else request.model        # module:Class -> the class's name
+    return base + ("-shuffled" if request.ablate == "shuffle-volumes" else "")
 
 
 def plan_run(db, request: InferRequest, adapter: ModelAdapter | None = None) -> RunPlan:
@@ -174,7 +175,7 @@ def plan_run(db, request: InferRequest, adapter: ModelAdapter | None = None) -> 
             ablation = {"kind": "shuffle-volumes", "seed": request.seed, "mapping": mapping}
         config = {"identity": identity, "ablation": ablation, "dataset": dataset_id}
         run_id = "infer-" + identity_hash(config)[:24]
-        name = request.name or default_name(request)
+        name = request.name or default_name(request, adapter)
         by_name = con.execute("SELECT run_id FROM runs WHERE dataset_id = ? AND name = ?", [dataset_id, name]).fetchone()
         if by_name and by_name[0] != run_id:
             raise InferenceError(

@@ -304,10 +304,19 @@ def test_cli_exits_non_zero_when_every_prediction_failed(prefect_server, plugin,
     db = tmp_path / "wh.duckdb"
     import_upstream(root, db)
     assert main(["infer", "--model", ECHO, "--db", str(db)]) == 1
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("ctsvqa: error: every one of the") and "volume file not found" in err
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("ctsvqa: error: every one of the") and "Traceback" not in err
+    assert "volume file not found" in err.strip().splitlines()[-1]
     assert {s for _, s, _, _ in predictions(db, ECHO).values()} == {"error"}
     assert len(predictions(db, ECHO)) == len(all_qids(db))
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{not json")
+    assert main(["infer", "--model", ECHO, "--checkpoint", str(ckpt), "--name", "bad-ckpt", "--db", str(db)]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith(f"ctsvqa: error: model '{ECHO}' could not be loaded from {ckpt}")
+    assert "Traceback" not in err and not rows(db, "SELECT * FROM runs WHERE name = 'bad-ckpt'")
 
 
 def test_cli_flow_random_then_resume(prefect_server, pdb, capsys):
