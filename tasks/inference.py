@@ -193,7 +193,7 @@ def plan_run(db, request: InferRequest, adapter: ModelAdapter | None = None) -> 
     pending: dict[str, list[Question]] = {}
     for volume, qid, question in rows:
         pending.setdefault(volume, []).append(Question(qid, question))
-    return RunPlan(run_id, name, dataset_id, request.model, adapter.recipe, config, mapping, bool(stored), pending)
+    return RunPlan(run_id, name, dataset_id, adapter.name, adapter.recipe, config, mapping, bool(stored), pending)
 
 
 # -- inputs ----------------------------------------------------------------------------------------
