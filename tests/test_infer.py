@@ -319,11 +319,36 @@ def test_cli_exits_non_zero_when_every_prediction_failed(prefect_server, plugin,
     assert "Traceback" not in err and not rows(db, "SELECT * FROM runs WHERE name = 'bad-ckpt'")
 
 
+def test_unreadable_input_fails_its_volume_and_retry_failed_answers_it_once_rebuilt(plugin, pdb):
+    dataset = rows(pdb, "SELECT dataset_id FROM datasets")[0][0]
+    volumes = [v for (v,) in rows(pdb, "SELECT volume FROM volumes ORDER BY position")]
+    inference.build_inputs(pdb, dataset, "lingshu", volumes)
+    (path,) = rows(pdb, "SELECT path FROM model_inputs WHERE volume = ? AND recipe = 'lingshu'", [volumes[0]])[0]
+    Path(path).write_bytes(b"not an npz")
+    run_inference(pdb, InferRequest(model=ECHO))
+    preds = predictions(pdb, ECHO)
+    bad = {q for q in preds if volume_of(q) == volumes[0]}
+    assert all(preds[q][1] == "error" and preds[q][2].startswith(f"unreadable model input {path}") for q in bad)
+    assert all(preds[q][1] == "ok" for q in set(preds) - bad)
+    assert run_inference(pdb, InferRequest(model=ECHO)).pending == 0          # failures stay without the flag
+    Path(path).unlink()                                                    # gone: rebuilt on the next run
+    again = run_inference(pdb, InferRequest(model=ECHO, retry_failed=True))
+    assert again.pending == again.ok == len(bad)
+    assert {s for _, s, _, _ in predictions(pdb, ECHO).values()} == {"ok"}
+
+
 def test_cli_flow_random_then_resume(prefect_server, pdb, capsys):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
     from flows.cli import main
 
     assert main(["infer", "--model", "random", "--db", str(pdb)]) == 0
     assert "answered, 0 failed" in capsys.readouterr().out
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["infer-summary"])))
+    tables = [a.data if isinstance(a.data, list) else json.loads(a.data) for a in artifacts]
+    assert any(t[0]["run"] == "random" and t[0]["ok"] == len(all_qids(pdb)) for t in tables)
     assert main(["infer", "--model", "random", "--db", str(pdb)]) == 0
     assert "nothing to do" in capsys.readouterr().out
     assert len(predictions(pdb, "random")) == len(all_qids(pdb))
