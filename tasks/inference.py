@@ -421,7 +421,7 @@ def run_inference(db, request: InferRequest, progress: ProgressFn | None = None,
                     rows = [_row(plan.run_id, q.qid, None, "error", reason, base) for q in questions]
                 else:
                     if mi is not None:
-                        base["input_sha256"] = Path(mi.path).stem
+                        base["input_volume_sha256"] = Path(mi.path).stem     # inputs are named by it
                     rows = answer_volume(adapter, plan.run_id, mi, questions, request.batch_size, base)
                 writer.add(rows)
                 writer.volume_done()
