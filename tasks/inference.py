@@ -321,41 +321,63 @@ def _row(run_id: str, qid: str, text: str | None, status: str, reason: str | Non
             "provenance": json.dumps(prov, sort_keys=True, default=str)}
 
 
+def _call(adapter: ModelAdapter, model_input: ModelInput | None, chunk: list[Question],
+          volume: str | None) -> tuple[dict[str, Answer], str | None, float]:
+    """One adapter call: its answers by qid, or why the whole call failed, and the seconds it took."""
+    t0 = time.perf_counter()
+    try:
+        answers = adapter.answer(model_input, chunk)
+    except Exception as exc:  # noqa: BLE001  (one volume's failure must not stop the run)
+        failure = f"adapter raised {type(exc).__name__}: {exc}"
+        log.warning("%s on %s: %s", adapter.name, volume, failure)
+        return {}, failure, time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    if not isinstance(answers, (list, tuple)):
+        return {}, f"adapter returned {type(answers).__name__}, not a list of Answer", seconds
+    by_qid: dict[str, Answer] = {}
+    for a in answers:
+        if isinstance(a, Answer) and a.qid not in by_qid:
+            by_qid[a.qid] = a
+    return by_qid, None, seconds
+
+
+def _rows(run_id: str, chunk: list[Question], by_qid: dict[str, Answer], failure: str | None, prov: dict) -> list[dict]:
+    rows = []
+    for q in chunk:
+        a = by_qid.get(q.qid)
+        if failure is not None:
+            rows.append(_row(run_id, q.qid, None, "error", failure, prov))
+        elif a is None:
+            rows.append(_row(run_id, q.qid, None, "error", "the adapter returned no answer for this question", prov))
+        elif a.status == "ok" and not isinstance(a.text, str):
+            rows.append(_row(run_id, q.qid, None, "error", f"the adapter's answer is a {type(a.text).__name__}, "
+                             "not text", prov))
+        else:
+            meta = {**prov, **({"meta": a.meta} if a.meta else {})}
+            reason = None if a.status == "ok" else (a.reason or "the adapter reported an error without a reason")
+            rows.append(_row(run_id, q.qid, a.text, a.status, reason, meta))
+    return rows
+
+
 def answer_volume(adapter: ModelAdapter, run_id: str, model_input: ModelInput | None, questions: list[Question],
                   batch_size: int, base: dict[str, Any]) -> list[dict]:
-    """The volume's questions in chunks of batch_size; every question ends as exactly one row."""
+    """The volume's questions in chunks of batch_size; every question ends as exactly one row. A chunk
+    whose call raises is asked again one question at a time, so one bad question (or a batch too big
+    for the GPU) fails only itself."""
     rows = []
     for start in range(0, len(questions), batch_size):
         chunk = questions[start:start + batch_size]
-        t0 = time.perf_counter()
-        try:
-            answers = adapter.answer(model_input, chunk)
-            failure = None
-        except Exception as exc:  # noqa: BLE001  (one volume's failure must not stop the run)
-            answers, failure = [], f"adapter raised {type(exc).__name__}: {exc}"
-            log.warning("%s on %s: %s", adapter.name, base.get("volume"), failure)
-        seconds = time.perf_counter() - t0
+        by_qid, failure, seconds = _call(adapter, model_input, chunk, base.get("volume"))
+        if failure is not None and len(chunk) > 1:
+            for q in chunk:
+                one, failure_one, secs = _call(adapter, model_input, [q], base.get("volume"))
+                prov = {**base, "batch": 1, "seconds": round(secs, 6), "batch_seconds": round(secs, 6),
+                        "retried_alone_after": failure}
+                rows.extend(_rows(run_id, [q], one, failure_one, prov))
+            continue
         prov = {**base, "batch": len(chunk), "seconds": round(seconds / len(chunk), 6),
                 "batch_seconds": round(seconds, 6)}
-        by_qid: dict[str, Answer] = {}
-        for a in answers if isinstance(answers, (list, tuple)) else []:
-            if isinstance(a, Answer) and a.qid not in by_qid:
-                by_qid[a.qid] = a
-        if failure is None and not isinstance(answers, (list, tuple)):
-            failure = f"adapter returned {type(answers).__name__}, not a list of Answer"
-        for q in chunk:
-            a = by_qid.get(q.qid)
-            if failure is not None:
-                rows.append(_row(run_id, q.qid, None, "error", failure, prov))
-            elif a is None:
-                rows.append(_row(run_id, q.qid, None, "error", "the adapter returned no answer for this question", prov))
-            elif a.status == "ok" and not isinstance(a.text, str):
-                rows.append(_row(run_id, q.qid, None, "error", f"the adapter's answer is a {type(a.text).__name__}, "
-                                 "not text", prov))
-            else:
-                meta = {**prov, **({"meta": a.meta} if a.meta else {})}
-                reason = None if a.status == "ok" else (a.reason or "the adapter reported an error without a reason")
-                rows.append(_row(run_id, q.qid, a.text, a.status, reason, meta))
+        rows.extend(_rows(run_id, chunk, by_qid, failure, prov))
     return rows
 
 

@@ -45,6 +45,8 @@ class EchoModel(ModelAdapter):
             time.sleep(float(os.environ["ECHO_TEST_DELAY"]))
         if model_input.volume == self.settings.options.get("fail_volume"):
             raise RuntimeError(f"cannot read volume {model_input.volume}")
+        if self.settings.options.get("fail_qid") in {q.qid for q in questions}:
+            raise ValueError("this question breaks the model")
         slices = model_input.load()["slices"]
         mean = float(slices.mean())
         if os.environ.get("ECHO_TEST_LOG"):

@@ -265,6 +265,16 @@ def test_adapter_that_raises_on_one_volume_fails_only_that_volume(plugin, pdb):
     assert summary.error == sum(volume_of(q) == bad for q in preds) and summary.ok > 0
 
 
+def test_a_question_that_breaks_its_batch_fails_alone(plugin, pdb):
+    bad = sorted(all_qids(pdb))[1]
+    summary = run_inference(pdb, InferRequest(model=ECHO, batch_size=4, options={"fail_qid": bad}))
+    preds = predictions(pdb, ECHO)
+    assert summary.error == 1 and summary.ok == len(preds) - 1
+    assert preds[bad][1:3] == ("error", "adapter raised ValueError: this question breaks the model")
+    batch_mates = [q for q, (*_, p) in preds.items() if p.get("retried_alone_after") and q != bad]
+    assert batch_mates and all(preds[q][1] == "ok" and preds[q][3]["batch"] == 1 for q in batch_mates)
+
+
 def test_unreadable_checkpoint_is_one_line_and_stores_nothing(plugin, pdb, tmp_path):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
