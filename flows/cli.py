@@ -86,6 +86,17 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    from flows.score import score
+
+    rows = score(runs=args.run, db=args.db)
+    cols = ("model", "count", "bleu", "rouge1_f", "rouge2_f", "rougeL_f", "meteor", "sbert_cosine", "exact_match")
+    print("  ".join(f"{c:>12}" for c in cols))
+    for r in rows:
+        print("  ".join(f"{r[c]:>12.4f}" if isinstance(r[c], float) else f"{str(r[c]):>12}" for c in cols))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     import warehouse
     from tasks.report import print_report
@@ -166,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="worker processes (one thread each)")
     p.add_argument("--decode-cache", metavar="DIR", help="also keep decoded int16 volumes here, by content hash")
     p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("score", parents=[db], help="text metrics (BLEU, ROUGE, METEOR, SBERT, exact match) per run")
+    p.add_argument("--run", action="append", metavar="NAME", help="only this run (repeatable; default: all runs)")
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("report", parents=[db], help="print the accuracy tables")
     p.add_argument("--dataset", help="only this dataset")
