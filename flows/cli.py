@@ -94,6 +94,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     print("  ".join(f"{c:>12}" for c in cols))
     for r in rows:
         print("  ".join(f"{r[c]:>12.4f}" if isinstance(r[c], float) else f"{str(r[c]):>12}" for c in cols))
+    print("statistics refreshed: views accuracy_ci (bootstrap by volume), model_comparisons (McNemar), "
+          "fleiss_kappa")
     return 0
 
 

@@ -7,7 +7,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 import warehouse
-from tasks import scoring
+from tasks import scoring, statistics
 
 
 @task(name="score-text", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
@@ -24,9 +24,19 @@ def score_task(db: str | None, runs: list[str] | None) -> scoring.ScoreSummary:
     return scoring.score_runs(db, runs, progress=report)
 
 
+@task(name="statistics", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def statistics_task(db: str | None) -> dict[str, int]:
+    counts = statistics.refresh_statistics(db)
+    get_run_logger().info("%d bootstrap intervals, %d McNemar comparisons", counts["intervals"],
+                          counts["comparisons"])
+    return counts
+
+
 @flow(name="score", flow_run_name="score", validate_parameters=False)
 def score(runs: list[str] | None = None, db: str | None = None) -> list[dict]:
+    """Text metrics of the runs (only what is not scored yet), then every run's statistics."""
     summary = score_task(db, runs)
+    statistics_task(db)
     with warehouse.reader(db) as con:
         table = con.execute("SELECT * FROM text_metrics WHERE list_contains(?, run_id) ORDER BY dataset, model",
                             [summary.runs]).df()
