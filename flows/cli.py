@@ -105,6 +105,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     with warehouse.reader(args.db) as con:
         print_report(con, dataset=args.dataset)
+    if args.html:
+        from tasks.report_html import write_report
+
+        report = write_report(args.db, args.html, dataset=args.dataset, panel=args.panel)
+        print(f"report: {report.html} (panel {report.panel or 'none'}; {len(report.images)} chart images beside it)")
     return 0
 
 
@@ -186,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", parents=[db], help="print the accuracy tables")
     p.add_argument("--dataset", help="only this dataset")
+    p.add_argument("--html", type=Path, metavar="DIR",
+                   help="also write a self-contained HTML report (charts inlined) and PNG/SVG charts here")
+    p.add_argument("--panel", help="jury panel of the HTML report (default: paper, upstream, offline-learned, "
+                                   "offline — the first that judged the dataset)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", parents=[db], help="write upstream-format CSV/JSON and Parquet of every view")
