@@ -156,6 +156,16 @@ def cmd_models(args: argparse.Namespace) -> int:
             print(f"    [{'found' if r.found else 'MISSING'}] {r.what}: {r.detail}")
         if info.error:
             print(f"    error: {info.error}")
+def cmd_score(args: argparse.Namespace) -> int:
+    from flows.score import score
+
+    rows = score(runs=args.run, db=args.db)
+    cols = ("model", "count", "bleu", "rouge1_f", "rouge2_f", "rougeL_f", "meteor", "sbert_cosine", "exact_match")
+    print("  ".join(f"{c:>12}" for c in cols))
+    for r in rows:
+        print("  ".join(f"{r[c]:>12.4f}" if isinstance(r[c], float) else f"{str(r[c]):>12}" for c in cols))
+    print("statistics refreshed: views accuracy_ci (bootstrap by volume), model_comparisons (McNemar), "
+          "fleiss_kappa")
     return 0
 
 
@@ -165,6 +175,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     with warehouse.reader(args.db) as con:
         print_report(con, dataset=args.dataset)
+    if args.html:
+        from tasks.report_html import write_report
+
+        report = write_report(args.db, args.html, dataset=args.dataset, panel=args.panel)
+        print(f"report: {report.html} (panel {report.panel or 'none'}; {len(report.images)} chart images beside it)")
     return 0
 
 
@@ -261,8 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", metavar="PATH", help="check this checkpoint instead of the adapters' defaults")
     p.set_defaults(func=cmd_models)
 
+    p = sub.add_parser("score", parents=[db], help="text metrics (BLEU, ROUGE, METEOR, SBERT, exact match) per run")
+    p.add_argument("--run", action="append", metavar="NAME", help="only this run (repeatable; default: all runs)")
+    p.set_defaults(func=cmd_score)
+
     p = sub.add_parser("report", parents=[db], help="print the accuracy tables")
     p.add_argument("--dataset", help="only this dataset")
+    p.add_argument("--html", type=Path, metavar="DIR",
+                   help="also write a self-contained HTML report (charts inlined) and PNG/SVG charts here")
+    p.add_argument("--panel", help="jury panel of the HTML report (default: paper, upstream, offline-learned, "
+                                   "offline — the first that judged the dataset)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", parents=[db], help="write upstream-format CSV/JSON and Parquet of every view")

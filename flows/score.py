@@ -1,0 +1,47 @@
+"""Flow: text metrics for runs in the warehouse (only what is not scored yet)."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+import warehouse
+from tasks import scoring, statistics
+
+
+@task(name="score-text", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def score_task(db: str | None, runs: list[str] | None) -> scoring.ScoreSummary:
+    log = get_run_logger()
+    step = [0]
+
+    def report(done: int, total: int) -> None:
+        decile = 10 * done // max(total, 1)
+        if decile > step[0] or done == total:
+            step[0] = decile
+            log.info("%d/%d predictions scored", done, total)
+
+    return scoring.score_runs(db, runs, progress=report)
+
+
+@task(name="statistics", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def statistics_task(db: str | None) -> dict[str, int]:
+    counts = statistics.refresh_statistics(db)
+    get_run_logger().info("%d bootstrap intervals, %d McNemar comparisons", counts["intervals"],
+                          counts["comparisons"])
+    return counts
+
+
+@flow(name="score", flow_run_name="score", validate_parameters=False)
+def score(runs: list[str] | None = None, db: str | None = None) -> list[dict]:
+    """Text metrics of the runs (only what is not scored yet), then every run's statistics."""
+    summary = score_task(db, runs)
+    statistics_task(db)
+    with warehouse.reader(db) as con:
+        table = con.execute("SELECT * FROM text_metrics WHERE list_contains(?, run_id) ORDER BY dataset, model",
+                            [summary.runs]).df()
+    rows = table.drop(columns=["run_id"]).to_dict("records")
+    get_run_logger().info("scored %d prediction(s) in %.1f s", summary.scored, summary.seconds)
+    if rows:
+        create_table_artifact(key="text-metrics", table=rows, description="text metrics per run")
+    return rows

@@ -1,0 +1,279 @@
+"""The shareable report: altair charts of the metric views in one self-contained HTML file (the Vega
+libraries inlined, so it opens with no network), plus a PNG and an SVG of every chart.
+
+Everything shown comes from the views; Python only reshapes it for plotting. Model outputs are untrusted
+text: tables escape them, and chart specs are embedded as JSON data blocks with every `<` escaped, so a
+prediction containing `</script><script>…` renders as text and never runs.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import altair as alt
+import duckdb
+import pandas as pd
+
+import warehouse
+from tasks.exports import datasets
+
+SQL = Path(__file__).resolve().parent.parent / "sql" / "queries"
+PANEL_PREFERENCE = ("paper", "upstream", "offline-learned", "offline")
+MAX_HEATMAP_QUESTIONS = 1500
+N_EXAMPLES = 6
+
+
+@dataclass
+class Report:
+    html: Path
+    images: list[Path] = field(default_factory=list)
+    dataset: str = ""
+    panel: str | None = None
+
+
+def _query(con: duckdb.DuckDBPyConnection, name: str, **params) -> pd.DataFrame:
+    return con.execute((SQL / f"{name}.sql").read_text(), params).df()
+
+
+def choose_panel(con: duckdb.DuckDBPyConnection, dataset: str, panel: str | None) -> str | None:
+    panels = [p for (p,) in con.execute(
+        "SELECT DISTINCT panel FROM model_accuracy WHERE dataset = ? AND panel IS NOT NULL ORDER BY panel",
+        [dataset]).fetchall()]
+    if panel is not None:
+        if panel not in panels:
+            raise ValueError(f"panel {panel!r} has no verdicts in dataset {dataset!r}; panels: "
+                             f"{', '.join(panels) or 'none (judge the runs first)'}")
+        return panel
+    for preferred in PANEL_PREFERENCE:
+        if preferred in panels:
+            return preferred
+    return panels[0] if panels else None
+
+
+# --- charts ---------------------------------------------------------------------------------------
+
+def accuracy_chart(acc: pd.DataFrame) -> alt.Chart:
+    order = acc.sort_values("majority_accuracy", ascending=False)["model"].tolist()
+    base = alt.Chart(acc).encode(y=alt.Y("model:N", sort=order, title=None))
+    bars = base.mark_bar(color="#4c78a8").encode(
+        x=alt.X("majority_accuracy:Q", title="majority accuracy (95% CI)", scale=alt.Scale(domain=[0, 1]),
+                axis=alt.Axis(format="%")),
+        tooltip=["model", alt.Tooltip("majority_accuracy:Q", format=".1%"), alt.Tooltip("ci_low:Q", format=".1%"),
+                 alt.Tooltip("ci_high:Q", format=".1%"), "ci_method", "n_predictions", "n_questions"])
+    whiskers = base.mark_rule(color="black").encode(x="ci_low:Q", x2="ci_high:Q")
+    return (bars + whiskers).properties(title="Accuracy per model", width=520, height=28 * max(len(acc), 2))
+
+
+def category_chart(cats: pd.DataFrame) -> alt.Chart:
+    return alt.Chart(cats).mark_bar().encode(
+        x=alt.X("model:N", title=None, axis=alt.Axis(labelAngle=-40)),
+        y=alt.Y("majority_accuracy:Q", title="majority accuracy", axis=alt.Axis(format="%"),
+                scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("model:N", legend=None),
+        tooltip=["category", "model", alt.Tooltip("majority_accuracy:Q", format=".1%"), "n"],
+    ).properties(width=200, height=160).facet(facet=alt.Facet("category:N", title=None), columns=3).properties(
+        title="Accuracy by spatial category (a question counts in each of its categories)")
+
+
+def heatmap_chart(cells: pd.DataFrame, model_order: list[str], n_questions: int) -> alt.Chart:
+    difficulty = cells.groupby("qid")["jury_mean"].mean().sort_values(ascending=False)
+    q_order = difficulty.index.tolist()
+    sampled = f" (a fixed sample of {len(q_order)} of {n_questions})" if len(q_order) < n_questions else ""
+    return alt.Chart(cells).mark_rect().encode(
+        x=alt.X("model:N", sort=model_order, title=None, axis=alt.Axis(labelAngle=-40)),
+        y=alt.Y("qid:N", sort=q_order, title=f"questions, easiest first{sampled}",
+                axis=alt.Axis(labels=False, ticks=False)),
+        color=alt.Color("jury_mean:Q", title="jury mean", scale=alt.Scale(scheme="redyellowgreen", domain=[0, 1])),
+        tooltip=["qid", "model", alt.Tooltip("jury_mean:Q", format=".2f")],
+    ).properties(title="Correctness per question and model", width=40 * max(len(model_order), 3), height=420)
+
+
+def lengths_chart(lengths: pd.DataFrame) -> alt.Chart:
+    return alt.Chart(lengths).mark_line(point=True, interpolate="step-after").encode(
+        x=alt.X("words:Q", title="words (60 = 60 or more)"),
+        y=alt.Y("share:Q", title="share of texts", axis=alt.Axis(format="%")),
+        color=alt.Color("source:N", title=None),
+        tooltip=["source", "words", "n", alt.Tooltip("share:Q", format=".1%")],
+    ).properties(title="Length of questions, reference answers and each model's answers", width=560, height=260)
+
+
+def agreement_chart(agreement: pd.DataFrame) -> alt.Chart:
+    agreement = agreement.assign(pair=agreement["judge_a"] + " / " + agreement["judge_b"])
+    base = alt.Chart(agreement).encode(x=alt.X("pair:N", title=None), y=alt.Y("model:N", title=None))
+    cells = base.mark_rect().encode(
+        color=alt.Color("cohen_kappa:Q", title="Cohen's κ", scale=alt.Scale(scheme="blues", domain=[0, 1])),
+        tooltip=["model", "pair", "n", alt.Tooltip("agreement:Q", format=".1%"),
+                 alt.Tooltip("cohen_kappa:Q", format=".3f")])
+    labels = base.mark_text(fontSize=11).encode(text=alt.Text("cohen_kappa:Q", format=".2f"))
+    return (cells + labels).properties(title="Agreement between judges", width=120 * agreement["pair"].nunique(),
+                                       height=28 * agreement["model"].nunique())
+
+
+def reliance_chart(pairs: pd.DataFrame) -> alt.Chart:
+    return alt.Chart(pairs).mark_bar().encode(
+        x=alt.X("condition:N", title=None, sort=["own volume", "another patient's volume"]),
+        y=alt.Y("majority_accuracy:Q", title="majority accuracy", axis=alt.Axis(format="%"),
+                scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("condition:N", legend=None),
+        column=alt.Column("model:N", title=None),
+        tooltip=["model", "condition", alt.Tooltip("majority_accuracy:Q", format=".1%")],
+    ).properties(title="Image reliance: the same model given another patient's volume", width=110, height=200)
+
+
+def reliance_pairs(acc: pd.DataFrame) -> pd.DataFrame:
+    """Runs X and X-shuffled (the volume-shuffle ablation, named so by `ctsvqa infer`) side by side."""
+    by_name = acc.set_index("model")["majority_accuracy"]
+    rows = []
+    for name in by_name.index:
+        if name.endswith("-shuffled") and name[: -len("-shuffled")] in by_name.index:
+            base = name[: -len("-shuffled")]
+            rows += [{"model": base, "condition": "own volume", "majority_accuracy": by_name[base]},
+                     {"model": base, "condition": "another patient's volume", "majority_accuracy": by_name[name]}]
+    return pd.DataFrame(rows)
+
+
+# --- page ---------------------------------------------------------------------------------------------
+
+def _json_block(spec: dict) -> str:
+    """JSON safe inside a <script> element: no '<' survives, so no text can close the element."""
+    return json.dumps(spec).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _table(df: pd.DataFrame, formats: dict[str, str] | None = None) -> str:
+    formats = formats or {}
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    rows = []
+    for record in df.itertuples(index=False):
+        cells = []
+        for col, value in zip(df.columns, record):
+            if value is None or (isinstance(value, float) and value != value):
+                text = "—"
+            elif col in formats:
+                text = formats[col].format(value)
+            else:
+                text = str(value)
+            cells.append(f"<td>{html.escape(text)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src 'nonce-{nonce}' 'unsafe-eval'; style-src 'unsafe-inline'; img-src data:">
+<title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1200px; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 13px; }}
+th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top; }}
+th {{ background: #f3f3f3; }}
+.chart {{ margin: 1em 0 2em; }}
+.note {{ color: #666; font-size: 13px; }}
+</style>
+<script nonce="{nonce}">{bundle}</script>
+</head><body>
+<h1>{title}</h1>
+<p class="note">{note}</p>
+{body}
+<script nonce="{nonce}">
+document.querySelectorAll("script[type='application/json'][data-chart]").forEach(function (el) {{
+  vegaEmbed("#" + el.dataset.chart, JSON.parse(el.textContent), {{actions: false, renderer: "svg"}})
+    .then(function () {{ document.getElementById(el.dataset.chart).setAttribute("data-rendered", "yes"); }})
+    .catch(function (err) {{ document.getElementById(el.dataset.chart).textContent = "chart failed: " + err; }});
+}});
+</script>
+</body></html>
+"""
+
+
+def build_charts(con: duckdb.DuckDBPyConnection, dataset: str, panel: str | None) -> tuple[dict, dict]:
+    """Charts (name -> altair chart) and tables (title -> html) of one dataset under one panel."""
+    charts: dict[str, alt.TopLevelMixin] = {}
+    tables: dict[str, str] = {}
+    lengths = _query(con, "report_lengths", dataset=dataset)
+    if panel is not None:
+        acc = _query(con, "report_accuracy", dataset=dataset, panel=panel)
+        acc = acc[acc["majority_accuracy"].notna()]
+        if len(acc):
+            charts["accuracy"] = accuracy_chart(acc)
+            shown = acc.assign(majority=acc["majority_accuracy"], ci=list(zip(acc["ci_low"], acc["ci_high"])))
+            tables["Headline"] = _table(
+                shown[["model", "n_predictions", "n_questions", "coverage", "jury_size", "majority", "ci",
+                       "ci_method", "strict_accuracy", "n_failed_predictions"]]
+                .assign(ci=[f"{lo:.1%} – {hi:.1%}" for lo, hi in shown["ci"]]),
+                {"coverage": "{:.1%}", "majority": "{:.1%}", "strict_accuracy": "{:.1%}"})
+            cats = con.execute("SELECT category, model, majority_accuracy, n FROM category_accuracy "
+                               "WHERE dataset = ? AND panel = ?", [dataset, panel]).df()
+            if len(cats):
+                charts["categories"] = category_chart(cats)
+            n_questions = con.execute("SELECT count(*) FROM questions WHERE dataset_id = ?", [dataset]).fetchone()[0]
+            cells = _query(con, "report_heatmap", dataset=dataset, panel=panel, max_questions=MAX_HEATMAP_QUESTIONS)
+            if len(cells):
+                charts["heatmap"] = heatmap_chart(cells, acc["model"].tolist(), n_questions)
+            pairs = reliance_pairs(acc)
+            if len(pairs):
+                charts["image_reliance"] = reliance_chart(pairs)
+        agreement = con.execute("SELECT a.* FROM judge_agreement AS a JOIN run_juries AS j ON j.run_id = a.run_id "
+                                "AND j.judge = a.judge_a WHERE a.dataset = ? AND j.panel = ?",
+                                [dataset, panel]).df()
+        if len(agreement):
+            charts["judge_agreement"] = agreement_chart(agreement)
+    if len(lengths):
+        charts["answer_lengths"] = lengths_chart(lengths)
+    text = con.execute("SELECT model, count, bleu, rouge1_f, rouge2_f, rougeL_f, meteor, sbert_cosine, exact_match "
+                       "FROM text_metrics WHERE dataset = ? ORDER BY model", [dataset]).df()
+    if len(text):
+        tables["Text metrics (ctsvqa score)"] = _table(text, {c: "{:.4f}" for c in text.columns[2:]})
+    examples = _query(con, "report_examples", dataset=dataset, n=N_EXAMPLES)
+    if len(examples):
+        tables["Example answers (model outputs shown as text)"] = _table(examples)
+    return charts, tables
+
+
+def write_report(db, out: str | Path, dataset: str | None = None, panel: str | None = None,
+                 images: bool = True) -> Report:
+    import vl_convert as vlc
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with warehouse.reader(db) as con:
+        known = datasets(con)
+        if dataset is None:
+            if len(known) != 1:
+                raise ValueError(f"the warehouse has {len(known)} datasets ({', '.join(known) or 'none'}); "
+                                 "pass --dataset")
+            dataset = known[0]
+        elif dataset not in known:
+            raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(known) or 'none'}")
+        panel = choose_panel(con, dataset, panel)
+        charts, tables = build_charts(con, dataset, panel)
+    specs = {name: chart.to_dict() for name, chart in charts.items()}
+    report = Report(html=out / "report.html", dataset=dataset, panel=panel)
+    if images:
+        for name, spec in specs.items():
+            for suffix, render in (("svg", vlc.vegalite_to_svg), ("png", vlc.vegalite_to_png)):
+                path = out / f"{name}.{suffix}"
+                data = render(spec)
+                path.write_bytes(data if isinstance(data, bytes) else data.encode())
+                report.images.append(path)
+    body = []
+    for title, table in tables.items():
+        body.append(f"<h2>{html.escape(title)}</h2>{table}")
+    for name, spec in specs.items():
+        body.append(f'<div class="chart" id="chart-{name}"></div>'
+                    f'<script type="application/json" data-chart="chart-{name}">{_json_block(spec)}</script>')
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    note = (f"dataset {dataset}; jury panel {panel or 'none (no verdicts yet)'}; made {stamp} from "
+            f"{warehouse.resolve_db(db)}")
+    # Only our two scripts carry the nonce: even if some text escaped into the page as a <script>, the
+    # browser would refuse to run it.
+    page = PAGE.format(nonce=secrets.token_urlsafe(16), title=html.escape(f"ctsvqa report — {dataset}"), note=html.escape(note),
+                       body="\n".join(body), bundle=vlc.javascript_bundle().replace("</script", "<\\/script"))
+    tmp = report.html.with_suffix(".html.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(report.html)
+    return report
