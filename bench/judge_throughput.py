@@ -34,34 +34,7 @@ from adapters.judges.prompts import Item, load_prompt  # noqa: E402
 from adapters.judges.spec import Panel, load_panel  # noqa: E402
 from tasks import judging  # noqa: E402
 from tests.fake_providers import FakeProviders  # noqa: E402
-from warehouse import loaders  # noqa: E402
-
-SIDES = ["left", "right", "both"]
-LOBES = ["upper", "middle", "lower"]
-
-
-def build_warehouse(db: Path, n: int) -> list[Item]:
-    """One synthetic dataset and run with n distinct question/answer/prediction triples."""
-    qids, questions, answers, preds = [], [], [], []
-    for i in range(n):
-        qids.append(f"synthetic_{i // 6}.nii.gz::{i % 6}")
-        questions.append(f"Where is nodule number {i} located?")
-        answers.append(f"In the {SIDES[i % 3]} {LOBES[(i // 3) % 3]} lobe.")
-        preds.append(f"{SIDES[(i // 2) % 3]} {LOBES[i % 3]} lobe, lesion {i}")
-    volumes = sorted({q.split("::")[0] for q in qids})
-    with warehouse.writer(db) as con, warehouse.transaction(con):
-        loaders.replace_dataset(con, dataset_id="bench", source="synthetic", source_path="", synthetic=True,
-                                description=None, volumes=volumes, categories=None, questions={
-                                    "qid": qids, "volume": [q.split("::")[0] for q in qids],
-                                    "idx": [int(q.split("::")[1]) for q in qids], "question": questions,
-                                    "answer": answers})
-        loaders.upsert_model(con, "bench-model")
-        loaders.upsert_run(con, run_id="bench/run", dataset_id="bench", name="bench-model", model_id="bench-model",
-                           source="bench", config={})
-        loaders.replace_predictions(con, "bench/run", {"qid": qids, "text": preds, "status": ["ok"] * n,
-                                                       "reason": [None] * n, "provenance": ["{}"] * n})
-    return [Item(q, a, p) for q, a, p in zip(questions, answers, preds)]
-
+from tests.synthetic_judging import build_warehouse  # noqa: E402
 
 def sequential_upstream_style(fake: FakeProviders, items: list[Item], n_calls: int) -> float:
     """Requests/s of one blocking 5-item call after another (the upstream evaluate_with_gpt loop)."""
