@@ -51,6 +51,19 @@ def cmd_judge(args: argparse.Namespace) -> int:
         print(judging.format_forecast(rows))
         return 0
     before = judging.pending_total(args.db, panel, args.run, args.retry_failed)
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        # A terminal's Ctrl-C goes to the whole process group, Prefect's temporary server included:
+        # it would die and leave the flow unable to finish. Started with SIGINT blocked (a mask is
+        # inherited across exec), it ignores Ctrl-C; Prefect still stops it when this process exits.
+        from prefect.server.api.server import SubprocessASGIServer   # the one Prefect's client reuses
+
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            SubprocessASGIServer().start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     judging.STOP.clear()
     judging.HURRY.clear()
 
