@@ -48,7 +48,8 @@ def tokens(text: str) -> int:
 @dataclass
 class Fault:
     kind: str            # status | delay | malformed | fenced | short | reorder | duplicate | out_of_range |
-    #                      blocked | empty | html | prose | string_verdict | truncated
+    #                      blocked | empty | html | prose | string_verdict | truncated (cut, finish_reason
+    #                      length) | cut (cut, finish_reason stop)
     status: int = 500
     retry_after: str | None = None
     seconds: float = 0.0
@@ -255,7 +256,7 @@ def _verdict_text(items, single: bool, wants_json: bool, kind: str | None, fixed
         if kind == "string_verdict":
             return json.dumps({"verdict": "MAYBE"})
         text = json.dumps({"verdict": "YES" if verdict else "NO"}) if wants_json else ("YES" if verdict else "NO")
-        return text[:len(text) // 2] if kind == "truncated" else text
+        return text[:len(text) // 2] if kind in ("truncated", "cut") else text
     elements = [{"index": k, "is_correct": judge(a, p)} for k, (_, a, p) in enumerate(items, start=1)]
     if kind == "short":
         elements = elements[:-1]
@@ -268,7 +269,7 @@ def _verdict_text(items, single: bool, wants_json: bool, kind: str | None, fixed
     elif kind == "string_verdict":
         elements[0] = dict(elements[0], is_correct="true")
     text = json.dumps({"items": elements} if wants_json else elements, indent=1)
-    if kind == "truncated":
+    if kind in ("truncated", "cut"):
         return text[:len(text) // 2]
     return f"```json\n{text}\n```" if kind == "fenced" else text
 

@@ -114,9 +114,10 @@ def test_dry_run_shows_each_judges_identity(tmp_path, mini_db, fake):
 
 # --- 4. replies that are cut or leave items out, exit status and messages -----------------------
 
-def test_truncated_one_item_reply_is_asked_again(tmp_path, mini_db, fake):
-    fake.fail("openai", fault("truncated"), match=A0_Q)
-    judge_m3d(mini_db, make_panel(tmp_path, fake, "openai", prompt="radiologist-yesno-v1"))
+@pytest.mark.parametrize("kind", ["truncated", "cut"])
+def test_truncated_one_item_reply_is_asked_again(tmp_path, mini_db, fake, kind):
+    fake.fail("openai", fault(kind), match=A0_Q)       # cut at max_tokens, or JSON that just stops
+    judge_m3d(mini_db, make_panel(tmp_path, fake, "openai", prompt="radiologist-yesno-v1", structured=True))
     assert_all_match_oracle(mini_db)
     assert len(fake.requests("openai")) == 7                # 6 items, one asked twice
 

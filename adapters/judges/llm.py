@@ -129,7 +129,10 @@ class LLMJudge:
             settle(i, await self._alone(items[i], log_call, share if failure is None else None,
                                         reasons.get(i + 1)))
 
-        await asyncio.gather(*(again(i) for i in unsettled))
+        # Every re-ask runs to its end (or its own Stopped) before this returns: none is left behind.
+        for result in await asyncio.gather(*(again(i) for i in unsettled), return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
         return outcomes, calls
 
     async def _alone(self, item: Item, log_call: CallFn, previous: "_Share | None",

@@ -117,7 +117,9 @@ def looks_cut(text: str | None) -> bool:
     try:
         json.loads(body)
     except json.JSONDecodeError as exc:
-        return exc.pos >= len(body) - 1 or body.startswith("```")
+        # The parser stopped at (or within a word of) the end, or inside a string never closed.
+        return exc.msg != "Extra data" and (len(body) - exc.pos <= 8 or exc.msg.startswith("Unterminated string")
+                                            or body.startswith("```"))
     return False
 
 

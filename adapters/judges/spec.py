@@ -93,7 +93,7 @@ class JudgeSpec:
 
     def public_settings(self) -> dict[str, Any]:
         """What the warehouse records about the judge (no secrets, only the names of where they live)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("name",)}
+        return {**{k: v for k, v in asdict(self).items() if k not in ("name",)}, "endpoint": self.endpoint}
 
 
 def normalise_url(url: str) -> str:
