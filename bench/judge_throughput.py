@@ -104,7 +104,7 @@ def main() -> int:
     ap.add_argument("--rpm", type=int, default=1200, help="each provider's limit, requests per minute")
     ap.add_argument("--latency", type=float, default=0.3, help="seconds the fake takes per reply")
     ap.add_argument("--baseline-calls", type=int, default=40)
-    ap.add_argument("--kill-items", type=int, default=600, help="items of the kill -9 run (0: skip it)")
+    ap.add_argument("--kill-items", type=int, default=2000, help="items of the kill -9 run (0: skip it)")
     args = ap.parse_args()
 
     fake = FakeProviders(latency_s=args.latency, rpm=args.rpm).start()

@@ -50,6 +50,9 @@ def cmd_judge(args: argparse.Namespace) -> int:
         print("forecast — nothing was sent:")
         print(judging.format_forecast(rows))
         return 0
+    from adapters.judges.keys import check_keys
+
+    check_keys(panel.judges)
     before = judging.pending_total(args.db, panel, args.run, args.retry_failed)
     from prefect.settings import PREFECT_API_URL
 
