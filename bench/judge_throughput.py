@@ -20,6 +20,7 @@ more than one flush interval (2 s) before the kill. --kill-items 0 skips it.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import random
 import signal
@@ -85,6 +86,7 @@ def kill_and_rerun(args, in_flight: int) -> dict:
     target = int(args.kill_items * random.uniform(0.3, 0.7))
     while sum(len(r.answered) for r in fake.requests("openai")) < target and child.poll() is None:
         time.sleep(0.01)
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)   # the killed client's dropped requests
     child.send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
     child.wait()
