@@ -24,7 +24,7 @@ from tasks import judging
 from tests.conftest import REPO
 from tests.fake_providers import FakeProviders, fault, status
 from tests.synthetic_judging import build_warehouse
-from tests.test_judges_fake import A0_Q, KEYS, M3D, PATHS, assert_all_match_oracle, fake, judge_m3d, make_panel, \
+from tests.test_judges_fake import A0_Q, KEYS, assert_all_match_oracle, fake, judge_m3d, make_panel, \
     server, stored  # noqa: F401  (fixtures)
 
 
