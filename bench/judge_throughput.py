@@ -9,15 +9,26 @@ judges --items distinct predictions. Baseline, measured in the same run: the ups
 way — one 5-item call at a time, waiting for each reply.
 
 Goals (issue 3): achieved requests/s >= 0.9 x the limit; an immediate re-run makes 0 calls.
+
+Then (issue 7) a kill -9 at a random moment: one judge (gpt-4o-mini's settings, every 8th batch
+leaving an item out so re-asks are in play) judges --kill-items items in a child process that is
+killed when a random 30-70 % of them were answered; a re-run judges the rest. Counted: items
+whose reply had arrived before the kill and that were sent again. Goal: none whose reply arrived
+more than one flush interval (2 s) before the kill. --kill-items 0 skips it.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import random
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -29,39 +40,13 @@ sys.path.insert(0, str(REPO))
 import duckdb  # noqa: E402
 import openai  # noqa: E402
 
-import warehouse  # noqa: E402
+import yaml  # noqa: E402
+
 from adapters.judges.prompts import Item, load_prompt  # noqa: E402
 from adapters.judges.spec import Panel, load_panel  # noqa: E402
 from tasks import judging  # noqa: E402
-from tests.fake_providers import FakeProviders  # noqa: E402
-from warehouse import loaders  # noqa: E402
-
-SIDES = ["left", "right", "both"]
-LOBES = ["upper", "middle", "lower"]
-
-
-def build_warehouse(db: Path, n: int) -> list[Item]:
-    """One synthetic dataset and run with n distinct question/answer/prediction triples."""
-    qids, questions, answers, preds = [], [], [], []
-    for i in range(n):
-        qids.append(f"synthetic_{i // 6}.nii.gz::{i % 6}")
-        questions.append(f"Where is nodule number {i} located?")
-        answers.append(f"In the {SIDES[i % 3]} {LOBES[(i // 3) % 3]} lobe.")
-        preds.append(f"{SIDES[(i // 2) % 3]} {LOBES[i % 3]} lobe, lesion {i}")
-    volumes = sorted({q.split("::")[0] for q in qids})
-    with warehouse.writer(db) as con, warehouse.transaction(con):
-        loaders.replace_dataset(con, dataset_id="bench", source="synthetic", source_path="", synthetic=True,
-                                description=None, volumes=volumes, categories=None, questions={
-                                    "qid": qids, "volume": [q.split("::")[0] for q in qids],
-                                    "idx": [int(q.split("::")[1]) for q in qids], "question": questions,
-                                    "answer": answers})
-        loaders.upsert_model(con, "bench-model")
-        loaders.upsert_run(con, run_id="bench/run", dataset_id="bench", name="bench-model", model_id="bench-model",
-                           source="bench", config={})
-        loaders.replace_predictions(con, "bench/run", {"qid": qids, "text": preds, "status": ["ok"] * n,
-                                                       "reason": [None] * n, "provenance": ["{}"] * n})
-    return [Item(q, a, p) for q, a, p in zip(questions, answers, preds)]
-
+from tests.fake_providers import FakeProviders, fault  # noqa: E402
+from tests.synthetic_judging import build_warehouse  # noqa: E402
 
 def sequential_upstream_style(fake: FakeProviders, items: list[Item], n_calls: int) -> float:
     """Requests/s of one blocking 5-item call after another (the upstream evaluate_with_gpt loop)."""
@@ -75,12 +60,53 @@ def sequential_upstream_style(fake: FakeProviders, items: list[Item], n_calls: i
     return n_calls / (time.perf_counter() - t0)
 
 
+def kill_and_rerun(args, in_flight: int) -> dict:
+    """Judge in a child process, kill -9 it at a random moment, judge the rest here; count what
+    was paid for twice."""
+    fake = FakeProviders(latency_s=args.latency, rpm=args.rpm).start()
+    work = Path(tempfile.mkdtemp(prefix="ctsvqa-judge-kill-"))
+    db = work / "wh.duckdb"
+    build_warehouse(db, args.kill_items)
+    gpt = load_panel("paper").judges[0]
+    judges = work / "judges.yaml"
+    judges.write_text(yaml.safe_dump({"panel": "kill", "judges": [{
+        "name": gpt.name, "provider": gpt.provider, "model": gpt.model, "prompt": gpt.prompt,
+        "temperature": gpt.temperature, "max_tokens": gpt.max_tokens, "structured": gpt.structured,
+        "base_url": fake.url + "/v1", "requests_per_minute": args.rpm, "max_concurrency": in_flight}]}))
+    for i in range(0, args.kill_items, 40):
+        fake.fail("openai", fault("short"), match=f"nodule number {i} located")
+    spec = load_panel(judges).judges[0]
+    judging.register_panel(db, load_panel(judges))
+    code = textwrap.dedent(f"""
+        from adapters.judges.spec import load_panel
+        from tasks import judging
+        judging.judge_runs({str(db)!r}, load_panel({str(judges)!r}).judges[0], None)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    target = int(args.kill_items * random.uniform(0.3, 0.7))
+    while sum(len(r.answered) for r in fake.requests("openai")) < target and child.poll() is None:
+        time.sleep(0.01)
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)   # the killed client's dropped requests
+    child.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    child.wait()
+    before = fake.requests("openai")
+    answered = {item: r.t_reply for r in before for item in r.answered}
+    judging.judge_runs(db, spec, None)
+    resent = {item for r in fake.requests("openai")[len(before):] for item in r.items} & set(answered)
+    fake.stop()
+    old = [item for item in resent if answered[item] < killed_at - judging.FLUSH_SECONDS]
+    return {"answered": len(answered), "resent": len(resent), "resent_old": len(old),
+            "at": target / args.kill_items}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=3000)
     ap.add_argument("--rpm", type=int, default=1200, help="each provider's limit, requests per minute")
     ap.add_argument("--latency", type=float, default=0.3, help="seconds the fake takes per reply")
     ap.add_argument("--baseline-calls", type=int, default=40)
+    ap.add_argument("--kill-items", type=int, default=2000, help="items of the kill -9 run (0: skip it)")
     args = ap.parse_args()
 
     fake = FakeProviders(latency_s=args.latency, rpm=args.rpm).start()
@@ -139,6 +165,12 @@ def main() -> int:
           f"{'met' if statistics.median(rates) >= 0.9 else 'MISSED'})")
     print(f"immediate re-run: {rerun_calls} calls, {sum(r.pending for r in reruns)} pending (goal 0: "
           f"{'met' if rerun_calls == 0 else 'MISSED'})")
+    if args.kill_items:
+        k = kill_and_rerun(args, in_flight)
+        print(f"items re-sent after a kill -9 (at {k['at']:.0%} of {args.kill_items} items, "
+              f"{k['answered']} answered before it): {k['resent']}, of which answered more than "
+              f"{judging.FLUSH_SECONDS:g} s before the kill: {k['resent_old']} (goal 0: "
+              f"{'met' if k['resent_old'] == 0 else 'MISSED'})")
     return 0
 
 

@@ -31,36 +31,88 @@ def cmd_import_upstream(args: argparse.Namespace) -> int:
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
+    import signal
+
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from adapters.judges.spec import load_panel
+    from tasks import judging
+
+    # Checked before Prefect starts: a bad judges file or run name costs no start-up.
+    panel = load_panel(args.judges)
+    judging.require_runs(args.db, args.run)
     import flows.judge as judge_flow
-    from tasks.judging import format_forecast
 
     if args.dry_run:
         rows = judge_flow.judge(judges=args.judges, runs=args.run, db=args.db, retry_failed=args.retry_failed,
                                 dry_run=True)
         print("forecast — nothing was sent:")
-        print(format_forecast(rows))
+        print(judging.format_forecast(rows))
         return 0
-    console = Console(stderr=True)
-    with Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, disable=not console.is_terminal) as progress:
-        bars: dict[str, int] = {}
+    from adapters.judges.keys import check_keys
 
-        def hook(name: str, done: int, total: int) -> None:
-            if name not in bars:
-                bars[name] = progress.add_task(name, total=total)
-            progress.update(bars[name], completed=done, total=total)
+    check_keys(panel.judges)
+    before = judging.pending_total(args.db, panel, args.run, args.retry_failed)
+    from prefect.settings import PREFECT_API_URL
 
-        judge_flow.progress_hook = hook
+    if not PREFECT_API_URL.value():
+        # A terminal's Ctrl-C goes to the whole process group, Prefect's temporary server included:
+        # it would die and leave the flow unable to finish. Started with SIGINT blocked (a mask is
+        # inherited across exec), it ignores Ctrl-C; Prefect still stops it when this process exits.
+        from prefect.server.api.server import SubprocessASGIServer   # the one Prefect's client reuses
+
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            rows = judge_flow.judge(judges=args.judges, runs=args.run, db=args.db, retry_failed=args.retry_failed)
+            SubprocessASGIServer().start()
         finally:
-            judge_flow.progress_hook = None
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    judging.STOP.clear()
+    judging.HURRY.clear()
+
+    def on_sigint(signum, frame) -> None:
+        if judging.STOP.is_set():
+            judging.HURRY.set()
+            print("ctsvqa: Ctrl-C again: no longer waiting for calls in flight", file=sys.stderr)
+        else:
+            judging.STOP.set()
+            print("ctsvqa: Ctrl-C: sending nothing more, storing what arrived (Ctrl-C again: stop waiting "
+                  "for calls in flight)", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    console = Console(stderr=True)
+    rows = None
+    try:
+        with Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), console=console, disable=not console.is_terminal) as progress:
+            bars: dict[str, int] = {}
+
+            def hook(name: str, done: int, total: int) -> None:
+                if name not in bars:
+                    bars[name] = progress.add_task(name, total=total)
+                progress.update(bars[name], completed=done, total=total)
+
+            judge_flow.progress_hook = hook
+            rows = judge_flow.judge(judges=args.judges, runs=args.run, db=args.db, retry_failed=args.retry_failed)
+    except Exception:
+        if not judging.STOP.is_set():
+            raise                      # after Ctrl-C the flow may fail on its way out; the data is stored
+    finally:
+        judge_flow.progress_hook = None
+        signal.signal(signal.SIGINT, previous)
+    if judging.STOP.is_set() and (rows is None or any(r["interrupted"] for r in rows)):
+        left = judging.pending_total(args.db, panel, args.run, args.retry_failed)
+        print(f"ctsvqa: {judging.JudgingInterrupted(max(0, before - left), left)}", file=sys.stderr)
+        return 130
     for r in rows:
         print(f"{r['judge']}: {r['pending']} pending, {r['from_cache']} from cache, {r['sent']} distinct judged in "
               f"{r['calls']} API calls, statuses {r['statuses']}, ${r['cost_usd']:.4f}, {r['seconds']} s")
+    failed = [r for r in rows if r["all_calls_failed"]]
+    if failed:
+        print("ctsvqa: error: " + "; ".join(f"judge {r['judge']!r}: all {r['calls_failed']} calls failed, "
+                                            f"the first with {' '.join(str(r['first_error']).split())[:200]}" for r in failed)
+              + " (stored as errors; they are asked again on the next run)", file=sys.stderr)
+        return 1
     return 0
 
 

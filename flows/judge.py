@@ -41,6 +41,7 @@ def judge(judges: str = "offline", runs: list[str] | None = None, db: str | None
     """Every judge of the panel works in parallel; each stores its results as they complete."""
     log = get_run_logger()
     panel = load_panel(judges)
+    judging.require_runs(db, runs)
     if dry_run:
         rows = judging.forecast(db, panel, runs, retry_failed)
         log.info("forecast (nothing sent):\n%s", judging.format_forecast(rows))
@@ -58,6 +59,11 @@ def judge(judges: str = "offline", runs: list[str] | None = None, db: str | None
             rows.append(judging.summary_row(result))
     if rows:
         create_table_artifact(key="judge-summary", table=rows, description=f"Judging with panel {panel.name}")
+    if any(r["interrupted"] for r in rows):
+        log.warning("interrupted: %d judged, %d left", sum(r["judged"] for r in rows), sum(r["left"] for r in rows))
+    for r in rows:
+        if r["all_calls_failed"]:
+            log.error("judge %s: all %d calls failed: %s", r["judge"], r["calls_failed"], r["first_error"])
     if failed:
         raise failed[0][1] if len(failed) == 1 else RuntimeError(
             "; ".join(f"judge {name}: {type(exc).__name__}: {exc}" for name, exc in failed))

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 import warehouse
 from adapters.judges import build_judge
+from adapters.judges.base import Stopped
 from adapters.judges.llm import CallLog, LLMJudge, Outcome
 from adapters.judges.prompts import Item
 from adapters.judges.spec import JudgeSpec, Panel
@@ -29,6 +30,18 @@ SQL = Path(__file__).resolve().parent.parent / "sql" / "queries"
 log = logging.getLogger("ctsvqa.judging")
 
 ProgressFn = Callable[[str, int, int], None]        # (judge name, done, total)
+FLUSH_SECONDS = 2.0          # every result is stored within this long of its arrival
+# Ctrl-C, as the CLI reports it (signals arrive in the main thread; judges run in worker threads):
+STOP = threading.Event()     # the first: send nothing more, store what arrived
+HURRY = threading.Event()    # the second: stop waiting for the calls already sent as well
+
+
+class JudgingInterrupted(Exception):
+    """Judging stopped on Ctrl-C; what arrived is stored. The CLI exits 130 with this one line."""
+
+    def __init__(self, judged: int, left: int):
+        self.judged, self.left = judged, left
+        super().__init__(f"interrupted: {judged} judged, {left} left; run the same command to continue")
 
 
 @dataclass
@@ -53,6 +66,19 @@ class JudgeSummary:
     tokens_out: int = 0
     cost_usd: float = 0.0
     seconds: float = 0.0
+    judged: int = 0                # judgment rows stored by this run (cache hits included)
+    calls_answered: int = 0        # calls that got a reply (a verdict, an unparsable text or a block)
+    calls_failed: int = 0          # calls that failed for good (HTTP errors, timeouts)
+    first_error: str | None = None
+    interrupted: bool = False
+
+    @property
+    def left(self) -> int:
+        return max(0, self.pending - self.judged)
+
+    @property
+    def all_calls_failed(self) -> bool:
+        return self.calls_failed > 0 and self.calls_answered == 0
 
 
 def register_panel(db, panel: Panel) -> None:
@@ -94,55 +120,81 @@ def cached_verdicts(con: duckdb.DuckDBPyConnection, keys: list[str]) -> dict[str
 
 
 class JudgmentWriter:
-    """Buffers results and stores them in one transaction per flush (every `every` items or
-    `seconds`); flushes from several judges in one process take turns."""
+    """Buffers results and stores them in one transaction per flush. A flush is due when `every`
+    items wait, or when the oldest has waited so long that, with a write as slow as the recent
+    ones (twice over), it is stored within `seconds` of its arrival. Flushes from several judges
+    in one process take turns."""
 
     _locks: dict[str, threading.Lock] = {}
 
-    def __init__(self, db, judge_id: str, every: int = 200, seconds: float = 2.0):
+    def __init__(self, db, judge_id: str, every: int = 200, seconds: float = FLUSH_SECONDS):
         self.db, self.judge_id, self.every, self.seconds = db, judge_id, every, seconds
         self.lock = self._locks.setdefault(str(warehouse.resolve_db(db)), threading.Lock())
+        self.buffer_lock = threading.Lock()
         self.judgments: list[dict] = []
         self.cache: list[dict] = []
         self.calls: list[dict] = []
-        self.last_flush = time.monotonic()
+        self.oldest: float | None = None           # when the oldest buffered row arrived
+        self.stored = 0                            # judgment rows stored so far
+        self.write_s = 0.1                         # how long a flush takes (moving average)
+
+    def _arrived(self) -> None:
+        if self.oldest is None:
+            self.oldest = time.monotonic()
 
     def add(self, work: Work, outcome: Outcome, source: str) -> None:
-        for run_id, qid in work.targets:
-            self.judgments.append({
-                "run_id": run_id, "qid": qid, "judge_id": self.judge_id, "verdict": outcome.verdict,
-                "status": outcome.status, "reason": outcome.reason, "raw_response": outcome.raw,
-                "tokens_in": outcome.tokens_in, "tokens_out": outcome.tokens_out, "latency_ms": outcome.latency_ms,
-                "cost_usd": outcome.cost_usd if source != "cache" else 0.0, "source": source,
-                "item_key": work.item_key, "call_id": outcome.call_id,
-            })
-        if outcome.status == "ok" and source != "cache":
-            self.cache.append({"item_key": work.item_key, "judge_id": self.judge_id, "verdict": outcome.verdict,
-                               "raw_response": outcome.raw, "call_id": outcome.call_id})
+        rows = [{
+            "run_id": run_id, "qid": qid, "judge_id": self.judge_id, "verdict": outcome.verdict,
+            "status": outcome.status, "reason": outcome.reason, "raw_response": outcome.raw,
+            "tokens_in": outcome.tokens_in, "tokens_out": outcome.tokens_out, "latency_ms": outcome.latency_ms,
+            "cost_usd": outcome.cost_usd if source != "cache" else 0.0, "source": source,
+            "item_key": work.item_key, "call_id": outcome.call_id,
+        } for run_id, qid in work.targets]
+        with self.buffer_lock:
+            self._arrived()
+            self.judgments.extend(rows)
+            if outcome.status == "ok" and source != "cache":
+                self.cache.append({"item_key": work.item_key, "judge_id": self.judge_id,
+                                   "verdict": outcome.verdict, "raw_response": outcome.raw,
+                                   "call_id": outcome.call_id})
 
     def add_calls(self, calls: list[CallLog]) -> None:
-        self.calls.extend(vars(c) for c in calls)
+        with self.buffer_lock:
+            self._arrived()
+            self.calls.extend(vars(c) for c in calls)
 
-    def maybe_flush(self) -> None:
-        if len(self.judgments) >= self.every or time.monotonic() - self.last_flush >= self.seconds:
-            self.flush()
+    def due(self, tick: float = 0.0) -> bool:
+        wait = max(self.seconds / 10, self.seconds - 2 * self.write_s - tick)
+        with self.buffer_lock:
+            return self.oldest is not None and (
+                len(self.judgments) >= self.every or time.monotonic() - self.oldest >= wait)
 
     def flush(self) -> None:
-        self.last_flush = time.monotonic()
-        if not (self.judgments or self.calls):
+        with self.buffer_lock:
+            judgments, cache, calls = self.judgments, self.cache, self.calls
+            self.judgments, self.cache, self.calls, oldest, self.oldest = [], [], [], self.oldest, None
+        if not (judgments or calls):
             return
         tables = {
-            "new_judgments": pa.Table.from_pylist(self.judgments, schema=JUDGMENT_SCHEMA),
-            "new_cache": pa.Table.from_pylist(self.cache, schema=CACHE_SCHEMA),
-            "new_calls": pa.Table.from_pylist(self.calls, schema=CALL_SCHEMA),
+            "new_judgments": pa.Table.from_pylist(judgments, schema=JUDGMENT_SCHEMA),
+            "new_cache": pa.Table.from_pylist(cache, schema=CACHE_SCHEMA),
+            "new_calls": pa.Table.from_pylist(calls, schema=CALL_SCHEMA),
         }
-        with self.lock, warehouse.writer(self.db) as con, warehouse.transaction(con):
-            for name, table in tables.items():
-                con.register(name, table)
-            con.execute((SQL / "save_judgments.sql").read_text())
-            for name in tables:
-                con.unregister(name)
-        self.judgments, self.cache, self.calls = [], [], []
+        t0 = time.monotonic()
+        try:
+            with self.lock, warehouse.writer(self.db) as con, warehouse.transaction(con):
+                for name, table in tables.items():
+                    con.register(name, table)
+                con.execute((SQL / "save_judgments.sql").read_text())
+                for name in tables:
+                    con.unregister(name)
+        except BaseException:
+            with self.buffer_lock:             # nothing was stored: keep it for the next flush
+                self.judgments[:0], self.cache[:0], self.calls[:0] = judgments, cache, calls
+                self.oldest = oldest if self.oldest is None else min(oldest, self.oldest)
+            raise
+        self.stored += len(judgments)
+        self.write_s = 0.7 * self.write_s + 0.3 * (time.monotonic() - t0)
 
 
 JUDGMENT_SCHEMA = pa.schema([
@@ -158,48 +210,134 @@ CALL_SCHEMA = pa.schema([
     ("tokens_out", pa.int32()), ("latency_ms", pa.float64()), ("cost_usd", pa.float64())])
 
 
+FAILED_CALL = ("error", "timeout")
+
+
 async def _run(judge, spec: JudgeSpec, work: list[Work], writer: JudgmentWriter, summary: JudgeSummary,
-               progress: ProgressFn | None) -> None:
+               progress: ProgressFn | None, stop: threading.Event, hurry: threading.Event) -> None:
     size = judge.batch_size
     batches = [work[i:i + size] for i in range(0, len(work), size)]
     done = [summary.from_cache]
+    streams = isinstance(judge, LLMJudge)          # reports each outcome as it arrives
+    running = [True]
+
+    def record_call(call: CallLog) -> None:
+        writer.add_calls([call])
+        summary.calls += 1
+        summary.tokens_in += call.tokens_in or 0
+        summary.tokens_out += call.tokens_out or 0
+        summary.cost_usd += call.cost_usd or 0
+        if call.status in FAILED_CALL:
+            summary.calls_failed += 1
+            summary.first_error = summary.first_error or call.error
+        elif call.status != "interrupted":
+            summary.calls_answered += 1
 
     async def one(batch: list[Work]) -> None:
+        reported: set[int] = set()
+
+        def on_outcome(i: int, outcome: Outcome) -> None:
+            reported.add(i)
+            writer.add(batch[i], outcome, "judge")
+            summary.statuses[outcome.status] = summary.statuses.get(outcome.status, 0) + len(batch[i].targets)
+
         try:
-            outcomes, calls = await judge.judge([w.item for w in batch])
+            if streams:
+                await judge.judge([w.item for w in batch], on_outcome, record_call)
+            elif not stop.is_set():
+                outcomes, calls = await judge.judge([w.item for w in batch])
+                for i, outcome in enumerate(outcomes):
+                    on_outcome(i, outcome)
+                for call in calls:
+                    record_call(call)
+        except Stopped:
+            pass                                    # interrupted: what is not reported stays pending
+        except asyncio.CancelledError:
+            if not hurry.is_set():
+                raise
         except Exception as exc:  # noqa: BLE001  (a bug must not lose the other batches' results)
             log.exception("judge %s crashed on a batch", spec.name)
-            outcomes, calls = [Outcome(None, "error", f"judge crashed: {type(exc).__name__}: {exc}")] * len(batch), []
-        for w, outcome in zip(batch, outcomes):
-            writer.add(w, outcome, "judge")
-            summary.statuses[outcome.status] = summary.statuses.get(outcome.status, 0) + len(w.targets)
-        writer.add_calls(calls)
-        summary.calls += len(calls)
-        summary.tokens_in += sum(c.tokens_in or 0 for c in calls)
-        summary.tokens_out += sum(c.tokens_out or 0 for c in calls)
-        summary.cost_usd += sum(c.cost_usd or 0 for c in calls)
-        writer.maybe_flush()
-        done[0] += sum(len(w.targets) for w in batch)
+            for i in set(range(len(batch))) - reported:
+                on_outcome(i, Outcome(None, "error", f"judge crashed: {type(exc).__name__}: {exc}"))
+        done[0] += sum(len(batch[i].targets) for i in reported)
         if progress:
             progress(spec.name, done[0], summary.pending)
 
+    async def flusher() -> None:
+        # Stores what arrived while calls are still out, from a thread: the event loop keeps sending.
+        tick = min(0.1, writer.seconds / 10)
+        while running[0]:
+            await asyncio.sleep(tick)
+            if writer.due(tick):
+                await asyncio.to_thread(writer.flush)
+
+    tasks = [asyncio.create_task(one(b)) for b in batches]
+
+    async def watch() -> None:
+        # Ctrl-C arrives in the main thread as a threading.Event; this loop runs in a worker thread.
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        halt = getattr(judge, "halt", None)
+        if halt is not None:
+            halt()
+        while not hurry.is_set():
+            await asyncio.sleep(0.05)
+        for task in tasks:                          # a second Ctrl-C: stop waiting for calls in flight
+            task.cancel()
+
+    helpers = [asyncio.create_task(flusher()), asyncio.create_task(watch())]
     try:
-        await asyncio.gather(*(one(b) for b in batches))
+        await asyncio.gather(*tasks)
     finally:
+        running[0] = False
+        helpers[1].cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
         close = getattr(judge, "aclose", None)
         if close is not None:
             await close()
 
 
+class UnknownRun(ValueError):
+    pass
+
+
+def check_runs(con: duckdb.DuckDBPyConnection, runs: Sequence[str] | None) -> None:
+    """Refuse run names the warehouse does not know, listing the ones it does."""
+    if not runs:
+        return
+    known = con.execute("SELECT name, run_id FROM runs ORDER BY name").fetchall()
+    unknown = [r for r in runs if r not in {n for n, _ in known} | {i for _, i in known}]
+    if unknown:
+        names = ", ".join(sorted({n for n, _ in known})) or "none (import or predict some first)"
+        raise UnknownRun(f"unknown run{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                         f"known runs: {names}")
+
+
+def require_runs(db, runs: Sequence[str] | None) -> None:
+    if runs:
+        with warehouse.reader(db) as con:
+            check_runs(con, runs)
+
+
+def pending_total(db, panel: Panel, runs: Sequence[str] | None, retry_failed: bool) -> int:
+    """How many judgments the panel still owes (what `judge` would do now, cache hits included)."""
+    with warehouse.reader(db) as con:
+        return sum(pending_work(con, spec, runs, retry_failed)[1] for spec in panel.judges)
+
+
 def judge_runs(db, spec: JudgeSpec, runs: Sequence[str] | None = None, retry_failed: bool = False,
-               progress: ProgressFn | None = None, flush_every: int = 200) -> JudgeSummary:
-    """Judge every answered prediction of `runs` (all runs if empty) that `spec` has not judged."""
+               progress: ProgressFn | None = None, flush_every: int = 200, flush_seconds: float = FLUSH_SECONDS,
+               stop: threading.Event | None = None, hurry: threading.Event | None = None) -> JudgeSummary:
+    """Judge every answered prediction of `runs` (all runs if empty) that `spec` has not judged.
+    `stop` (default: the process-wide STOP that Ctrl-C sets) ends sending; what arrived is stored."""
+    stop, hurry = stop or STOP, hurry or HURRY
     t0 = time.perf_counter()
     summary = JudgeSummary(spec.name, spec.judge_id)
     with warehouse.writer(db) as con:
+        check_runs(con, runs)
         work, summary.pending = pending_work(con, spec, runs, retry_failed)
         cache = cached_verdicts(con, [w.item_key for w in work])
-    writer = JudgmentWriter(db, spec.judge_id, every=flush_every)
+    writer = JudgmentWriter(db, spec.judge_id, every=flush_every, seconds=flush_seconds)
     for w in work:
         if w.item_key in cache:
             verdict, raw, call_id = cache[w.item_key]
@@ -210,12 +348,14 @@ def judge_runs(db, spec: JudgeSpec, runs: Sequence[str] | None = None, retry_fai
     summary.distinct_sent = len(to_send)
     if progress:
         progress(spec.name, summary.from_cache, summary.pending)
-    if to_send:
+    if to_send and not stop.is_set():
         judge = build_judge(spec)
         try:
-            asyncio.run(_run(judge, spec, to_send, writer, summary, progress))
+            asyncio.run(_run(judge, spec, to_send, writer, summary, progress, stop, hurry))
         finally:
             writer.flush()
+    summary.judged = writer.stored
+    summary.interrupted = stop.is_set() and summary.judged < summary.pending
     summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -224,6 +364,7 @@ def forecast(db, panel: Panel, runs: Sequence[str] | None = None, retry_failed: 
     """What `judge` would do now: items, cache hits, calls, tokens and dollars, without sending anything."""
     rows = []
     with warehouse.reader(db) as con:
+        check_runs(con, runs)
         for spec in panel.judges:
             work, pending = pending_work(con, spec, runs, retry_failed)
             cache = cached_verdicts(con, [w.item_key for w in work]) if _has_cache(con) else {}
@@ -238,7 +379,7 @@ def forecast(db, panel: Panel, runs: Sequence[str] | None = None, retry_failed: 
                 for i in range(0, len(to_send), size):
                     t_in, t_out = judge.forecast_tokens([w.item for w in to_send[i:i + size]])
                     tokens_in, tokens_out, calls = tokens_in + t_in, tokens_out + t_out, calls + 1
-            rows.append({"judge": spec.name, "judge_id": spec.judge_id, "pending": pending,
+            rows.append({"judge": spec.name, "judge_id": spec.judge_id, "endpoint": spec.endpoint, "pending": pending,
                          "cache_hits": sum(len(w.targets) for w in work if w.item_key in cache),
                          "distinct_to_send": len(to_send), "calls": calls, "tokens_in": tokens_in,
                          "tokens_out": tokens_out, "cost_usd": spec.cost(tokens_in, tokens_out),
@@ -258,10 +399,15 @@ def format_forecast(rows: list[dict]) -> str:
         minutes = "" if r["minutes_at_rate_limit"] is None else f"{math.ceil(r['minutes_at_rate_limit'])}"
         lines.append(f"{r['judge']:<22}{r['pending']:>9}{r['cache_hits']:>8}{r['distinct_to_send']:>9}"
                      f"{r['calls']:>8}{r['tokens_in']:>11,}{r['tokens_out']:>11,}{r['cost_usd']:>10.4f}{minutes:>9}")
+    lines.append("identities (what verdicts and the cache are keyed by):")
+    for r in rows:
+        lines.append(f"  {r['judge']}: {r['judge_id']}" + (f" at {r['endpoint']}" if r.get("endpoint") else ""))
     return "\n".join(lines)
 
 
 def summary_row(s: JudgeSummary) -> dict:
     return {"judge": s.judge, "pending": s.pending, "from_cache": s.from_cache, "sent": s.distinct_sent,
             "calls": s.calls, "statuses": json.dumps(s.statuses, sort_keys=True), "tokens_in": s.tokens_in,
-            "tokens_out": s.tokens_out, "cost_usd": round(s.cost_usd, 6), "seconds": round(s.seconds, 2)}
+            "tokens_out": s.tokens_out, "cost_usd": round(s.cost_usd, 6), "seconds": round(s.seconds, 2),
+            "judged": s.judged, "left": s.left, "interrupted": s.interrupted, "calls_failed": s.calls_failed,
+            "all_calls_failed": s.all_calls_failed, "first_error": s.first_error}

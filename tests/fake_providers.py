@@ -8,7 +8,10 @@ Routes (all on 127.0.0.1):
 
 It judges like a very simple judge (`oracle`: the first words agree), so tests know every verdict,
 and it can be told to misbehave: queue faults per API with `fail(api, *faults)`, add latency, or
-enforce a requests-per-minute limit answered with 429 + Retry-After. Every request is logged.
+enforce a requests-per-minute limit answered with 429 + Retry-After. Every request is logged,
+with when it arrived and when it was answered and which items the reply gave a verdict for.
+`FakeProviders(verdict=True)` answers every item with that verdict instead of the oracle's (two
+servers that disagree stand for two different judges).
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ def tokens(text: str) -> int:
 @dataclass
 class Fault:
     kind: str            # status | delay | malformed | fenced | short | reorder | duplicate | out_of_range |
-    #                      blocked | empty | html | prose | string_verdict
+    #                      blocked | empty | html | prose | string_verdict | truncated (cut, finish_reason
+    #                      length) | cut (cut, finish_reason stop)
     status: int = 500
     retry_after: str | None = None
     seconds: float = 0.0
@@ -70,12 +74,16 @@ class Logged:
     auth: str
     body: dict
     outcome: str
+    t_request: float = 0.0                 # time.monotonic() when the request arrived
+    t_reply: float = 0.0                   # ... and when the reply was sent
+    answered: list[tuple[str, str, str]] = field(default_factory=list)   # items the reply gave a verdict for
 
 
 @dataclass
 class FakeProviders:
     latency_s: float = 0.0
     rpm: int | None = None
+    verdict: bool | None = None            # answer every item with this verdict (None: the oracle)
     log: list[Logged] = field(default_factory=list)
 
     def __post_init__(self):
@@ -158,6 +166,7 @@ class FakeProviders:
 
     def _handler(self, api: str):
         async def handle(request: web.Request) -> web.StreamResponse:
+            t_request = time.monotonic()
             body = await request.json()
             auth = request.headers.get("Authorization") or request.headers.get("x-goog-api-key") or ""
             system, user = _messages(api, body)
@@ -167,7 +176,7 @@ class FakeProviders:
                 await asyncio.sleep(self.latency_s)
             wait = self._over_rate(api)
             if wait is not None:
-                self._record(api, items, auth, body, "rate_limited")
+                self._record(api, items, auth, body, "rate_limited", t_request)
                 return _error(api, 429, {"Retry-After": f"{wait:.2f}"})
             f = self._next_fault(api, user)
             late = f is not None and f.kind == "delay"
@@ -175,25 +184,28 @@ class FakeProviders:
                 await asyncio.sleep(f.seconds)
                 f = None
             if f is not None and f.kind == "status":
-                self._record(api, items, auth, body, f"status {f.status}")
+                self._record(api, items, auth, body, f"status {f.status}", t_request)
                 return _error(api, f.status, {"Retry-After": f.retry_after} if f.retry_after else {})
             if f is not None and f.kind == "html":
-                self._record(api, items, auth, body, "html")
+                self._record(api, items, auth, body, "html", t_request)
                 return web.Response(text="<html><body>Gateway says hello</body></html>", content_type="text/html")
             if f is not None and f.kind == "malformed":
-                self._record(api, items, auth, body, "malformed")
+                self._record(api, items, auth, body, "malformed", t_request)
                 return web.Response(text='{"choices": [{"message": {"content": "tru', content_type="application/json")
             if f is not None and f.kind == "blocked":
-                self._record(api, items, auth, body, "blocked")
+                self._record(api, items, auth, body, "blocked", t_request)
                 return _blocked(api)
-            text = _verdict_text(items, single, wants_json, f.kind if f else None)
-            self._record(api, items, auth, body, "late" if late else "ok" if f is None else f.kind)
-            return web.json_response(_reply(api, body, text, tokens((system or "") + user), tokens(text or "")))
+            kind = f.kind if f else None
+            text = _verdict_text(items, single, wants_json, kind, self.verdict)
+            self._record(api, items, auth, body, "late" if late else "ok" if f is None else f.kind, t_request,
+                         _answered(items, single, kind))
+            return web.json_response(_reply(api, body, text, tokens((system or "") + user), tokens(text or ""),
+                                            "length" if kind == "truncated" else None))
         return handle
 
-    def _record(self, api, items, auth, body, outcome) -> None:
+    def _record(self, api, items, auth, body, outcome, t_request=0.0, answered=()) -> None:
         with self._lock:
-            self.log.append(Logged(api, items, auth, body, outcome))
+            self.log.append(Logged(api, items, auth, body, outcome, t_request, time.monotonic(), list(answered)))
 
 
 def _messages(api: str, body: dict) -> tuple[str | None, str]:
@@ -220,17 +232,32 @@ def _wants_json(api: str, body: dict) -> bool:
     return bool(fmt)
 
 
-def _verdict_text(items, single: bool, wants_json: bool, kind: str | None) -> str | None:
+def _answered(items, single: bool, kind: str | None) -> list:
+    """The items a reply of this kind gives a usable verdict for."""
+    if kind is None or kind in ("fenced", "reorder"):
+        return list(items)
+    if single:
+        return []
+    if kind in ("short", "out_of_range"):
+        return items[:-1]
+    if kind in ("duplicate", "string_verdict"):
+        return items[1:]
+    return []
+
+
+def _verdict_text(items, single: bool, wants_json: bool, kind: str | None, fixed: bool | None = None) -> str | None:
+    judge = (lambda a, p: fixed) if fixed is not None else oracle
     if kind == "empty":
         return ""
     if kind == "prose":
         return "I believe the first prediction is right but I am not sure about the others."
     if single:
-        verdict = oracle(items[0][1], items[0][2]) if items else False
+        verdict = judge(items[0][1], items[0][2]) if items else False
         if kind == "string_verdict":
             return json.dumps({"verdict": "MAYBE"})
-        return json.dumps({"verdict": "YES" if verdict else "NO"}) if wants_json else ("YES" if verdict else "NO")
-    elements = [{"index": k, "is_correct": oracle(a, p)} for k, (_, a, p) in enumerate(items, start=1)]
+        text = json.dumps({"verdict": "YES" if verdict else "NO"}) if wants_json else ("YES" if verdict else "NO")
+        return text[:len(text) // 2] if kind in ("truncated", "cut") else text
+    elements = [{"index": k, "is_correct": judge(a, p)} for k, (_, a, p) in enumerate(items, start=1)]
     if kind == "short":
         elements = elements[:-1]
     elif kind == "reorder":
@@ -242,21 +269,24 @@ def _verdict_text(items, single: bool, wants_json: bool, kind: str | None) -> st
     elif kind == "string_verdict":
         elements[0] = dict(elements[0], is_correct="true")
     text = json.dumps({"items": elements} if wants_json else elements, indent=1)
+    if kind in ("truncated", "cut"):
+        return text[:len(text) // 2]
     return f"```json\n{text}\n```" if kind == "fenced" else text
 
 
-def _reply(api: str, body: dict, text: str, t_in: int, t_out: int) -> dict:
+def _reply(api: str, body: dict, text: str, t_in: int, t_out: int, finish: str | None = None) -> dict:
+    """A successful reply; finish='length' means the reply was cut at max_tokens."""
     if api == "gemini":
-        return {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP",
-                                "index": 0}],
+        return {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]},
+                                "finishReason": "MAX_TOKENS" if finish else "STOP", "index": 0}],
                 "usageMetadata": {"promptTokenCount": t_in, "candidatesTokenCount": t_out,
                                   "totalTokenCount": t_in + t_out}, "modelVersion": "fake"}
     if api == "dashscope":
-        return {"request_id": "fake", "output": {"choices": [{"finish_reason": "stop", "message": {
+        return {"request_id": "fake", "output": {"choices": [{"finish_reason": finish or "stop", "message": {
             "role": "assistant", "content": text}}]},
                 "usage": {"input_tokens": t_in, "output_tokens": t_out, "total_tokens": t_in + t_out}}
     return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
-            "model": body.get("model"), "choices": [{"index": 0, "finish_reason": "stop", "message": {
+            "model": body.get("model"), "choices": [{"index": 0, "finish_reason": finish or "stop", "message": {
                 "role": "assistant", "content": text}}],
             "usage": {"prompt_tokens": t_in, "completion_tokens": t_out, "total_tokens": t_in + t_out}}
 

@@ -32,7 +32,7 @@ def fake(server, monkeypatch):
     server.log.clear()
     for queue in server._faults.values():
         queue.clear()
-    server.latency_s, server.rpm = 0.0, None
+    server.latency_s, server.rpm, server.verdict = 0.0, None, None
     for k, v in KEYS.items():
         monkeypatch.setenv(k, v)
     monkeypatch.setattr(judge_base, "BACKOFF_BASE_S", 0.01)   # keep retry waits short in tests

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from adapters.judges.spec import JudgeSpec
 
 
@@ -20,17 +18,18 @@ def build_judge(spec: JudgeSpec):
     from adapters.judges.prompts import load_prompt
 
     key = api_key(spec)
+    # Always the endpoint the judge's identity names, never one a client library picks on its own.
     if spec.provider == "gemini":
         from adapters.judges.gemini import GeminiChat
 
-        client = GeminiChat(key, spec.base_url or os.environ.get("GOOGLE_GEMINI_BASE_URL"), spec.timeout_s)
+        client = GeminiChat(key, spec.endpoint, spec.timeout_s)
     elif spec.provider == "dashscope":
         from adapters.judges.dashscope_native import DashScopeChat
 
-        client = DashScopeChat(key, spec.base_url or os.environ.get("DASHSCOPE_HTTP_BASE_URL"), spec.timeout_s)
+        client = DashScopeChat(key, spec.endpoint, spec.timeout_s)
     else:
         from adapters.judges.openai_chat import OpenAIChat
 
-        client = OpenAIChat(spec.provider, key, spec.base_url, spec.timeout_s)
+        client = OpenAIChat(spec.provider, key, spec.endpoint, spec.timeout_s)
     limiter = JudgeLimiter(spec.requests_per_minute, spec.tokens_per_minute, spec.max_concurrency)
     return LLMJudge(spec, client, load_prompt(spec.prompt), limiter, secrets=(key,))

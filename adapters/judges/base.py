@@ -6,6 +6,7 @@ Retry-After, up to the judge's max_attempts."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import random
@@ -50,6 +51,11 @@ class ProviderError(Exception):
         self.status, self.retryable, self.retry_after, self.http_status = status, retryable, retry_after, http_status
 
 
+class Stopped(Exception):
+    """Judging was interrupted (Ctrl-C): nothing more is sent. Not a provider failure: the items
+    it leaves are not stored, and the next run asks for them."""
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After header (delta-seconds form; HTTP dates are rare from these APIs)."""
     if value is None:
@@ -68,21 +74,41 @@ def _wait(state: RetryCallState) -> float:
     return random.uniform(0.5 * backoff, backoff)                         # jitter
 
 
-async def with_retries(call: Callable[[], Awaitable[ChatReply]], max_attempts: int) -> tuple[ChatReply, int]:
-    """Run `call` until it succeeds, fails for good, or max_attempts are used. Returns the reply and
-    the number of attempts; raises the last ProviderError (with `.attempts` set) otherwise."""
+async def with_retries(call: Callable[[int], Awaitable[ChatReply]], max_attempts: int,
+                       halted: Callable[[], bool] = lambda: False) -> tuple[ChatReply, int]:
+    """Run `call(attempt_number)` until it succeeds, fails for good, or max_attempts are used.
+    Returns the reply and the number of attempts; raises the last ProviderError (with `.attempts`
+    set) otherwise, or Stopped (with `.attempts` and `.last_error`) when `halted()` turns true
+    while waiting to retry."""
     attempts = 0
+    last_error: list[ProviderError | None] = [None]
+
+    async def sleep(seconds: float) -> None:
+        # Backoff and Retry-After waits end early on Ctrl-C, in steps short enough to feel instant.
+        end = asyncio.get_running_loop().time() + seconds
+        while not halted():
+            left = end - asyncio.get_running_loop().time()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(left, 0.1))
+        raise Stopped("judging was interrupted")
+
     retrying = AsyncRetrying(
         retry=retry_if_exception(lambda e: isinstance(e, ProviderError) and e.retryable),
-        stop=stop_after_attempt(max_attempts), wait=_wait, reraise=True,
+        stop=stop_after_attempt(max_attempts), wait=_wait, reraise=True, sleep=sleep,
     )
     try:
         async for attempt in retrying:
             with attempt:
                 attempts += 1
-                reply = await call()
-    except ProviderError as exc:
+                try:
+                    reply = await call(attempts)
+                except ProviderError as exc:
+                    last_error[0] = exc
+                    raise
+    except (ProviderError, Stopped) as exc:
         exc.attempts = attempts
+        exc.last_error = last_error[0]
         raise
     return reply, attempts
 

@@ -3,21 +3,16 @@ OpenAI-compatible server (vLLM, llama.cpp, Ollama) for local judges."""
 
 from __future__ import annotations
 
-import os
-
 import httpx
 import openai
 
 from adapters.judges.base import ChatReply, ChatRequest, ProviderError, parse_retry_after
 
-DASHSCOPE_COMPATIBLE_URL = "https://dashscope.aliyuncs.com/compatible-mode/v1"
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 
 class OpenAIChat:
-    def __init__(self, provider: str, api_key: str, base_url: str | None, timeout_s: float):
-        if provider == "dashscope-compatible":
-            base_url = base_url or os.environ.get("DASHSCOPE_COMPATIBLE_BASE_URL") or DASHSCOPE_COMPATIBLE_URL
+    def __init__(self, provider: str, api_key: str, base_url: str, timeout_s: float):
         self.provider = provider
         # max_retries=0: tenacity owns retries (the client's own would double them, ignoring our cap).
         self.client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout_s)

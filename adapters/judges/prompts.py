@@ -18,6 +18,8 @@ import yaml
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 _FENCE = re.compile(r"^\s*```[a-zA-Z]*\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
 _WORD = re.compile(r"^\W*(yes|no)\W*$", re.IGNORECASE)
+NOT_IN_REPLY = "not in the reply"
+DID_NOT_PARSE = "reply did not parse as a verdict"
 
 
 @dataclass(frozen=True)
@@ -53,10 +55,17 @@ class Prompt:
 
     def parse(self, text: str | None, n_items: int, structured: bool) -> dict[int, bool]:
         """Verdicts by 1-based item position; positions absent from the result need asking again."""
+        return self.read(text, n_items, structured)[0]
+
+    def read(self, text: str | None, n_items: int, structured: bool) -> tuple[dict[int, bool], dict[int, str]]:
+        """Verdicts by 1-based item position, and for every other position why it has none:
+        NOT_IN_REPLY when the reply parsed but left the item out, else what was wrong."""
         if self.kind == "single":
             verdict = parse_yes_no(text)
-            return {} if verdict is None else {1: verdict}
-        return parse_indexed_list(text, n_items)
+            if verdict is not None:
+                return {1: verdict}, {}
+            return {}, {1: "empty reply" if not text else DID_NOT_PARSE}
+        return read_indexed_list(text, n_items)
 
 
 def _fill(template: str, **values: str) -> str:
@@ -100,25 +109,50 @@ def parse_yes_no(text: str | None) -> bool | None:
     return None if match is None else match.group(1).lower() == "yes"
 
 
+def looks_cut(text: str | None) -> bool:
+    """A JSON reply that stops before it ends (the model ran out of tokens)."""
+    body = strip_fence(text or "").strip() if text else ""
+    if not body.startswith(("{", "[", "```")):
+        return False
+    try:
+        json.loads(body)
+    except json.JSONDecodeError as exc:
+        # The parser stopped at (or within a word of) the end, or inside a string never closed.
+        return exc.msg != "Extra data" and (len(body) - exc.pos <= 8 or exc.msg.startswith("Unterminated string")
+                                            or body.startswith("```"))
+    return False
+
+
 def parse_indexed_list(text: str | None, n_items: int) -> dict[int, bool]:
+    return read_indexed_list(text, n_items)[0]
+
+
+def read_indexed_list(text: str | None, n_items: int) -> tuple[dict[int, bool], dict[int, str]]:
+    everything = range(1, n_items + 1)
     if not text:
-        return {}
+        return {}, {i: "empty reply" for i in everything}
     try:
         data: Any = json.loads(strip_fence(text))
     except json.JSONDecodeError:
-        return {}
+        return {}, {i: DID_NOT_PARSE for i in everything}
     if isinstance(data, dict) and isinstance(data.get("items"), list):
         data = data["items"]
     if not isinstance(data, list):
-        return {}
+        return {}, {i: "reply is not a JSON list of verdicts" for i in everything}
     seen: dict[int, list[bool]] = {}
+    bad: dict[int, str] = {}
     for element in data:
         if not isinstance(element, dict):
             continue
         index, verdict = element.get("index"), element.get("is_correct")
-        if isinstance(index, bool) or not isinstance(index, int) or not isinstance(verdict, bool):
+        if isinstance(index, bool) or not isinstance(index, int) or not 1 <= index <= n_items:
             continue
-        if 1 <= index <= n_items:
+        if isinstance(verdict, bool):
             seen.setdefault(index, []).append(verdict)
+        else:
+            bad[index] = f"verdict is not a JSON boolean: {verdict!r}"[:200]
     # An index answered twice is ambiguous even when both answers agree: ask again.
-    return {i: v[0] for i, v in seen.items() if len(v) == 1}
+    verdicts = {i: v[0] for i, v in seen.items() if len(v) == 1 and i not in bad}
+    reasons = {i: bad.get(i) or ("answered more than once" if i in seen else NOT_IN_REPLY)
+               for i in everything if i not in verdicts}
+    return verdicts, reasons

@@ -1,14 +1,18 @@
 """Judge configuration: a judges file (YAML) names a panel and its judges; `paper` and `offline`
 are bundled presets. A judge's identity — what its judgments and cached verdicts are keyed by — is
-provider + model + prompt version + decoding settings, never its display name or its rate limits."""
+provider + model + prompt version + decoding settings + endpoint, never its display name or its
+rate limits: the same model name on two servers is two judges."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
@@ -16,6 +20,16 @@ PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 LLM_PROVIDERS = ("openai", "openai-compatible", "gemini", "dashscope", "dashscope-compatible")
 OFFLINE_PROVIDERS = ("exact", "spatial-rules", "sbert")
 DEFAULT_PROMPT = "radiologist-yesno-v1"
+
+# Where each provider's client sends requests when the judges file names no base_url: the
+# environment variable the client (or we) read, else the provider's public endpoint.
+ENDPOINT_ENV = {"openai": "OPENAI_BASE_URL", "gemini": "GOOGLE_GEMINI_BASE_URL",
+                "dashscope": "DASHSCOPE_HTTP_BASE_URL", "dashscope-compatible": "DASHSCOPE_COMPATIBLE_BASE_URL"}
+DEFAULT_ENDPOINT = {"openai": "https://api.openai.com/v1",
+                    "gemini": "https://generativelanguage.googleapis.com",
+                    "dashscope": "https://dashscope.aliyuncs.com/api/v1",
+                    "dashscope-compatible": "https://dashscope.aliyuncs.com/compatible-mode/v1"}
+_API_VERSION = re.compile(r"/v\d+(alpha|beta)?\d*$")
 
 
 class JudgeConfigError(ValueError):
@@ -48,12 +62,26 @@ class JudgeSpec:
     def offline(self) -> bool:
         return self.provider in OFFLINE_PROVIDERS
 
+    @property
+    def endpoint(self) -> str | None:
+        """The normalised URL this judge's requests go to (None for offline judges)."""
+        if self.offline:
+            return None
+        url = self.base_url or os.environ.get(ENDPOINT_ENV.get(self.provider, "")) or DEFAULT_ENDPOINT.get(
+            self.provider)
+        return normalise_url(url) if url else None
+
     def identity_settings(self) -> dict[str, Any]:
-        """Everything that can change a verdict. Rates, prices, timeouts and keys cannot."""
+        """Everything that can change a verdict. Rates, prices, timeouts and keys cannot. The
+        provider's public endpoint is left implicit, so judges of real APIs keep their ids."""
         if self.offline:
             return {"options": self.options}
-        return {"temperature": self.temperature, "max_tokens": self.max_tokens, "structured": self.structured,
-                "system_prompt": self.system_prompt, "options": self.options}
+        settings = {"temperature": self.temperature, "max_tokens": self.max_tokens, "structured": self.structured,
+                    "system_prompt": self.system_prompt, "options": self.options}
+        endpoint = self.endpoint
+        if endpoint != DEFAULT_ENDPOINT.get(self.provider):
+            settings["endpoint"] = endpoint
+        return settings
 
     @property
     def judge_id(self) -> str:
@@ -65,7 +93,18 @@ class JudgeSpec:
 
     def public_settings(self) -> dict[str, Any]:
         """What the warehouse records about the judge (no secrets, only the names of where they live)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("name",)}
+        return {**{k: v for k, v in asdict(self).items() if k not in ("name",)}, "endpoint": self.endpoint}
+
+
+def normalise_url(url: str) -> str:
+    """One spelling per endpoint: lower-case scheme and host, no default port, no trailing slash."""
+    parts = urlsplit(url.strip())
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    port = parts.port
+    netloc = host if port is None or (scheme, port) in (("http", 80), ("https", 443)) else f"{host}:{port}"
+    if parts.username:
+        netloc = f"{parts.username}@{netloc}"
+    return urlunsplit((scheme, netloc, parts.path.rstrip("/"), parts.query, ""))
 
 
 @dataclass(frozen=True)
@@ -103,6 +142,14 @@ def _spec(raw: Any, where: str) -> JudgeSpec:
         values["prompt"] = None
     if provider == "openai-compatible" and not values.get("base_url"):
         raise JudgeConfigError(f"{where}: provider openai-compatible needs a base_url")
+    if values.get("base_url") is not None:
+        url = str(values["base_url"])
+        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+            raise JudgeConfigError(f"{where}: base_url {url!r} is not an http(s) URL")
+        if provider == "gemini" and _API_VERSION.search(urlsplit(url).path.rstrip("/")):
+            raise JudgeConfigError(f"{where}: a gemini base_url is the bare host, e.g. "
+                                   f"https://generativelanguage.googleapis.com (google-genai adds /v1beta), "
+                                   f"not {url!r}")
     try:
         spec = JudgeSpec(**values)
     except TypeError as exc:
@@ -131,4 +178,12 @@ def load_panel(judges: str | Path) -> Panel:
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise JudgeConfigError(f"{path}: judge names must be unique, got {names}")
+    seen: dict[str, str] = {}
+    for spec in specs:
+        if spec.judge_id in seen:
+            raise JudgeConfigError(
+                f"{path}: judges {seen[spec.judge_id]!r} and {spec.name!r} are the same judge ({spec.judge_id}: "
+                f"same provider, model, prompt, settings and endpoint {spec.endpoint}); their verdicts would "
+                f"be mixed up: change one or drop it")
+        seen[spec.judge_id] = spec.name
     return Panel(str(data.get("panel") or path.stem), data.get("description"), specs, str(path))
