@@ -87,6 +87,10 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
           f"under {result['out_root']}")
     for volume, reason in result["failed_volumes"].items():
         print(f"  failed: {volume}: {reason}")
+    if result["failed_volumes"]:
+        print(f"ctsvqa: {len(result['failed_volumes'])} of {result['n_volumes']} volume(s) have no usable input "
+              "(listed above); every other input is built", file=sys.stderr)
+        return 1
     return 0
 
 
