@@ -82,9 +82,10 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     from flows.preprocess import preprocess
 
     result = preprocess(recipes=args.recipes, db=args.db, dataset=args.dataset, volumes=args.volumes,
-                        out=args.out, workers=args.workers, decode_cache=args.decode_cache)
+                        out=args.out, workers=args.workers, decode_cache=args.decode_cache, max_cache=args.max_cache)
+    budget = f" of a {result['max_cache'] / 1e9:.1f} GB budget" if result["max_cache"] else ""
     print(f"{result['volumes_processed']} volume(s) processed; {result['inputs_ok']} model inputs built in total "
-          f"under {result['out_root']}")
+          f"under {result['out_root']} ({result['cache_bytes'] / 1e9:.2f} GB on disk{budget})")
     for volume, reason in result["failed_volumes"].items():
         print(f"  failed: {volume}: {reason}")
     if result["failed_volumes"]:
@@ -176,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output root (default: inputs/ beside the warehouse file)")
     p.add_argument("--workers", type=int, default=2, help="worker processes (one thread each)")
     p.add_argument("--decode-cache", metavar="DIR", help="also keep decoded int16 volumes here, by content hash")
+    p.add_argument("--max-cache", metavar="SIZE",
+                   help="keep at most this much of built inputs on disk (e.g. 50G), least recently used go first; "
+                        "rebuilt on demand (default: $CTSVQA_MAX_CACHE, else unbounded)")
     p.set_defaults(func=cmd_preprocess)
 
     p = sub.add_parser("report", parents=[db], help="print the accuracy tables")

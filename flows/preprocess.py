@@ -12,7 +12,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 import warehouse
 from adapters.models.recipes import RECIPES, select
-from tasks import model_inputs
+from tasks import input_cache, model_inputs
 
 _pool = None
 
@@ -48,11 +48,12 @@ def _for_job(rows: list[dict], job: model_inputs.VolumeJob) -> list[dict]:
 @flow(name="preprocess", task_runner=ThreadPoolTaskRunner(max_workers=2), validate_parameters=False)
 def preprocess(recipes: str = "all", db: str | None = None, dataset: str | None = None,
                volumes: list[str] | None = None, out: str | None = None, workers: int = 2,
-               decode_cache: str | None = None) -> dict:
+               decode_cache: str | None = None, max_cache: str | None = None) -> dict:
     """Skips what is already built; a bad volume is recorded as failed and the rest go on."""
     global _pool
     log = get_run_logger()
     chosen = select(recipes)
+    max_bytes = input_cache.budget(max_cache)
     out_root = (Path(out) if out else warehouse.resolve_db(db).parent / "inputs").resolve()
     jobs = model_inputs.plan(db, dataset, chosen, [Path(v).resolve() for v in volumes or []], out_root)
     log.info("%d volume(s) need %d recipe(s); outputs under %s", len(jobs), len(chosen), out_root)
@@ -70,8 +71,10 @@ def preprocess(recipes: str = "all", db: str | None = None, dataset: str | None 
                 if len(rows) >= 200:                 # store as we go: a crash keeps what was built
                     log.info("recorded %d model inputs", model_inputs.record(db, rows))
                     rows = []
+                input_cache.evict(out_root, max_bytes)
         finally:
             model_inputs.record(db, rows)
+            input_cache.evict(out_root, max_bytes)
             _pool.shutdown()
             _pool = None
     keys = [f"{r.name}@{r.version}" for r in chosen]
@@ -92,4 +95,5 @@ def preprocess(recipes: str = "all", db: str | None = None, dataset: str | None 
         create_table_artifact(key="preprocess-failures", table=[{"volume": v, "reason": r}
                                                                for v, r in by_volume.items()])
     return {"volumes_processed": len(jobs), "inputs_ok": built, "failed_volumes": by_volume,
-            "n_volumes": n_volumes, "out_root": str(out_root)}
+            "n_volumes": n_volumes, "out_root": str(out_root), "cache_bytes": input_cache.usage(out_root),
+            "max_cache": max_bytes}

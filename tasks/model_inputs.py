@@ -57,24 +57,32 @@ def _stat(path: Path | None) -> tuple[int | None, int | None]:
 
 
 def plan(db, dataset: str | None, recipes: Sequence[Recipe], volume_roots: Sequence[Path],
-         out_root: Path) -> list[VolumeJob]:
-    """Volumes of the dataset(s) with at least one requested recipe not yet built, whose output file
-    is gone, or whose source file changed (size or mtime differ from when it was built)."""
+         out_root: Path, only: set[str] | None = None) -> list[VolumeJob]:
+    """Volumes of the dataset(s) (or of `only` among them) with at least one requested recipe not
+    yet built, whose output file is gone (evicted), or whose source file changed (size or mtime
+    differ from when it was built)."""
     with warehouse.reader(db) as con:
-        datasets = con.execute("SELECT dataset_id, source_path FROM datasets WHERE ? IS NULL OR dataset_id = ?",
-                               [dataset, dataset]).fetchall()
-        if dataset is not None and not datasets:
-            known = [d for (d,) in con.execute("SELECT dataset_id FROM datasets ORDER BY 1").fetchall()]
-            raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(known) or 'none (import one first)'}")
-        done = {(d, v, r, ver): (p, size, mtime) for d, v, r, ver, p, size, mtime in con.execute(
-            "SELECT dataset_id, volume, recipe, version, path, source_size, source_mtime_ns FROM model_inputs "
-            "WHERE status = 'ok'").fetchall()}
-        volumes = {d: [v for (v,) in con.execute("SELECT volume FROM volumes WHERE dataset_id = ? ORDER BY position",
-                                                 [d]).fetchall()] for d, _ in datasets}
+        return _plan(con, dataset, recipes, volume_roots, only)
+
+
+def _plan(con, dataset: str | None, recipes: Sequence[Recipe], volume_roots: Sequence[Path],
+          only: set[str] | None) -> list[VolumeJob]:
+    datasets = con.execute("SELECT dataset_id, source_path FROM datasets WHERE ? IS NULL OR dataset_id = ?",
+                           [dataset, dataset]).fetchall()
+    if dataset is not None and not datasets:
+        known = [d for (d,) in con.execute("SELECT dataset_id FROM datasets ORDER BY 1").fetchall()]
+        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(known) or 'none (import one first)'}")
+    done = {(d, v, r, ver): (p, size, mtime) for d, v, r, ver, p, size, mtime in con.execute(
+        "SELECT dataset_id, volume, recipe, version, path, source_size, source_mtime_ns FROM model_inputs "
+        "WHERE status = 'ok' AND (? IS NULL OR dataset_id = ?)", [dataset, dataset]).fetchall()}
+    volumes = {d: [v for (v,) in con.execute("SELECT volume FROM volumes WHERE dataset_id = ? ORDER BY position",
+                                             [d]).fetchall()] for d, _ in datasets}
     jobs = []
     for dataset_id, source_path in datasets:
         roots = [Path(os.path.abspath(r)) for r in volume_roots] + ([Path(source_path)] if source_path else [])
         for volume in volumes[dataset_id]:
+            if only is not None and volume not in only:
+                continue
             found = find_volume(volume, roots)
             size, mtime = _stat(found)
 
@@ -179,3 +187,40 @@ def record(db, rows: Iterable[dict]) -> int:
         con.execute("INSERT OR REPLACE INTO model_inputs BY NAME SELECT * FROM new_inputs")
         con.unregister("new_inputs")
     return len(rows)
+
+
+def ensure_inputs(db, dataset: str, recipe: str | Recipe, volumes: Iterable[str], out_root: str | os.PathLike, *,
+                  volume_roots: Sequence[Path] = (), decode_cache: str | None = None,
+                  max_cache: str | int | None = None, failures: dict[str, str] | None = None) -> dict[str, Path]:
+    """{volume: input file} for one recipe, (re)building in this process only what is missing,
+    evicted or stale: what the inference runner calls before feeding a batch to a model. Volumes
+    that cannot be used are left out (their reason goes into `failures` when given, and is in
+    `model_inputs`). The files returned count as just used; afterwards the cache is trimmed to
+    `max_cache` (else $CTSVQA_MAX_CACHE), never removing them."""
+    from tasks import input_cache
+
+    recipe = RECIPES[recipe] if isinstance(recipe, str) else recipe
+    wanted = list(dict.fromkeys(volumes))
+    out_root = Path(os.path.abspath(out_root))
+    query = ("SELECT volume, status, path, reason FROM model_inputs WHERE dataset_id = ? AND recipe = ? "
+             "AND version = ? AND list_contains(?, volume)", [dataset, recipe.name, recipe.version, wanted])
+    with warehouse.reader(db) as con:                # one connection when everything is on disk
+        jobs = _plan(con, dataset, [recipe], volume_roots, set(wanted))
+        rows = con.execute(*query).fetchall()
+    if jobs:
+        record(db, [row for job in jobs for row in process_volume(job, str(out_root), decode_cache)])
+        with warehouse.reader(db) as con:
+            rows = con.execute(*query).fetchall()
+    paths: dict[str, Path] = {}
+    reasons = {v: f"not a volume of dataset {dataset!r}" for v in wanted}
+    for volume, status, path, reason in rows:
+        reasons.pop(volume, None)
+        if status == "ok" and Path(path).is_file():
+            paths[volume] = Path(path)
+        else:
+            reasons[volume] = reason or "input file missing after a rebuild"
+    if failures is not None:
+        failures.update(reasons)
+    input_cache.touch(paths.values())
+    input_cache.evict(out_root, input_cache.budget(max_cache), keep=paths.values())
+    return {v: paths[v] for v in wanted if v in paths}

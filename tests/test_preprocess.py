@@ -113,11 +113,15 @@ def test_flow_and_cli(prefect_server, dataset_db, tmp_path, capsys):
     assert captured.err.splitlines() == [
         f"ctsvqa: {len(BROKEN)} of {len(GOOD) + len(BROKEN)} volume(s) have no usable input (listed above); "
         "every other input is built"]
-    assert main(["preprocess", "--db", str(db), "--recipes", "m3d,vila-m3", "--out", str(out)]) == 1
+    assert main(["preprocess", "--db", str(db), "--recipes", "m3d,vila-m3", "--out", str(out),
+                 "--max-cache", "1"]) == 1
     assert f"{len(BROKEN)} volume(s) processed" in capsys.readouterr().out
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT count(*) FROM model_inputs WHERE status = 'ok'").fetchone() == (2 * len(GOOD),)
     con.close()
+    assert not list(out.rglob("*.np[yz]"))                   # a 1-byte budget evicts every built input...
+    again = {j.volume: j.recipes for j in model_inputs.plan(db, None, select("m3d,vila-m3"), [], out)}
+    assert all(again[v] == ("m3d", "vila-m3") for v in GOOD)  # ...and they are planned again
 
 
 def _import_folder(root: Path, volumes: dict[str, Path], db: Path, dataset: str) -> None:
@@ -185,3 +189,52 @@ def test_stored_paths_do_not_depend_on_the_working_directory(dataset_db, tmp_pat
     monkeypatch.chdir(root)
     assert {j.volume for j in model_inputs.plan(db, None, select("vila-m3"), [], tmp_path / "relative-inputs")
             } == set(BROKEN)                                                   # nothing rebuilt from elsewhere
+
+
+def test_bounded_cache_evicts_least_recently_used_and_ensure_inputs_rebuilds(dataset_db, tmp_path):
+    from tasks import input_cache
+
+    root, db = dataset_db
+    out_root = tmp_path / "inputs"
+    recipe = select("m3d")
+    run_plain(db, recipe, out_root)
+    con = duckdb.connect(str(db), read_only=True)
+    stored = dict(con.execute("SELECT volume, path FROM model_inputs WHERE status = 'ok'").fetchall())
+    digests = dict(con.execute("SELECT volume, sha256 FROM model_inputs WHERE status = 'ok'").fetchall())
+    con.close()
+    first, second, third = GOOD
+    size = Path(stored[first]).stat().st_size
+    for age, volume in enumerate((third, first, second)):         # least recently used: third
+        os.utime(stored[volume], (1_000_000 + age, 1_000_000 + age))
+    assert input_cache.evict(out_root, int(1.5 * size)) == [Path(stored[third]), Path(stored[first])]
+    assert input_cache.usage(out_root) == size
+    assert {j.volume for j in model_inputs.plan(db, None, recipe, [], out_root)} == set(BROKEN) | {first, third}
+
+    failures: dict[str, str] = {}
+    got = model_inputs.ensure_inputs(db, "ct-spatialvqa", "m3d", [third, first, "valid_3_a_1.nii.gz", "nope.nii.gz"],
+                                     out_root, max_cache=int(1.5 * size), failures=failures)
+    assert got == {third: Path(stored[third]), first: Path(stored[first])}
+    assert all(p.is_file() for p in got.values())                  # what the caller reads is never evicted
+    assert not Path(stored[second]).exists()                       # ...the least recently used one is
+    for volume, path in got.items():                               # rebuilt byte for byte
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digests[volume]
+    assert "corrupt or truncated gzip" in failures["valid_3_a_1.nii.gz"]
+    assert failures["nope.nii.gz"] == "not a volume of dataset 'ct-spatialvqa'"
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT count(*) FROM model_inputs WHERE status = 'ok'").fetchone() == (len(GOOD),)
+    con.close()
+
+
+@pytest.mark.parametrize("text, expected", [("50G", 50 * 10**9), ("1.5 GiB", 3 * 2**29), ("800MB", 8 * 10**8),
+                                            (1000, 1000), (None, None)])
+def test_cache_size(text, expected):
+    from tasks.input_cache import parse_size
+
+    assert parse_size(text) == expected
+
+
+def test_cache_size_refused():
+    from tasks.input_cache import parse_size
+
+    with pytest.raises(ValueError, match="'lots' is not a size"):
+        parse_size("lots")
