@@ -323,3 +323,14 @@ def test_cli_debug_shows_the_traceback(prefect_server, mini_copy, db):
     assert done.returncode == 2
     assert "Traceback (most recent call last)" in done.stderr
     assert done.stderr.rstrip().splitlines()[-1].startswith("ctsvqa: error: ")
+
+
+def test_cli_os_error_is_one_line_naming_the_path(tmp_path, capsys):
+    from flows.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["phantoms", "--out", str(blocker / "ph"), "--n", "1"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"ctsvqa: error: {blocker / 'ph'}") and err[0].endswith(
+        ": Not a directory"), err
