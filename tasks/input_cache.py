@@ -3,8 +3,8 @@
 Built inputs are large (about 1.1 GB per volume for every recipe at full size; see the README),
 so with a budget (`--max-cache SIZE`, or `$CTSVQA_MAX_CACHE` for every command and the inference
 runner) the oldest-used files are deleted once the folder exceeds it. Their `model_inputs` rows
-stay 'ok': `plan()` and `ensure_inputs()` rebuild a file that is gone, byte-identical for `.npy`
-(the recipes are deterministic). "Used" is the file's mtime, set when it is built and touched by
+stay 'ok': `plan()` and `ensure_inputs()` rebuild a file that is gone with the same recipe
+version (and record its hash again). "Used" is the file's mtime, set when it is built and touched by
 `ensure_inputs()` each time it hands the file to a reader, so no database write is needed per read.
 """
 
