@@ -22,7 +22,7 @@ LEVEL_ENV = "CTSVQA_CONSOLE_LEVEL"
 
 class QuietFailures(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.getLevelName(os.environ.get(LEVEL_ENV, "WARNING")):
+        if record.levelno < logging.getLevelNamesMapping().get(os.environ.get(LEVEL_ENV, ""), logging.WARNING):
             return False
         if record.name in RUN_LOGGERS and (record.exc_info or record.levelno >= logging.ERROR):
             return False                 # the command line reports the failure itself, once
