@@ -23,12 +23,12 @@ def _content_key(context, parameters) -> str:
     re-labels a cached result for the job that asked (`_for_job`)."""
     job = parameters["job"]
     digest = hashlib.sha256()
-    if job.path:
+    if job.path and Path(job.path).is_file():
         with open(job.path, "rb") as f:
             for block in iter(lambda: f.read(1 << 22), b""):
                 digest.update(block)
-    else:
-        digest.update(f"missing:{job.volume}".encode())
+    else:                                    # missing, or not a file: the decoder names what it is
+        digest.update(f"not-a-file:{job.dataset_id}:{job.volume}:{job.path}".encode())
     recipes = ",".join(sorted(RECIPES[n].key for n in job.recipes))
     return f"model-inputs-{digest.hexdigest()}-{hashlib.sha256((recipes + parameters['out_root']).encode()).hexdigest()[:16]}"
 
