@@ -4,7 +4,11 @@ so `ctsvqa report` answers in well under a second."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import os
 import sys
+import traceback
 from pathlib import Path
 
 import flows  # noqa: F401  (sets Prefect defaults before Prefect is imported)
@@ -130,11 +134,16 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     from flows.preprocess import preprocess
 
     result = preprocess(recipes=args.recipes, db=args.db, dataset=args.dataset, volumes=args.volumes,
-                        out=args.out, workers=args.workers, decode_cache=args.decode_cache)
+                        out=args.out, workers=args.workers, decode_cache=args.decode_cache, max_cache=args.max_cache)
+    budget = f" of a {result['max_cache'] / 1e9:.1f} GB budget" if result["max_cache"] else ""
     print(f"{result['volumes_processed']} volume(s) processed; {result['inputs_ok']} model inputs built in total "
-          f"under {result['out_root']}")
+          f"under {result['out_root']} ({result['cache_bytes'] / 1e9:.2f} GB on disk{budget})")
     for volume, reason in result["failed_volumes"].items():
         print(f"  failed: {volume}: {reason}")
+    if result["failed_volumes"]:
+        print(f"ctsvqa: {len(result['failed_volumes'])} of {result['n_volumes']} volume(s) have no usable input "
+              "(listed above); every other input is built", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -272,6 +281,9 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     db = _db_parent()
     parser = argparse.ArgumentParser(prog="ctsvqa", description="Benchmark 3D medical VLMs on CT-SpatialVQA.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show Prefect's full console log and the traceback of an error ($CTSVQA_DEBUG=1)")
+    parser.add_argument("--verbose", action="store_true", help="show Prefect's progress (INFO) log lines")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("import-upstream", parents=[db],
@@ -305,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output root (default: inputs/ beside the warehouse file)")
     p.add_argument("--workers", type=int, default=2, help="worker processes (one thread each)")
     p.add_argument("--decode-cache", metavar="DIR", help="also keep decoded int16 volumes here, by content hash")
+    p.add_argument("--max-cache", metavar="SIZE",
+                   help="keep at most this much of built inputs on disk (e.g. 50G), least recently used go first; "
+                        "rebuilt on demand (default: $CTSVQA_MAX_CACHE, else unbounded)")
     p.set_defaults(func=cmd_preprocess)
 
     p = sub.add_parser("infer", parents=[db], help="run a model (or a baseline) over a dataset; resumable")
@@ -359,17 +374,80 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+GLOBAL_FLAGS = ("--debug", "--verbose")
+
+
+@contextlib.contextmanager
+def _console(debug: bool, verbose: bool):
+    """Keep Prefect's run-failure tracebacks out of the terminal (see flows/console.py); `--debug`
+    leaves Prefect's console as it is."""
+    if debug:
+        yield
+        return
+    env = {"PREFECT_LOGGING_HANDLERS_CONSOLE_CLASS": "flows.console.CliConsoleHandler",
+           "CTSVQA_CONSOLE_LEVEL": "INFO" if verbose else "WARNING"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    added = []
+    if "prefect.logging.handlers" in sys.modules:    # Prefect already configured its logging (in-process use)
+        from prefect.logging.handlers import PrefectConsoleHandler
+
+        from flows.console import QuietFailures
+
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, PrefectConsoleHandler) and not any(
+                    isinstance(f, QuietFailures) for f in handler.filters):
+                quiet = QuietFailures()
+                handler.addFilter(quiet)
+                added.append((handler, quiet))
+    try:
+        yield
+    finally:
+        for handler, quiet in added:
+            handler.removeFilter(quiet)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}" + (f" (-> {exc.filename2})" if exc.filename2 else "")
+    else:
+        text = str(exc)
+    return " ".join(text.split()) or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Errors end as one line on stderr: exit 2 for bad input or a bad environment (the message says
+    which file, item or field and what to do), 1 for anything unexpected. The traceback is in the
+    Prefect flow run's log, and on the terminal with `--debug`."""
     from adapters.datasets.upstream import UpstreamFormatError
     from adapters.judges.keys import MissingKey
     from warehouse import WarehouseError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # global flags are accepted anywhere on the line
+    argv = [a for a in argv if a in GLOBAL_FLAGS] + [a for a in argv if a not in GLOBAL_FLAGS]
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("CTSVQA_DEBUG", "") not in ("", "0")
     try:
-        return args.func(args)
-    except (UpstreamFormatError, WarehouseError, MissingKey, ValueError, FileNotFoundError) as exc:
-        print(f"ctsvqa: error: {exc}", file=sys.stderr)
+        with _console(debug, args.verbose):
+            return args.func(args)
+    except (UpstreamFormatError, WarehouseError, MissingKey, ValueError, OSError) as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"ctsvqa: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001  (a bug: still one line, the details on request)
+        if debug:
+            traceback.print_exc()
+        print(f"ctsvqa: internal error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        if not debug:
+            print("ctsvqa: run the same command with --debug for the traceback", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

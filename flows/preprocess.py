@@ -12,21 +12,23 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 import warehouse
 from adapters.models.recipes import RECIPES, select
-from tasks import model_inputs
+from tasks import input_cache, model_inputs
 
 _pool = None
 
 
 def _content_key(context, parameters) -> str:
-    """Prefect cache key: the volume file's content hash + the recipes (name@version) + where outputs go."""
+    """Prefect cache key: the volume file's content hash + the recipes (name@version) + where outputs go.
+    Not the volume's name: equal bytes give equal (shared, content-addressed) outputs, and the flow
+    re-labels a cached result for the job that asked (`_for_job`)."""
     job = parameters["job"]
     digest = hashlib.sha256()
-    if job.path:
+    if job.path and Path(job.path).is_file():
         with open(job.path, "rb") as f:
             for block in iter(lambda: f.read(1 << 22), b""):
                 digest.update(block)
-    else:
-        digest.update(f"missing:{job.volume}".encode())
+    else:                                    # missing, or not a file: the decoder names what it is
+        digest.update(f"not-a-file:{job.dataset_id}:{job.volume}:{job.path}".encode())
     recipes = ",".join(sorted(RECIPES[n].key for n in job.recipes))
     return f"model-inputs-{digest.hexdigest()}-{hashlib.sha256((recipes + parameters['out_root']).encode()).hexdigest()[:16]}"
 
@@ -37,17 +39,26 @@ def preprocess_volume(job: model_inputs.VolumeJob, out_root: str, decode_cache: 
     return _pool.submit(model_inputs.process_volume, job, out_root, decode_cache).result()
 
 
+def _for_job(rows: list[dict], job: model_inputs.VolumeJob) -> list[dict]:
+    """A result may come from the cache entry of another volume with the same bytes (another name,
+    another dataset): the outputs are that content's, the rows must name this job's volume."""
+    return [{**row, **job.source()} for row in rows]
+
+
 @flow(name="preprocess", task_runner=ThreadPoolTaskRunner(max_workers=2), validate_parameters=False)
 def preprocess(recipes: str = "all", db: str | None = None, dataset: str | None = None,
                volumes: list[str] | None = None, out: str | None = None, workers: int = 2,
-               decode_cache: str | None = None, only_volumes: list[str] | None = None) -> dict:
+               decode_cache: str | None = None, max_cache: str | None = None,
+               only_volumes: list[str] | None = None) -> dict:
     """Skips what is already built; a bad volume is recorded as failed and the rest go on.
     `only_volumes`: build only these volumes (what an inference run lacks)."""
     global _pool
     log = get_run_logger()
     chosen = select(recipes)
-    out_root = Path(out) if out else warehouse.resolve_db(db).parent / "inputs"
-    jobs = model_inputs.plan(db, dataset, chosen, [Path(v) for v in volumes or []], out_root, only_volumes)
+    max_bytes = input_cache.budget(max_cache)
+    out_root = (Path(out) if out else warehouse.resolve_db(db).parent / "inputs").resolve()
+    jobs = model_inputs.plan(db, dataset, chosen, [Path(v).resolve() for v in volumes or []], out_root,
+                             None if only_volumes is None else set(only_volumes))
     log.info("%d volume(s) need %d recipe(s); outputs under %s", len(jobs), len(chosen), out_root)
     rows: list[dict] = []
     if jobs:
@@ -59,27 +70,33 @@ def preprocess(recipes: str = "all", db: str | None = None, dataset: str | None 
                 if any(r["status"] == "ok" and not Path(r["path"]).is_file() for r in result):
                     # a cached result whose files were deleted since: build again
                     result = preprocess_volume.with_options(refresh_cache=True)(job, str(out_root), decode_cache)
-                rows.extend(result)
+                rows.extend(_for_job(result, job))
                 if len(rows) >= 200:                 # store as we go: a crash keeps what was built
                     log.info("recorded %d model inputs", model_inputs.record(db, rows))
                     rows = []
+                input_cache.evict(out_root, max_bytes)
         finally:
             model_inputs.record(db, rows)
+            input_cache.evict(out_root, max_bytes)
             _pool.shutdown()
             _pool = None
+    keys = [f"{r.name}@{r.version}" for r in chosen]
     with warehouse.reader(db) as con:
         failed = con.execute(
             "SELECT volume, recipe, reason FROM model_inputs WHERE status = 'failed' AND (? IS NULL OR dataset_id = ?) "
-            "ORDER BY volume, recipe", [dataset, dataset]).fetchall()
+            "AND list_contains(?, recipe || '@' || version) ORDER BY volume, recipe", [dataset, dataset, keys]).fetchall()
         built = con.execute("SELECT count(*) FROM model_inputs WHERE status = 'ok' AND (? IS NULL OR dataset_id = ?)",
                             [dataset, dataset]).fetchone()[0]
+        n_volumes = con.execute("SELECT count(*) FROM volumes WHERE ? IS NULL OR dataset_id = ?",
+                                [dataset, dataset]).fetchone()[0]
     by_volume: dict[str, str] = {}
     for volume, _, reason in failed:
         by_volume.setdefault(volume, reason)
     for volume, reason in by_volume.items():
-        log.warning("failed input %s: %s", volume, reason)
+        log.info("failed input %s: %s", volume, reason)       # the caller reports them (CLI: stdout, exit 1)
     if by_volume:
         create_table_artifact(key="preprocess-failures", table=[{"volume": v, "reason": r}
                                                                for v, r in by_volume.items()])
     return {"volumes_processed": len(jobs), "inputs_ok": built, "failed_volumes": by_volume,
-            "out_root": str(out_root)}
+            "n_volumes": n_volumes, "out_root": str(out_root), "cache_bytes": input_cache.usage(out_root),
+            "max_cache": max_bytes}

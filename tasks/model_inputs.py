@@ -25,45 +25,78 @@ VOLUME_SUBDIRS = ("volumes", "dataset/data_volumes/dataset/valid_fixed", "valid_
 class VolumeJob:
     dataset_id: str
     volume: str
-    path: str | None                 # None: not found on disk
+    path: str | None                 # None: not found on disk; else absolute
     looked_in: str
-    recipes: tuple[str, ...]         # recipe names still missing for this volume
+    recipes: tuple[str, ...]         # recipe names still missing (or stale) for this volume
+    source_size: int | None = None   # the file as plan() saw it: stored with the rows, compared next time
+    source_mtime_ns: int | None = None
+
+    def source(self) -> dict:
+        """The columns naming where this job's rows came from (also used to re-label a cached result)."""
+        return {"dataset_id": self.dataset_id, "volume": self.volume, "source_path": self.path,
+                "source_size": self.source_size, "source_mtime_ns": self.source_mtime_ns}
 
 
 def find_volume(volume: str, roots: Sequence[Path]) -> Path | None:
+    """Absolute path of the volume's file. Anything at a candidate path counts (a directory or a
+    broken link is reported by the decoder for what it is, not as 'not found')."""
     for root in roots:
         for sub in VOLUME_SUBDIRS:
             for candidate in (root / sub / ct_rate_folder(volume) / volume, root / sub / volume):
-                if candidate.is_file():
-                    return candidate
+                if os.path.lexists(candidate):
+                    return Path(os.path.abspath(candidate))
     return None
 
 
+def _stat(path: Path | None) -> tuple[int | None, int | None]:
+    try:
+        st = os.stat(path) if path else None
+    except OSError:
+        st = None
+    return (st.st_size, st.st_mtime_ns) if st else (None, None)
+
+
 def plan(db, dataset: str | None, recipes: Sequence[Recipe], volume_roots: Sequence[Path],
-         out_root: Path, only_volumes: Collection[str] | None = None) -> list[VolumeJob]:
-    """Volumes of the dataset(s) with at least one requested recipe not yet built (or whose file is gone);
-    with `only_volumes`, only those (the runner builds just what its run lacks)."""
-    only = None if only_volumes is None else set(only_volumes)
+         out_root: Path, only: set[str] | None = None) -> list[VolumeJob]:
+    """Volumes of the dataset(s) (or of `only` among them) with at least one requested recipe not
+    yet built, whose output file is gone (evicted), or whose source file changed (size or mtime
+    differ from when it was built)."""
     with warehouse.reader(db) as con:
-        datasets = con.execute("SELECT dataset_id, source_path FROM datasets WHERE ? IS NULL OR dataset_id = ?",
-                               [dataset, dataset]).fetchall()
-        if dataset is not None and not datasets:
-            raise ValueError(f"unknown dataset {dataset!r}")
-        done = {(d, v, r, ver): p for d, v, r, ver, p in con.execute(
-            "SELECT dataset_id, volume, recipe, version, path FROM model_inputs WHERE status = 'ok'").fetchall()}
-        jobs = []
-        for dataset_id, source_path in datasets:
-            roots = [Path(r) for r in volume_roots] + ([Path(source_path)] if source_path else [])
-            for (volume,) in con.execute("SELECT volume FROM volumes WHERE dataset_id = ? ORDER BY position",
-                                         [dataset_id]).fetchall():
-                if only is not None and volume not in only:
-                    continue
-                missing = tuple(r.name for r in recipes
-                                if not (p := done.get((dataset_id, volume, r.name, r.version))) or not Path(p).is_file())
-                if missing:
-                    found = find_volume(volume, roots)
-                    jobs.append(VolumeJob(dataset_id, volume, str(found) if found else None,
-                                          ", ".join(str(r) for r in roots), missing))
+        return _plan(con, dataset, recipes, volume_roots, only)
+
+
+def _plan(con, dataset: str | None, recipes: Sequence[Recipe], volume_roots: Sequence[Path],
+          only: set[str] | None) -> list[VolumeJob]:
+    datasets = con.execute("SELECT dataset_id, source_path FROM datasets WHERE ? IS NULL OR dataset_id = ?",
+                           [dataset, dataset]).fetchall()
+    if dataset is not None and not datasets:
+        known = [d for (d,) in con.execute("SELECT dataset_id FROM datasets ORDER BY 1").fetchall()]
+        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(known) or 'none (import one first)'}")
+    done = {(d, v, r, ver): (p, size, mtime) for d, v, r, ver, p, size, mtime in con.execute(
+        "SELECT dataset_id, volume, recipe, version, path, source_size, source_mtime_ns FROM model_inputs "
+        "WHERE status = 'ok' AND (? IS NULL OR dataset_id = ?)", [dataset, dataset]).fetchall()}
+    volumes = {d: [v for (v,) in con.execute("SELECT volume FROM volumes WHERE dataset_id = ? ORDER BY position",
+                                             [d]).fetchall()] for d, _ in datasets}
+    jobs = []
+    for dataset_id, source_path in datasets:
+        roots = [Path(os.path.abspath(r)) for r in volume_roots] + ([Path(source_path)] if source_path else [])
+        for volume in volumes[dataset_id]:
+            if only is not None and volume not in only:
+                continue
+            found = find_volume(volume, roots)
+            size, mtime = _stat(found)
+
+            def current(recipe: Recipe) -> bool:
+                built = done.get((dataset_id, volume, recipe.name, recipe.version))
+                if built is None or not Path(built[0]).is_file():
+                    return False
+                # built from a file that is still there but is no longer the same file
+                return found is None or size is None or built[1:] == (size, mtime)
+
+            missing = tuple(r.name for r in recipes if not current(r))
+            if missing:
+                jobs.append(VolumeJob(dataset_id, volume, str(found) if found else None,
+                                      ", ".join(str(r) for r in roots), missing, size, mtime))
     return jobs
 
 
@@ -88,9 +121,10 @@ def process_volume(job: VolumeJob, out_root: str, decode_cache: str | None = Non
     """Decode once, build every missing recipe from memory. Never raises for a bad volume: a failure
     becomes one 'failed' row per recipe with the reason."""
     from adapters.models.preprocess import build, left_side
-    from tasks.volumes import DecodeCache, VolumeError, decode
+    from adapters.volumes.nifti import DecodeCache, VolumeError, decode
 
-    base = {"dataset_id": job.dataset_id, "volume": job.volume, "source_path": job.path}
+    base = job.source()
+    out_root = os.path.abspath(out_root)         # stored paths never depend on the working directory
     recipes = [RECIPES[n] for n in job.recipes]
 
     def all_failed(reason: str) -> list[dict]:
@@ -138,7 +172,8 @@ MODEL_INPUT_SCHEMA = pa.schema([
     ("dataset_id", pa.string()), ("volume", pa.string()), ("recipe", pa.string()), ("version", pa.string()),
     ("status", pa.string()), ("reason", pa.string()), ("source_path", pa.string()), ("volume_sha256", pa.string()),
     ("path", pa.string()), ("shape", pa.list_(pa.int32())), ("dtype", pa.string()), ("sha256", pa.string()),
-    ("patient_left", pa.string()), ("seconds", pa.float64())])
+    ("patient_left", pa.string()), ("seconds", pa.float64()), ("source_size", pa.int64()),
+    ("source_mtime_ns", pa.int64())])
 
 
 def record(db, rows: Iterable[dict]) -> int:
@@ -152,3 +187,40 @@ def record(db, rows: Iterable[dict]) -> int:
         con.execute("INSERT OR REPLACE INTO model_inputs BY NAME SELECT * FROM new_inputs")
         con.unregister("new_inputs")
     return len(rows)
+
+
+def ensure_inputs(db, dataset: str, recipe: str | Recipe, volumes: Iterable[str], out_root: str | os.PathLike, *,
+                  volume_roots: Sequence[Path] = (), decode_cache: str | None = None,
+                  max_cache: str | int | None = None, failures: dict[str, str] | None = None) -> dict[str, Path]:
+    """{volume: input file} for one recipe, (re)building in this process only what is missing,
+    evicted or stale: what the inference runner calls before feeding a batch to a model. Volumes
+    that cannot be used are left out (their reason goes into `failures` when given, and is in
+    `model_inputs`). The files returned count as just used; afterwards the cache is trimmed to
+    `max_cache` (else $CTSVQA_MAX_CACHE), never removing them."""
+    from tasks import input_cache
+
+    recipe = RECIPES[recipe] if isinstance(recipe, str) else recipe
+    wanted = list(dict.fromkeys(volumes))
+    out_root = Path(os.path.abspath(out_root))
+    query = ("SELECT volume, status, path, reason FROM model_inputs WHERE dataset_id = ? AND recipe = ? "
+             "AND version = ? AND list_contains(?, volume)", [dataset, recipe.name, recipe.version, wanted])
+    with warehouse.reader(db) as con:                # one connection when everything is on disk
+        jobs = _plan(con, dataset, [recipe], volume_roots, set(wanted))
+        rows = con.execute(*query).fetchall()
+    if jobs:
+        record(db, [row for job in jobs for row in process_volume(job, str(out_root), decode_cache)])
+        with warehouse.reader(db) as con:
+            rows = con.execute(*query).fetchall()
+    paths: dict[str, Path] = {}
+    reasons = {v: f"not a volume of dataset {dataset!r}" for v in wanted}
+    for volume, status, path, reason in rows:
+        reasons.pop(volume, None)
+        if status == "ok" and Path(path).is_file():
+            paths[volume] = Path(path)
+        else:
+            reasons[volume] = reason or "input file missing after a rebuild"
+    if failures is not None:
+        failures.update(reasons)
+    input_cache.touch(paths.values())
+    input_cache.evict(out_root, input_cache.budget(max_cache), keep=paths.values())
+    return {v: paths[v] for v in wanted if v in paths}

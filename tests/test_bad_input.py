@@ -4,6 +4,9 @@ warehouse exactly as it was."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -11,7 +14,7 @@ import pytest
 
 from adapters.datasets.upstream import UpstreamFormatError
 from tasks.upstream_import import import_upstream
-from tests.conftest import table_digest
+from tests.conftest import REPO, table_digest
 
 PRED = "benchmarking/reports/predictions/{}_predictions_full.jsonl"
 EVAL = "benchmarking/reports/llm_eval/{}"
@@ -147,3 +150,187 @@ def test_null_prediction_is_a_failed_prediction_not_an_error(mini_copy, db):
                        "AND qid = 'valid_2_a_2.nii.gz::1'").fetchone() == (3,)
     assert con.execute("SELECT count(*) FROM jury_verdicts WHERE model = 'radfm'").fetchone() == (7,)
     con.close()
+
+
+# --- files that are not what they claim, or that no parser should accept silently -----------------
+
+MANIFEST = "ctsvqa_dataset.json"
+
+
+def _manifest_is_a_list(root):
+    (root / MANIFEST).write_text("[]")
+
+
+def _manifest_numeric_name(root):
+    (root / MANIFEST).write_text(json.dumps({"name": 5}))
+
+
+def _dataset_nested_too_deep(root):
+    (root / DATASET).write_text("[" * 100_000 + "]" * 100_000)
+
+
+def _judge_file_nested_too_deep(root):
+    (root / EVAL.format("m3d_gpt_eval.json")).write_text('{"items": ' + "[" * 100_000 + "]" * 100_000 + "}")
+
+
+def _prediction_line_nested_too_deep(root):
+    edit_jsonl_line(root / PRED.format("m3d"), 2, lambda s: "[" * 100_000 + "]" * 100_000)
+
+
+def _dataset_symlink_loop(root):
+    path = root / DATASET
+    path.unlink()
+    path.symlink_to(path.name)
+
+
+def _dataset_is_a_directory(root):
+    path = root / DATASET
+    path.unlink()
+    path.mkdir()
+
+
+def _predictions_are_a_fifo(root):
+    path = root / PRED.format("merlin")
+    path.unlink()
+    os.mkfifo(path)
+
+
+def _categories_are_a_directory(root):
+    path = root / CATS
+    path.unlink()
+    path.mkdir()
+
+
+def _duplicate_volume_key(root):
+    path = root / DATASET
+    data = json.loads(path.read_text())
+    first = next(iter(data))
+    # the same volume again with other questions: json.load would keep only the last one
+    dup = json.dumps({first: {"qa_pairs": [{"question": "Is it there?", "answer": "Yes."}]}})[1:-1]
+    path.write_text("{" + dup + ", " + json.dumps(data)[1:])
+
+
+def _empty_question(root):
+    edit_json(root / DATASET, lambda d: d["valid_2_a_1.nii.gz"]["qa_pairs"][0].update(question="  "))
+
+
+def _empty_answer(root):
+    edit_json(root / DATASET, lambda d: d["valid_1_a_1.nii.gz"]["qa_pairs"][2].update(answer=""))
+
+
+HOSTILE = [
+    (_manifest_is_a_list, "ctsvqa_dataset.json: expected a JSON object"),
+    (_manifest_numeric_name, "ctsvqa_dataset.json: field 'name' must be a non-empty string, got 5"),
+    (_dataset_nested_too_deep, "spatial_qa_filtered_full.json: JSON nested too deeply"),
+    (_judge_file_nested_too_deep, "m3d_gpt_eval.json: JSON nested too deeply"),
+    (_prediction_line_nested_too_deep, "m3d_predictions_full.jsonl: line 2: JSON nested too deeply"),
+    (_dataset_symlink_loop, "spatial_qa_filtered_full.json: symlink loop"),
+    (_dataset_is_a_directory, "spatial_qa_filtered_full.json: is a directory, expected a file"),
+    (_predictions_are_a_fifo, "merlin_predictions_full.jsonl: is a FIFO, expected a file"),
+    (_categories_are_a_directory, "spatial_qa_filtered_full_with_categories.json: is a directory, expected a file"),
+    (_duplicate_volume_key, "spatial_qa_filtered_full.json: key 'valid_1_a_1.nii.gz' appears twice"),
+    (_empty_question, "volume 'valid_2_a_1.nii.gz' qa_pairs[0]: empty question"),
+    (_empty_answer, "volume 'valid_1_a_1.nii.gz' qa_pairs[2]: empty answer"),
+]
+
+
+@pytest.mark.parametrize("corrupt, message", HOSTILE, ids=[c[0].__name__.strip("_") for c in HOSTILE])
+def test_hostile_file_is_refused_by_name_and_changes_nothing(mini_copy, db, corrupt, message):
+    import_upstream(mini_copy, db)
+    before = table_digest(db)
+    corrupt(mini_copy)
+    with pytest.raises(UpstreamFormatError) as err:
+        import_upstream(mini_copy, db)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+    assert table_digest(db) == before
+
+
+_READ_AS_NOBODY = """
+import sys
+from adapters.datasets.upstream import UpstreamFormatError
+from tasks.upstream_import import import_upstream
+try:
+    import_upstream(sys.argv[1], sys.argv[2])
+except UpstreamFormatError as exc:
+    print(exc)
+"""
+
+
+def test_unreadable_file_is_named(mini_copy, tmp_path):
+    """PermissionError. Root reads a mode-000 file, so as root the parser runs as `nobody` (skipped
+    where `nobody` cannot run this interpreter); the next test fails a read as root too."""
+    target = mini_copy / PRED.format("radfm")
+    target.chmod(0)
+    if os.geteuid() != 0:
+        with pytest.raises(UpstreamFormatError) as err:
+            import_upstream(mini_copy, tmp_path / "wh.duckdb")
+        message = str(err.value)
+    else:
+        os.chmod(tmp_path, 0o777)
+        try:
+            done = subprocess.run([sys.executable, "-c", _READ_AS_NOBODY, str(mini_copy), str(tmp_path / "wh.duckdb")],
+                                  cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                                  text=True, timeout=120, user=65534, group=65534)
+        except PermissionError:
+            pytest.skip("user nobody cannot run this interpreter here")
+        message = done.stdout.strip()
+    assert "radfm_predictions_full.jsonl: cannot read (Permission denied)" in message, message
+
+
+def test_file_whose_read_fails_is_named_not_missing(mini_copy, db):
+    """A read that fails even as root: /proc/self/mem is a regular file whose offset 0 gives EIO."""
+    target = mini_copy / EVAL.format("radfm_gpt_eval.json")
+    target.unlink()
+    target.symlink_to("/proc/self/mem")
+    with pytest.raises(UpstreamFormatError) as err:
+        import_upstream(mini_copy, db)
+    assert "radfm_gpt_eval.json: cannot read (Input/output error)" in str(err.value)
+    assert not db.exists()
+
+
+# --- the command line: one line on stderr, exit status 2, traceback only in the Prefect log / --debug ---
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "PREFECT_API_URL": PREFECT_API_URL.value(), "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_failing_import_prints_one_line_and_exits_2(prefect_server, mini_copy, db):
+    _dataset_pair_without_answer(mini_copy)
+    done = run_cli("import-upstream", str(mini_copy), "--db", str(db))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        f"ctsvqa: error: {mini_copy / DATASET}: volume 'valid_2_a_2.nii.gz' qa_pairs[1]: "
+        "field 'answer' must be a string, got None"], done.stderr
+    assert done.stdout == ""
+
+
+def test_cli_failing_preprocess_prints_one_line_and_exits_2(prefect_server, mini_db):
+    done = run_cli("preprocess", "--db", str(mini_db), "--dataset", "nope", "--recipes", "m3d")
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ctsvqa: error: unknown dataset 'nope'"), done.stderr
+
+
+def test_cli_debug_shows_the_traceback(prefect_server, mini_copy, db):
+    _empty_answer(mini_copy)
+    done = run_cli("import-upstream", str(mini_copy), "--db", str(db), "--debug")
+    assert done.returncode == 2
+    assert "Traceback (most recent call last)" in done.stderr
+    assert done.stderr.rstrip().splitlines()[-1].startswith("ctsvqa: error: ")
+
+
+def test_cli_os_error_is_one_line_naming_the_path(tmp_path, capsys):
+    from flows.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["phantoms", "--out", str(blocker / "ph"), "--n", "1"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"ctsvqa: error: {blocker / 'ph'}") and err[0].endswith(
+        ": Not a directory"), err

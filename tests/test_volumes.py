@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from adapters.models.preprocess import resize_clip, resize_reference
-from tasks.volumes import DecodeCache, VolumeError, decode
+from adapters.volumes.nifti import DecodeCache, VolumeError, decode
 from tests.volume_factory import left_lesion_ras, save
 
 ORIENTATIONS = ["LPS", "RAS", "LAI", "PLS"]
@@ -92,6 +92,23 @@ def _gz(path, data: bytes):
     return path
 
 
+def _intercept_twice(path, good):
+    """HU already in the voxels, and scl_inter -1024 on top (a converter that applied it itself)."""
+    img = nib.load(good)
+    twice = nib.Nifti1Image(np.asarray(img.dataobj.get_unscaled()), img.affine)
+    twice.header.set_slope_inter(1.0, -1024.0)
+    nib.save(twice, path)
+    return path
+
+
+def _no_orientation(path, good):
+    img = nib.load(good)
+    img.set_qform(img.affine, code=0)
+    img.set_sform(img.affine, code=0)
+    nib.save(img, path)
+    return path
+
+
 BAD = {
     "truncated gzip": (lambda p, good: _truncated(p, good), "corrupt or truncated gzip"),
     "wrong magic": (lambda p, good: _gz(p, gzip.decompress(good.read_bytes())[:344] + b"xxx\0" +
@@ -111,7 +128,20 @@ BAD = {
                                                         np.eye(4)), p) or p, "no air in the image"),
     "slope applied twice": (lambda p, good: save(p, left_lesion_ras() * 4, "LPS"), "outside the CT range"),
     "missing file": (lambda p, good: p, "file not found"),
+    "intercept applied twice": (_intercept_twice, "far below air"),
+    "no orientation codes": (_no_orientation, "no orientation in the header (qform_code and sform_code are 0)"),
+    "complex voxels": (lambda p, good: nib.save(nib.Nifti1Image(np.full((16, 16, 16), -1000, np.complex64),
+                                                                np.eye(4)), p) or p, "complex voxel type"),
+    "a directory": (lambda p, good: p.mkdir() or p, "is a directory, expected a file"),
 }
+
+
+@pytest.mark.parametrize("pad", [-3024, -2048])
+def test_padding_outside_the_field_of_view_is_not_mistaken_for_a_double_intercept(tmp_path, pad):
+    ras = left_lesion_ras()
+    ras[:6], ras[-6:] = pad, pad                         # corners outside the reconstruction circle
+    volume = decode(save(tmp_path / "v.nii.gz", ras, "LPS"))
+    assert volume.data.min() == pad
 
 
 @pytest.mark.parametrize("case", sorted(BAD))

@@ -7,7 +7,10 @@ quirks handled here are catalogued in ../shared/research/upstream-formats.md (se
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -161,17 +164,44 @@ class Layout:
     judgments: dict[tuple[str, str], Path] = field(default_factory=dict)  # (run, judge name)
 
 
+def _check_file(path: Path) -> None:
+    """Refuse anything but a regular file (following symlinks) before it is opened: a FIFO would
+    block the reader forever, a directory or a symlink loop deserves its own name, not 'missing'."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UpstreamFormatError(path, None, "symlink loop; point it at the real file") from None
+        if e.errno == errno.ENOENT and os.path.islink(path):
+            raise UpstreamFormatError(path, None, f"broken symlink to {os.readlink(path)!r}") from None
+        raise UpstreamFormatError(path, None, f"cannot read ({e.strerror})") from None
+    if stat.S_ISREG(mode):
+        return
+    kind = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket",
+            stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}.get(stat.S_IFMT(mode), "not a file")
+    raise UpstreamFormatError(path, None, f"is {kind}, expected a file")
+
+
+def _present(path: Path) -> bool:
+    """There is something at the path (a dangling or looping symlink counts, so it can be named)."""
+    return os.path.lexists(path)
+
+
 def discover(root: Path | str) -> Layout:
     """Find the files of an upstream clone; only the dataset JSON is required."""
     root = Path(root)
     dataset = root / DATASET_JSON
-    if not dataset.is_file():
+    if not _present(dataset):
         raise UpstreamFormatError(root, None, f"not an upstream CT-SpatialVQA layout: {DATASET_JSON} is missing")
+    _check_file(dataset)
     categories = root / CATEGORIES_JSON
-    layout = Layout(root, dataset, categories if categories.is_file() else None)
+    if _present(categories):
+        _check_file(categories)
+    layout = Layout(root, dataset, categories if _present(categories) else None)
     pred_dir = root / PREDICTIONS_DIR
     if pred_dir.is_dir():
         for p in sorted(pred_dir.glob(f"*{PREDICTIONS_SUFFIX}")):
+            _check_file(p)
             layout.predictions[p.name[: -len(PREDICTIONS_SUFFIX)]] = p
     eval_dir = root / LLM_EVAL_DIR
     if eval_dir.is_dir():
@@ -183,37 +213,70 @@ def discover(root: Path | str) -> Layout:
                         raise UpstreamFormatError(
                             p, None, f"judge file for run {run!r} but no {run}{PREDICTIONS_SUFFIX} in {PREDICTIONS_DIR}"
                         )
+                    _check_file(p)
                     layout.judgments[(run, judge.name)] = p
     return layout
 
 
-def _load_json(path: Path) -> Any:
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """json's object_pairs_hook: a repeated key would silently keep only its last value (a volume
+    listed twice lost its first questions), so it is an error."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
+def _parse_json(raw: bytes, path: Path, where: str | None) -> Any:
+    """One JSON document; every way it can be wrong becomes an UpstreamFormatError."""
     try:
-        with path.open("rb") as f:
-            return json.load(f)
+        return json.loads(raw, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as e:
+        raise UpstreamFormatError(path, where, f"key {e.args[0]!r} appears twice in one JSON object; "
+                                               "keep one (json.load would silently drop the first)") from None
     except json.JSONDecodeError as e:
-        raise UpstreamFormatError(path, f"line {e.lineno} column {e.colno}", f"invalid JSON: {e.msg}") from None
+        place = where or f"line {e.lineno} column {e.colno}"
+        raise UpstreamFormatError(path, place, f"invalid JSON: {e.msg}") from None
     except UnicodeDecodeError as e:
-        raise UpstreamFormatError(path, f"byte {e.start}", "not UTF-8 text") from None
+        raise UpstreamFormatError(path, where or f"byte {e.start}", "not UTF-8 text") from None
+    except RecursionError:
+        raise UpstreamFormatError(path, where, "JSON nested too deeply to be a data file") from None
+
+
+def _read_bytes(path: Path) -> bytes:
+    _check_file(path)
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise UpstreamFormatError(path, None, f"cannot read ({e.strerror}); check the file's permissions") from None
+
+
+def _load_json(path: Path) -> Any:
+    return _parse_json(_read_bytes(path), path, None)
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                yield lineno, json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise UpstreamFormatError(path, f"line {lineno}", f"invalid JSON: {e}") from None
+    for lineno, raw in enumerate(_read_bytes(path).splitlines(), start=1):
+        if raw.strip():
+            yield lineno, _parse_json(raw, path, f"line {lineno}")
 
 
-def _text_field(obj: Any, key: str, path: Path, where: str) -> str:
+def _text_field(obj: Any, key: str, path: Path, where: str, non_empty: bool = False) -> str:
     if not isinstance(obj, dict):
         raise UpstreamFormatError(path, where, f"expected a JSON object, got {type(obj).__name__}")
     value = obj.get(key)
     if not isinstance(value, str):
         raise UpstreamFormatError(path, where, f"field {key!r} must be a string, got {value!r}")
+    if non_empty and not value.strip():
+        raise UpstreamFormatError(path, where, f"empty {key}; fill it in or remove the QA pair")
     return value
 
 
@@ -236,20 +299,32 @@ def read_dataset(layout: Layout) -> Dataset:
     for volume, i, qa in _qa_pairs(data, path):
         where = f"volume {volume!r} qa_pairs[{i}]"
         questions.append(
-            Question(f"{volume}::{i}", volume, i, _text_field(qa, "question", path, where),
-                     _text_field(qa, "answer", path, where))
+            Question(f"{volume}::{i}", volume, i, _text_field(qa, "question", path, where, non_empty=True),
+                     _text_field(qa, "answer", path, where, non_empty=True))
         )
     dataset = Dataset(volumes, questions, [], has_categories=False)
     if layout.categories is not None:
         dataset.categories = read_categories(layout.categories, questions)
         dataset.has_categories = True
     manifest = layout.root / MANIFEST_JSON
-    if manifest.is_file():
-        meta = _load_json(manifest)
-        dataset.name = meta.get("name")
-        dataset.synthetic = bool(meta.get("synthetic", False))
-        dataset.description = meta.get("description")
+    if _present(manifest):
+        dataset.name, dataset.synthetic, dataset.description = read_manifest(manifest)
     return dataset
+
+
+def read_manifest(path: Path) -> tuple[str | None, bool, str | None]:
+    """(name, synthetic, description) of the optional dataset manifest."""
+    meta = _load_json(path)
+    if not isinstance(meta, dict):
+        raise UpstreamFormatError(path, None, f"expected a JSON object, got {type(meta).__name__}")
+    name, synthetic, description = meta.get("name"), meta.get("synthetic", False), meta.get("description")
+    if name is not None and not (isinstance(name, str) and name.strip()):
+        raise UpstreamFormatError(path, None, f"field 'name' must be a non-empty string, got {name!r}")
+    if not isinstance(synthetic, bool):
+        raise UpstreamFormatError(path, None, f"field 'synthetic' must be true or false, got {synthetic!r}")
+    if description is not None and not isinstance(description, str):
+        raise UpstreamFormatError(path, None, f"field 'description' must be a string, got {description!r}")
+    return name, synthetic, description
 
 
 def read_categories(path: Path, questions: list[Question]) -> list[tuple[str, str]]:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from adapters.models.recipes import Recipe
-from tasks.volumes import Volume
+from adapters.volumes.nifti import Volume
 
 
 # --- frames -------------------------------------------------------------------------------------

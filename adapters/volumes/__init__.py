@@ -1,0 +1,1 @@
+"""Medical volumes on disk: decoding and validation (no DuckDB, no Prefect)."""
