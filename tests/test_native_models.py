@@ -25,6 +25,15 @@ from tests.tiny_vlms import build_tiny_lingshu, build_tiny_medgemma
 ADAPTERS = {"medgemma": (MedGemma, build_tiny_medgemma), "lingshu": (Lingshu, build_tiny_lingshu)}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared machine torch's thread pool spins (20x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def phantom(tmp_path_factory):
     root = tmp_path_factory.mktemp("native-phantom")
@@ -67,33 +76,55 @@ def questions(phantom) -> list[Question]:
                                   "side of the patient is the largest nodule, and in which lobe is it?")]
 
 
+def reference(adapter, images, question: Question, settings: prefix_batch.GreedySettings) -> tuple[list[int], list[int]]:
+    """Plain transformers: the processor on the full single-question prompt, then `model.generate`."""
+    text = adapter.prompts_for(len(images), [question])[0]
+    full = adapter.processor(text=[text], images=[images], return_tensors="pt",
+                             add_special_tokens=prefix_batch.bos_adds_special(adapter.processor, text))
+    with torch.inference_mode():
+        out = adapter.model.generate(**full, do_sample=False, max_new_tokens=settings.max_new_tokens,
+                                     min_new_tokens=settings.min_new_tokens, eos_token_id=list(settings.eos_token_ids),
+                                     repetition_penalty=settings.repetition_penalty)
+    prompt = full["input_ids"][0].tolist()
+    return prompt, out[0, len(prompt):].tolist()
+
+
 @pytest.mark.parametrize("name", sorted(ADAPTERS))
 def test_prefix_shared_batch_equals_per_question_generate(name, loaded, phantom):
     adapter = loaded[name]
     mi = model_input(phantom, adapter.recipe)
     qs = questions(phantom)
-    encoded = adapter.encode(mi, qs)
-    settings = prefix_batch.GreedySettings(**{**adapter.greedy_settings().__dict__, "max_new_tokens": 12})
-    decoded, _ = prefix_batch.generate(adapter.model, prefix_batch.FAMILIES[adapter.family], encoded, settings)
-    assert len({len(s) for s in encoded.suffixes}) > 2            # really different lengths, padded
-    assert encoded.prefix_len > 100 * len(encoded.suffixes[0]) // len(encoded.suffixes[0])
     images = adapter.images(mi)
+    encoded = adapter.encode(mi, qs)
+    assert len({len(s) for s in encoded.suffixes}) > 2            # really different lengths, padded
+    family = prefix_batch.FAMILIES[adapter.family]
+    settings = prefix_batch.GreedySettings(**{**adapter.greedy_settings().__dict__, "max_new_tokens": 12})
+    decoded, _ = prefix_batch.generate(adapter.model, family, encoded, settings)
+    assert len({tuple(d.tokens) for d in decoded}) > 1             # the tiny model's answers depend on the question
     for q, suffix, d in zip(qs, encoded.suffixes, decoded):
-        text = adapter.prompts_for(len(images), [q])[0]
-        full = adapter.processor(text=[text], images=[images], return_tensors="pt",
-                                 add_special_tokens=prefix_batch.bos_adds_special(adapter.processor, text))
+        prompt, tokens = reference(adapter, images, q, settings)
         # the shared prefix + this suffix is exactly the processor's prompt for this question
-        assert encoded.prefix["input_ids"][0].tolist() + suffix == full["input_ids"][0].tolist()
-        with torch.inference_mode():
-            out = adapter.model.generate(**full, do_sample=False, max_new_tokens=settings.max_new_tokens,
-                                         min_new_tokens=settings.min_new_tokens)
-        reference = out[0, full["input_ids"].shape[1]:].tolist()
-        assert d.tokens == reference[:len(d.tokens)] and len(d.tokens) == len(reference), (q.qid, d.tokens, reference)
+        assert encoded.prefix["input_ids"][0].tolist() + suffix == prompt
+        assert d.tokens == tokens, q.qid
+
+    # Rows stopping at different steps: a token the first answer emits early becomes the EOS;
+    # with min_new_tokens and a repetition penalty, as generate applies them.
+    stop = decoded[0].tokens[2]
+    settings = prefix_batch.GreedySettings(max_new_tokens=12, min_new_tokens=2, repetition_penalty=1.3,
+                                           eos_token_ids=(stop,), pad_token_id=settings.pad_token_id)
+    decoded, _ = prefix_batch.generate(adapter.model, family, encoded, settings)
+    assert any(d.stopped == "eos" for d in decoded) and len({len(d.tokens) for d in decoded}) > 1
+    for q, d in zip(qs, decoded):
+        assert d.tokens == reference(adapter, images, q, settings)[1], q.qid
+        assert (d.stopped == "eos") == (d.tokens[-1] == stop) and stop not in d.tokens[:2]
 
 
-@pytest.mark.parametrize("name", sorted(ADAPTERS))
-def test_answer_meta_and_determinism(name, loaded, phantom):
-    adapter = loaded[name]
+@pytest.mark.parametrize("name,variant", [("medgemma", "official"), ("lingshu", "upstream-harness")])
+def test_answer_meta_and_determinism(name, variant, checkpoints, phantom):
+    adapter = ADAPTERS[name][0](AdapterSettings(checkpoint=str(checkpoints[name]),
+                                                options={"variant": variant, "max_new_tokens": 16}))
+    adapter.load()
+    assert adapter.recipe.endswith("-upstream-harness") == (variant == "upstream-harness")
     mi = model_input(phantom, adapter.recipe)
     assert mi.shape[0] == RECIPES[adapter.recipe].n_slices or mi.shape[0] < RECIPES[adapter.recipe].n_slices
     qs = questions(phantom)[:3]
@@ -146,3 +177,30 @@ def test_identity_follows_generation_settings_and_variant(checkpoints):
     assert Lingshu().generation()["max_new_tokens"] == 256
     with pytest.raises(AdapterError, match="variant"):
         MedGemma(AdapterSettings(options={"variant": "nope"}))
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTERS))
+def test_equality_check_has_teeth(name, loaded, phantom):
+    """Positions off by one (what counting the pads would do) change the greedy tokens; on Gemma,
+    so does ignoring the sliding window (the prefix is ~10x the tiny model's 48-token window)."""
+    adapter = loaded[name]
+    encoded = adapter.encode(model_input(phantom, adapter.recipe), questions(phantom))
+    settings = prefix_batch.GreedySettings(**{**adapter.greedy_settings().__dict__, "max_new_tokens": 12})
+    family = prefix_batch.FAMILIES[adapter.family]
+    right, _ = prefix_batch.generate(adapter.model, family, encoded, settings)
+
+    class Shifted(type(family)):
+        def position_ids(self, state, real):
+            return super().position_ids(state, real + 1)
+
+    shifted, _ = prefix_batch.generate(adapter.model, Shifted(), encoded, settings)
+    assert [d.tokens for d in shifted] != [d.tokens for d in right]
+    if adapter.family == "gemma3":
+        text_config = adapter.model.config.get_text_config()
+        assert encoded.prefix_len > 4 * text_config.sliding_window
+        window, text_config.sliding_window = text_config.sliding_window, 10 ** 6
+        try:
+            unwindowed, _ = prefix_batch.generate(adapter.model, family, encoded, settings)
+        finally:
+            text_config.sliding_window = window
+        assert [d.tokens for d in unwindowed] != [d.tokens for d in right]

@@ -121,13 +121,14 @@ def qwen_tokenizer():
     return tok
 
 
-def _init(model, seed: int) -> None:
-    """Explicit N(0, 0.02) weights (v5 construction may leave parameters uninitialised)."""
+def _init(model, seed: int, std: float = 0.02) -> None:
+    """Explicit N(0, std) weights (v5 construction may leave parameters uninitialised); a larger std
+    than real models use makes the tiny model's greedy tokens depend on its input."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
             elif name.endswith("bias"):
                 p.zero_()
 
@@ -183,7 +184,7 @@ def build_tiny_lingshu(out_dir) -> Path:
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
     torch.manual_seed(0)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    _init(model, seed=2)
+    _init(model, seed=2, std=0.1)
     model.generation_config = GenerationConfig(bos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
                                                eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]])
     model.save_pretrained(out)

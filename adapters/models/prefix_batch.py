@@ -26,11 +26,17 @@ question's ids are checked against the processor's own.
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
+
+from adapters.models.base import AdapterError, AdapterSettings, Answer, ModelAdapter, ModelInput, Question, Requirement
+from adapters.models.prompts import SlicePrompt
 
 # Processor outputs with one entry per token (sliced to the prefix); everything else (pixels,
 # grids) belongs to the images and goes to the prefix forward whole.
@@ -255,13 +261,6 @@ def generate(model, family: Family, encoded: Encoded, settings: GreedySettings) 
 
 # -- the adapter both slice-stack models share ------------------------------------------------------
 
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from adapters.models.base import AdapterError, AdapterSettings, Answer, ModelAdapter, ModelInput, Question, Requirement  # noqa: E402
-from adapters.models.prompts import SlicePrompt  # noqa: E402
-
 WEIGHT_GLOBS = ("*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin")
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
@@ -431,7 +430,6 @@ class SliceChatAdapter(ModelAdapter):
         for s in slices:
             img = Image.fromarray(s)
             if encoding == "jpeg":            # the notebook sends base64 JPEG (PIL's default quality)
-                import io
                 buf = io.BytesIO()
                 img.save(buf, format="jpeg")
                 buf.seek(0)
@@ -454,6 +452,8 @@ class SliceChatAdapter(ModelAdapter):
             raise AdapterError(f"{self.name}: load() first")
         if model_input is None:
             raise AdapterError(f"{self.name}: needs the volume's '{self.recipe}' input")
+        if not questions:
+            return []
         t0 = time.perf_counter()
         encoded = self.encode(model_input, questions)
         decoded, timing = generate(self.model, FAMILIES[self.family], encoded, self.greedy_settings())
