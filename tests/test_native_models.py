@@ -204,3 +204,19 @@ def test_equality_check_has_teeth(name, loaded, phantom):
         finally:
             text_config.sliding_window = window
         assert [d.tokens for d in unwindowed] != [d.tokens for d in right]
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTERS))
+def test_eager_attention_also_exact(name, checkpoints, phantom):
+    """Eager attention takes additive float masks instead of SDPA's boolean ones."""
+    adapter = ADAPTERS[name][0](AdapterSettings(checkpoint=str(checkpoints[name]),
+                                                options={"attn_implementation": "eager"}))
+    adapter.load()
+    assert adapter.model.config._attn_implementation == "eager"
+    mi = model_input(phantom, adapter.recipe)
+    qs = questions(phantom)[-3:]
+    images = adapter.images(mi)
+    settings = prefix_batch.GreedySettings(**{**adapter.greedy_settings().__dict__, "max_new_tokens": 8})
+    decoded, _ = prefix_batch.generate(adapter.model, prefix_batch.FAMILIES[adapter.family],
+                                       adapter.encode(mi, qs), settings)
+    assert [d.tokens for d in decoded] == [reference(adapter, images, q, settings)[1] for q in qs]
