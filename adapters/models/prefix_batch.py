@@ -372,18 +372,17 @@ class SliceChatAdapter(ModelAdapter):
             cls = getattr(transformers, self.model_class)
             kwargs: dict[str, Any] = {"dtype": getattr(torch, self.dtype_name),
                                       "attn_implementation": gen["attn_implementation"]}
-            if self.device.startswith("cuda"):
-                kwargs["device_map"] = self.device
-            model = cls.from_pretrained(path, **kwargs)
-            if not self.device.startswith("cuda"):
-                model = model.to(self.device)
-            self.model = model.eval()
+            # No device_map: that path needs accelerate, which is not a dependency.
+            model = cls.from_pretrained(path, **kwargs).eval()
             self.processor = self._load_processor(path, gen["image_backend"])
-        except AdapterError:
-            raise
         except Exception as exc:
             raise AdapterError(f"{self.name}: cannot load {self.model_class} and its processor from {path} "
                                f"({type(exc).__name__}: {exc}); {self._download_hint()}") from exc
+        try:
+            self.model = model.to(self.device)
+        except Exception as exc:
+            raise AdapterError(f"{self.name}: cannot put the model on device {self.device!r} "
+                               f"({type(exc).__name__}: {exc}); pass --device cpu or a GPU that is there") from exc
         if self.model.config.model_type != self.family:
             raise AdapterError(f"{self.name}: {path} holds a {self.model.config.model_type!r} model, not "
                                f"{self.family!r}; {self._download_hint()}")
