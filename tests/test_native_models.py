@@ -220,3 +220,22 @@ def test_eager_attention_also_exact(name, checkpoints, phantom):
     decoded, _ = prefix_batch.generate(adapter.model, prefix_batch.FAMILIES[adapter.family],
                                        adapter.encode(mi, qs), settings)
     assert [d.tokens for d in decoded] == [reference(adapter, images, q, settings)[1] for q in qs]
+
+
+def test_slices_reach_the_processor_as_published(phantom, checkpoints):
+    """MedGemma's notebook sends each slice as a PIL-default JPEG; the harness scripts (and Lingshu)
+    hand over the uint8 arrays losslessly."""
+    official = MedGemma(AdapterSettings(checkpoint=str(checkpoints["medgemma"])))
+    harness = Lingshu(AdapterSettings(checkpoint=str(checkpoints["lingshu"])))
+    for adapter, lossless in ((official, False), (harness, True)):
+        mi = model_input(phantom, adapter.recipe)
+        with np.load(mi.path) as z:
+            slices = z["slices"]
+        images = adapter.images(mi)
+        assert len(images) == len(slices) and all(im.mode == "RGB" for im in images)
+        diff = np.abs(np.stack([np.asarray(im) for im in images]).astype(int) - slices.astype(int))
+        assert (diff.max() == 0) == lossless and diff.mean() < 15     # JPEG q75, 4:2:0 chroma: ~6 levels here
+    bad = phantom[2] / "bad.npz"
+    np.savez(bad, slices=np.zeros((2, 8, 8), np.float32))
+    with pytest.raises(AdapterError, match=r"bad\.npz.*uint8 \(N, H, W, 3\)"):
+        official.images(ModelInput("v", "medgemma", "1", bad, (2, 8, 8), "float32", ""))
