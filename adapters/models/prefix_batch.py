@@ -236,8 +236,8 @@ def generate(model, family: Family, encoded: Encoded, settings: GreedySettings) 
             scores[:, eos] = -float("inf")
         nxt = scores.argmax(dim=-1)
         nxt = torch.where(done, torch.full_like(nxt, settings.pad_token_id), nxt)
-        for i, t in enumerate(nxt.tolist()):
-            if not done[i]:
+        for i, (t, finished) in enumerate(zip(nxt.tolist(), done.tolist())):   # one device sync per step
+            if not finished:
                 tokens[i].append(t)
         hit = torch.isin(nxt, eos) & ~done
         for i in torch.nonzero(hit).flatten().tolist():
