@@ -152,7 +152,7 @@ def test_strict_never_exceeds_majority(con):
 def test_unjudged_run_has_null_accuracy_not_zero(mini_db):
     """A run whose predictions nobody judged yet is visible with coverage but no accuracy."""
     import warehouse
-    from warehouse import loaders
+    from warehouse import loaders, summaries
 
     with warehouse.writer(mini_db) as c, warehouse.transaction(c):
         loaders.upsert_model(c, "blind")
@@ -161,6 +161,7 @@ def test_unjudged_run_has_null_accuracy_not_zero(mini_db):
         loaders.replace_predictions(c, "ct-spatialvqa/blind", {
             "qid": [A0, A1], "text": ["Left.", None], "status": ["ok", "error"],
             "reason": [None, "CUDA out of memory"], "provenance": ["{}", "{}"]})
+        summaries.refresh(c)                                   # what the inference flow does
     c = duckdb.connect(str(mini_db), read_only=True)
     got = c.execute("SELECT n_predictions, majority_accuracy, coverage, n_failed_predictions FROM model_accuracy "
                     "WHERE model = 'blind'").fetchall()

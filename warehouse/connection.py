@@ -103,13 +103,24 @@ def sql_literal(value: str | os.PathLike) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+_open_transactions: set[int] = set()
+
+
+def in_transaction(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether `con` is inside a transaction() (DuckDB has no way to ask without aborting one)."""
+    return id(con) in _open_transactions
+
+
 @contextmanager
 def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
     """All or nothing: on any exception the transaction rolls back and the error propagates."""
     con.execute("BEGIN TRANSACTION")
+    _open_transactions.add(id(con))
     try:
         yield con
     except BaseException:
+        _open_transactions.discard(id(con))
         con.execute("ROLLBACK")
         raise
+    _open_transactions.discard(id(con))
     con.execute("COMMIT")
