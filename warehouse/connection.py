@@ -62,8 +62,36 @@ def describe_lock_holder(exc: BaseException) -> str:
     return f"PID {pid} ({cmd})"
 
 
-def retry_on_lock(fn, what: str, timeout: float | None = None):
-    """Call fn() until it stops failing on the DuckDB file lock, for at most `timeout` seconds."""
+def held_by_reader(exc: BaseException) -> bool:
+    """DuckDB says a read-only open would still work exactly when the holder only reads."""
+    return "read-only mode" in str(exc)
+
+
+SNAPSHOT_HINT = ("analysts should open a snapshot instead, which never blocks the pipeline nor is blocked by it: "
+                 "`ctsvqa db snapshot OUT.duckdb`, then duckdb.connect('OUT.duckdb', read_only=True)")
+
+
+def lock_message(path: str | os.PathLike, exc: BaseException, role: str, waited: float) -> str:
+    """What to tell whoever could not open the warehouse: `role` is 'read', 'write' or 'snapshot'."""
+    holder = describe_lock_holder(exc)
+    wait = f"waited {waited:g}s (CTSVQA_LOCK_TIMEOUT)"
+    if role == "write" and held_by_reader(exc):
+        return (f"warehouse {path} is held open by a reader, {holder}, and DuckDB lets no one write while a "
+                f"reader has it open; {wait}. Close that connection, or have it use a snapshot: {SNAPSHOT_HINT}.")
+    if role == "write":
+        return (f"warehouse {path} is being written by {holder}; {wait}. Wait for it to finish (or stop it), "
+                f"then run this again.")
+    if role == "snapshot":
+        return (f"warehouse {path} is being written by {holder}, which keeps even readers out, so no snapshot "
+                f"could be taken; {wait}. Run this again when it finishes (the pipeline's writes are short, "
+                f"so a longer CTSVQA_LOCK_TIMEOUT usually finds a gap).")
+    return (f"warehouse {path} is being written by {holder}, and DuckDB keeps even readers out while it writes; "
+            f"{wait}. Wait for it to finish, or: {SNAPSHOT_HINT}.")
+
+
+def retry_on_lock(fn, what: str | os.PathLike, timeout: float | None = None, role: str = "read"):
+    """Call fn() until it stops failing on the DuckDB file lock, for at most `timeout` seconds;
+    then fail naming the holder and what to do. `what` is the warehouse file."""
     timeout = lock_timeout() if timeout is None else timeout
     retrying = Retrying(
         retry=retry_if_exception(is_lock_error),
@@ -76,11 +104,7 @@ def retry_on_lock(fn, what: str, timeout: float | None = None):
     except duckdb.IOException as exc:
         if not is_lock_error(exc):
             raise
-        raise WarehouseLocked(
-            f"{what} is locked by {describe_lock_holder(exc)}; waited {timeout:g}s. Wait for that "
-            f"process to finish (or stop it), or query a snapshot (`ctsvqa db snapshot OUT.duckdb`) "
-            f"instead. Set CTSVQA_LOCK_TIMEOUT to wait longer."
-        ) from exc
+        raise WarehouseLocked(lock_message(what, exc, role, timeout)) from exc
 
 
 @contextmanager
@@ -91,7 +115,8 @@ def connect(db: str | os.PathLike | None = None, *, read_only: bool = False,
         raise WarehouseMissing(f"no warehouse at {path}: load data first, e.g. `ctsvqa import-upstream PATH --db {path}`")
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
-    con = retry_on_lock(lambda: duckdb.connect(str(path), read_only=read_only), f"warehouse {path}", timeout)
+    con = retry_on_lock(lambda: duckdb.connect(str(path), read_only=read_only), path, timeout,
+                        role="read" if read_only else "write")
     try:
         yield con
     finally:

@@ -31,7 +31,7 @@ from warehouse.migrate import VIEWS_DIR
 # The per-run metrics, in the order they are refreshed. Every one has a run_id column and depends
 # only on its run's predictions and judgments plus the context tables.
 SUMMARISED = ("run_judges", "run_juries", "jury_verdicts", "model_accuracy", "judge_accuracy",
-              "category_accuracy", "correctness_matrix", "judge_agreement", "judgment_status")
+              "category_accuracy", "correctness_matrix", "judge_agreement", "judgment_status", "run_status")
 
 _lock = threading.RLock()
 
@@ -52,12 +52,14 @@ def definitions_sha(directory=VIEWS_DIR) -> str:
 
 def definition_names(con: duckdb.DuckDBPyConnection) -> list[str]:
     return [r[0] for r in con.execute(
-        "SELECT view_name FROM duckdb_views() WHERE schema_name = 'definitions' ORDER BY view_name").fetchall()]
+        "SELECT view_name FROM duckdb_views() WHERE schema_name = 'definitions' "
+        "AND database_name = current_database() ORDER BY view_name").fetchall()]
 
 
 def _columns(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> list[tuple[str, str]]:
     return con.execute(
         "SELECT column_name, data_type FROM duckdb_columns() WHERE schema_name = ? AND table_name = ? "
+        "AND database_name = current_database() "
         "ORDER BY column_index", [schema, name]).fetchall()
 
 
@@ -80,7 +82,7 @@ def install(con: duckdb.DuckDBPyConnection) -> bool:
                         f"SELECT * FROM summaries.{name} WHERE summaries.fresh_or_fail()")
         else:
             con.execute(f"CREATE OR REPLACE VIEW main.{name} AS SELECT * FROM definitions.{name}")
-    sha = con.execute("SELECT definitions_sha FROM summaries.state").fetchone()[0]
+    sha = con.execute("SELECT definitions_sha FROM summaries.state").fetchall()[0][0]
     return reshaped or sha != definitions_sha()
 
 
@@ -99,8 +101,8 @@ def _refresh(con: duckdb.DuckDBPyConnection, full: bool) -> Refreshed:
     t0 = time.perf_counter()
     with _lock, _transaction(con):
         ctx_then, sha_then, refreshed_at = con.execute(
-            "SELECT context_fingerprint, definitions_sha, refreshed_at FROM summaries.state").fetchone()
-        ctx = con.execute("SELECT fingerprint FROM summaries.context_fingerprint").fetchone()[0]
+            "SELECT context_fingerprint, definitions_sha, refreshed_at FROM summaries.state").fetchall()[0]
+        ctx = con.execute("SELECT fingerprint FROM summaries.context_fingerprint").fetchall()[0][0]
         sha = definitions_sha()
         current = dict(con.execute("SELECT run_id, fingerprint FROM summaries.run_fingerprints").fetchall())
         full = full or refreshed_at is None or ctx_then != ctx or sha_then != sha
@@ -140,5 +142,25 @@ def refresh(db_or_con: duckdb.DuckDBPyConnection | str | os.PathLike | None = No
         return _refresh(con, full)
 
 
+def has_summaries(con: duckdb.DuckDBPyConnection) -> bool:
+    return bool(con.execute("SELECT count(*) FROM duckdb_views() WHERE schema_name = 'summaries' "
+                            "AND view_name = 'freshness' AND database_name = current_database()").fetchall()[0][0])
+
+
 def is_fresh(con: duckdb.DuckDBPyConnection) -> bool:
-    return bool(con.execute("SELECT fresh FROM summaries.freshness").fetchone()[0])
+    """True when the summaries match the data (or the warehouse predates summaries)."""
+    return not has_summaries(con) or bool(con.execute("SELECT fresh FROM summaries.freshness").fetchall()[0][0])
+
+
+def read_live_if_stale(con: duckdb.DuckDBPyConnection) -> bool:
+    """For a read-only connection (which cannot refresh): when the summaries are stale, make the
+    unqualified view names resolve to the live definitions, slower but current. Returns whether it
+    did, so callers can say so."""
+    if is_fresh(con):
+        return False
+    con.execute("SET search_path = 'definitions,main'")
+    return True
+
+
+def reading_live(con: duckdb.DuckDBPyConnection) -> bool:
+    return con.execute("SELECT current_setting('search_path')").fetchall()[0][0].startswith("definitions")
