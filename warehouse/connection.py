@@ -59,7 +59,8 @@ def describe_lock_holder(exc: BaseException) -> str:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
     except OSError:
         cmd = match["exe"]
-    return f"PID {pid} ({cmd})"
+    cmd = " ".join(cmd.split())                     # one line, even for `python -c` with a script
+    return f"PID {pid} ({cmd[:200] + '…' if len(cmd) > 200 else cmd})"
 
 
 def held_by_reader(exc: BaseException) -> bool:
