@@ -4,37 +4,50 @@
 -- half-judged accuracy cannot pass for a final one. Imported judges (their verdicts came from
 -- published files) are final as imported: an item they dropped stays a no verdict.
 -- 'unjudged': no judgment at all yet (panel NULL).
+-- (No LEFT JOINs: rows are tallied through UNION ALL and inner joins, so a filter on run_id reaches
+-- every scan and a summary refresh of one run reads only that run. Judgments exist only for answered
+-- predictions: the loaders delete a judgment with its prediction.)
 CREATE OR REPLACE VIEW definitions.run_status AS
 WITH imported AS (
     SELECT DISTINCT judge_id FROM main.judgments WHERE source = 'upstream-import'
-), run_panels AS (
-    SELECT DISTINCT run_id, panel FROM definitions.run_juries
-), pending AS (
-    SELECT rp.run_id, rp.panel, jd.name AS judge,
-           count(*) FILTER (WHERE j.status IS NULL OR j.status IN ('error', 'timeout')) AS n_pending
-    FROM run_panels AS rp
+), owing AS (                 -- live members of each panel that has judged the run
+    SELECT rp.run_id, rp.panel, pm.judge_id
+    FROM (SELECT DISTINCT run_id, panel FROM definitions.run_juries) AS rp
     JOIN main.panel_members AS pm USING (panel)
-    JOIN main.judges AS jd ON jd.judge_id = pm.judge_id
-    JOIN main.predictions AS p ON p.run_id = rp.run_id AND p.status = 'ok'
-    LEFT JOIN main.judgments AS j ON j.run_id = p.run_id AND j.qid = p.qid AND j.judge_id = pm.judge_id
     WHERE pm.judge_id NOT IN (SELECT judge_id FROM imported)
-    GROUP BY rp.run_id, rp.panel, jd.name
+), tally AS (                 -- +1 per answered prediction, -1 per final judgment, per live member
+    SELECT o.run_id, o.panel, o.judge_id, 1 AS n
+    FROM owing AS o JOIN main.predictions AS p ON p.run_id = o.run_id AND p.status = 'ok'
+    UNION ALL
+    SELECT o.run_id, o.panel, o.judge_id, -1
+    FROM owing AS o JOIN main.judgments AS j ON j.run_id = o.run_id AND j.judge_id = o.judge_id
+    WHERE j.status NOT IN ('error', 'timeout')
+), pending AS (
+    SELECT t.run_id, t.panel, jd.name AS judge, sum(t.n) AS n_pending
+    FROM tally AS t JOIN main.judges AS jd USING (judge_id)
+    GROUP BY t.run_id, t.panel, jd.name
+), rows AS (
+    SELECT run_id, panel, n_pending, judge FROM pending
+    UNION ALL                                  -- every panel that judged the run, owing or not
+    SELECT DISTINCT run_id, panel, 0, NULL FROM definitions.run_juries
+    UNION ALL                                  -- every run, for those no panel judged yet
+    SELECT run_id, NULL, 0, NULL FROM main.runs
 ), by_panel AS (
-    SELECT rp.run_id, rp.panel,
-           coalesce(sum(pd.n_pending), 0) AS n_pending_judgments,
-           list(pd.judge ORDER BY pd.judge) FILTER (WHERE pd.n_pending > 0) AS judges_pending
-    FROM run_panels AS rp
-    LEFT JOIN pending AS pd USING (run_id, panel)
-    GROUP BY rp.run_id, rp.panel
+    SELECT run_id, panel,
+           sum(n_pending) AS n_pending_judgments,
+           list(judge ORDER BY judge) FILTER (WHERE n_pending > 0) AS judges_pending
+    FROM rows
+    GROUP BY run_id, panel
+    QUALIFY panel IS NOT NULL OR count(panel) OVER (PARTITION BY run_id) = 0
 )
 SELECT r.name AS model,
        b.panel,
        CASE WHEN b.panel IS NULL THEN 'unjudged'
             WHEN b.n_pending_judgments > 0 THEN 'judging'
             ELSE 'complete' END AS status,
-       coalesce(b.n_pending_judgments, 0)::BIGINT AS n_pending_judgments,
+       b.n_pending_judgments::BIGINT AS n_pending_judgments,
        coalesce(b.judges_pending, []) AS judges_pending,
        r.dataset_id AS dataset,
        r.run_id
-FROM main.runs AS r
-LEFT JOIN by_panel AS b USING (run_id);
+FROM by_panel AS b
+JOIN main.runs AS r USING (run_id);

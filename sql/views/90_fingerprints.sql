@@ -11,14 +11,14 @@ WITH p AS (
     SELECT run_id, hash(count(*), sum(epoch_us(created_at)), count(verdict), count(*) FILTER (WHERE verdict)) AS fp
     FROM main.judgments GROUP BY run_id
 )
-SELECT run_id, hash(p.fp, j.fp) AS fingerprint
-FROM p FULL JOIN j USING (run_id);
+SELECT run_id, hash(r.name, r.dataset_id, p.fp, j.fp) AS fingerprint
+FROM main.runs AS r
+FULL JOIN p USING (run_id)
+FULL JOIN j USING (run_id);
 
--- Everything the per-run metrics read besides a run's own predictions and judgments: a change here
--- means every run's summary must be recomputed.
+-- Everything else the per-run metrics read: a change here means every run must be recomputed.
 CREATE OR REPLACE VIEW summaries.context_fingerprint AS
 SELECT hash(
-    (SELECT (count(*), sum(hash(run_id, name, dataset_id))) FROM main.runs),
     (SELECT (count(*), sum(hash(judge_id, name))) FROM main.judges),
     (SELECT (count(*), sum(hash(panel, judge_id))) FROM main.panel_members),
     (SELECT (count(*), sum(hash(dataset_id, qid))) FROM main.questions),
@@ -29,6 +29,7 @@ SELECT hash(
 CREATE OR REPLACE VIEW summaries.data_fingerprint AS
 SELECT hash(
     (SELECT fingerprint FROM summaries.context_fingerprint),
+    (SELECT (count(*), sum(hash(run_id, name, dataset_id))) FROM main.runs),
     (SELECT (count(*), sum(epoch_us(created_at)), count(*) FILTER (WHERE status = 'ok')) FROM main.predictions),
     (SELECT (count(*), sum(epoch_us(created_at)), count(verdict), count(*) FILTER (WHERE verdict)) FROM main.judgments)
 ) AS fingerprint;
