@@ -68,8 +68,8 @@ def held_by_reader(exc: BaseException) -> bool:
     return "read-only mode" in str(exc)
 
 
-SNAPSHOT_HINT = ("analysts should open a snapshot instead, which never blocks the pipeline nor is blocked by it: "
-                 "`ctsvqa db snapshot OUT.duckdb`, then duckdb.connect('OUT.duckdb', read_only=True)")
+SNAPSHOT_HINT = ("`ctsvqa db snapshot OUT.duckdb`, then duckdb.connect('OUT.duckdb', read_only=True): a copy "
+                 "that never blocks the pipeline nor is blocked by it")
 
 
 def lock_message(path: str | os.PathLike, exc: BaseException, role: str, waited: float) -> str:
@@ -78,7 +78,7 @@ def lock_message(path: str | os.PathLike, exc: BaseException, role: str, waited:
     wait = f"waited {waited:g}s (CTSVQA_LOCK_TIMEOUT)"
     if role == "write" and held_by_reader(exc):
         return (f"warehouse {path} is held open by a reader, {holder}, and DuckDB lets no one write while a "
-                f"reader has it open; {wait}. Close that connection, or have it use a snapshot: {SNAPSHOT_HINT}.")
+                f"reader has it open; {wait}. Close that connection, or have it open a snapshot instead: {SNAPSHOT_HINT}.")
     if role == "write":
         return (f"warehouse {path} is being written by {holder}; {wait}. Wait for it to finish (or stop it), "
                 f"then run this again.")
@@ -87,7 +87,7 @@ def lock_message(path: str | os.PathLike, exc: BaseException, role: str, waited:
                 f"could be taken; {wait}. Run this again when it finishes (the pipeline's writes are short, "
                 f"so a longer CTSVQA_LOCK_TIMEOUT usually finds a gap).")
     return (f"warehouse {path} is being written by {holder}, and DuckDB keeps even readers out while it writes; "
-            f"{wait}. Wait for it to finish, or: {SNAPSHOT_HINT}.")
+            f"{wait}. Wait for it to finish, or, for analyses, open a snapshot: {SNAPSHOT_HINT}.")
 
 
 def retry_on_lock(fn, what: str | os.PathLike, timeout: float | None = None, role: str = "read"):
