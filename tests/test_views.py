@@ -139,6 +139,8 @@ def test_contracts(con):
     assert rows(con, "SELECT count(*) FROM predictions p JOIN runs r USING (run_id) ANTI JOIN questions q "
                      "ON q.dataset_id = r.dataset_id AND q.qid = p.qid") == [(0,)]
     assert rows(con, "SELECT count(*) FROM judgments j ANTI JOIN predictions p USING (run_id, qid)") == [(0,)]
+    assert rows(con, "SELECT count(*) FROM judgments j JOIN predictions p USING (run_id, qid) "
+                     "WHERE p.status <> 'ok'") == [(0,)]          # only answers are judged
     assert rows(con, "SELECT count(*) FROM judgments j ANTI JOIN judges USING (judge_id)") == [(0,)]
     assert rows(con, "SELECT count(*) FROM judgments WHERE (status = 'ok') <> (verdict IS NOT NULL)") == [(0,)]
 
