@@ -27,6 +27,7 @@ import duckdb  # noqa: E402
 from adapters.judges.spec import load_panel  # noqa: E402
 from tasks import judging  # noqa: E402
 from tasks.upstream_import import import_upstream  # noqa: E402
+from warehouse import summaries  # noqa: E402
 
 DEFAULT_UPSTREAM = Path(os.environ.get("CTSVQA_UPSTREAM", REPO.parent / "shared" / "upstream" / "CT-SpatialVQA"))
 
@@ -72,6 +73,7 @@ def main() -> int:
     for spec in panel.judges:
         s = judging.judge_runs(db, spec, runs)
         print(f"{spec.name}: {s.pending} judged ({s.distinct_sent} distinct) in {s.seconds:.1f} s, {s.statuses}")
+    summaries.refresh(db)                          # as the judge flow does when it ends
 
     con = duckdb.connect(str(db), read_only=True)
     con.create_function("split_of", split_of, ["VARCHAR"], "VARCHAR")

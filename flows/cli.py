@@ -261,10 +261,21 @@ def cmd_db_snapshot(args: argparse.Namespace) -> int:
 
     out = publish_snapshot(args.db, args.out, storage_version=args.storage_version)
     print(f"snapshot written: {out} (open it with duckdb.connect({str(out)!r}, read_only=True))")
-    if args.parquet:
-        with warehouse.reader(out) as con:
-            for path in export_views_parquet(con, args.parquet):
+    with warehouse.reader(out) as con:
+        taken_at, incomplete = con.execute("SELECT taken_at, runs_incomplete FROM snapshot_info").fetchall()[0]
+        print(f"taken at {taken_at}; runs still being judged then (table snapshot_info, view run_status): "
+              + ("; ".join(incomplete) or "none"))
+        if args.parquet:
+            for path in export_views_parquet(con, args.parquet, dataset=args.dataset, panel=args.panel):
                 print(path)
+    return 0
+
+
+def cmd_db_refresh(args: argparse.Namespace) -> int:
+    from warehouse import summaries
+
+    done = summaries.refresh(args.db, full=args.full)
+    print(f"summaries are up to date ({'all' if done.full else done.runs} run(s) recomputed, {done.seconds:.2f} s)")
     return 0
 
 
@@ -368,7 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--parquet", type=Path, metavar="DIR", help="also write every view as Parquet here")
     s.add_argument("--storage-version", metavar="V",
                    help="DuckDB storage version of the copy, e.g. v1.5.0 for older DuckDB CLIs")
+    s.add_argument("--dataset", help="Parquet: only this dataset's rows")
+    s.add_argument("--panel", help="Parquet: only this jury panel's rows (views with a panel column)")
     s.set_defaults(func=cmd_db_snapshot)
+    s = dbsub.add_parser("refresh", parents=[db], help="bring the summary tables behind the metric views up to date")
+    s.add_argument("--full", action="store_true", help="recompute every run, not only the changed ones")
+    s.set_defaults(func=cmd_db_refresh)
     s = dbsub.add_parser("migrate", parents=[db], help="create or upgrade the schema and views")
     s.set_defaults(func=cmd_db_migrate)
     return parser

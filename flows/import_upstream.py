@@ -9,6 +9,7 @@ from prefect.artifacts import create_table_artifact
 
 from adapters.datasets import upstream
 from tasks.upstream_import import load_task, parse_dataset_task, parse_judgments_task, parse_predictions_task
+from warehouse import summaries
 
 
 @flow(name="import-upstream", validate_parameters=False)
@@ -23,6 +24,7 @@ def import_upstream(path: str, db: str | None = None, dataset: str | None = None
     preds = {run: parse_predictions_task(run, p, parsed, index) for run, p in layout.predictions.items()}
     judged = [parse_judgments_task(judge, p, preds[run]) for (run, judge), p in layout.judgments.items()]
     summary = load_task(db, layout, parsed, list(preds.values()), judged, dataset)
+    summaries.refresh(db)          # a no-op after load (it refreshes in its transaction); kept for safety
     log.info("loaded dataset %s: %d volumes, %d questions, %d runs",
              summary.dataset_id, summary.n_volumes, summary.n_questions, len(summary.predictions))
     if summary.predictions:

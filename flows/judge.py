@@ -10,6 +10,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from adapters.judges.keys import check_keys
 from adapters.judges.spec import JudgeSpec, load_panel
 from tasks import judging
+from warehouse import summaries
 
 # Set by the CLI to drive a terminal progress bar; tasks run in threads of the same process.
 progress_hook: judging.ProgressFn | None = None
@@ -57,6 +58,7 @@ def judge(judges: str = "offline", runs: list[str] | None = None, db: str | None
             failed.append((spec.name, result))
         else:
             rows.append(judging.summary_row(result))
+    summaries.refresh(db)          # the metric views read summary tables: bring them up to date
     if rows:
         create_table_artifact(key="judge-summary", table=rows, description=f"Judging with panel {panel.name}")
     if any(r["interrupted"] for r in rows):

@@ -1,5 +1,5 @@
 """Exports in the upstream CT-SpatialVQA file formats, computed from the warehouse views, plus
-Parquet of every view. Files are written to a temporary name and renamed, so a reader never sees
+Parquet of every view (the same dataset and panel). Files are written to a temporary name and renamed, so a reader never sees
 half a file."""
 
 from __future__ import annotations
@@ -111,5 +111,5 @@ def export_all(con: duckdb.DuckDBPyConnection, out_dir: str | os.PathLike, datas
                          (CATEGORY_CSV, category_performance_csv)):
         _write_atomic(out_dir / name, render(con, dataset, panel))
         written.append(out_dir / name)
-    written += export_views_parquet(con, out_dir / "parquet")
+    written += export_views_parquet(con, out_dir / "parquet", dataset=dataset, panel=panel)
     return written

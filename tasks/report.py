@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tasks.exports import datasets
+from warehouse import summaries
 
 
 def _pct(x: float | None, digits: int = 1) -> str:
@@ -68,9 +69,24 @@ def agreement_table(con: duckdb.DuckDBPyConnection, dataset: str) -> Table:
     return t
 
 
+def incomplete_runs(con: duckdb.DuckDBPyConnection, dataset: str) -> list[str]:
+    """One warning line per run and panel whose numbers are not final yet (run_status 'judging')."""
+    return [f"warning: {model} (panel {panel}) is still being judged: {n} judgments pending from "
+            f"{', '.join(judges)}; its accuracy is not final"
+            for model, panel, n, judges in con.execute(
+                "SELECT model, panel, n_pending_judgments, judges_pending FROM run_status "
+                "WHERE dataset = ? AND status = 'judging' ORDER BY model, panel", [dataset]).fetchall()]
+
+
 def print_report(con: duckdb.DuckDBPyConnection, console: Console | None = None, dataset: str | None = None) -> None:
     console = console or Console(width=None if Console().is_terminal else 120)
+    if summaries.reading_live(con):
+        console.print("note: the summary tables are older than the data (a writer has not refreshed them yet); "
+                      "these numbers are computed live from the definitions. `ctsvqa db refresh` makes reads fast again.",
+                      style="yellow")
     for ds in [dataset] if dataset else datasets(con):
+        for line in incomplete_runs(con, ds):
+            console.print(line, style="bold yellow")
         tables = [model_table(con, ds), judge_table(con, ds)]
         tables += [category_table(con, ds, p) for (p,) in con.execute(
             "SELECT DISTINCT panel FROM jury_verdicts WHERE dataset = ? ORDER BY panel", [ds]).fetchall()]

@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 import warehouse
 from adapters.datasets import upstream
-from warehouse import loaders
+from warehouse import loaders, summaries
 
 SOURCE = "upstream-import"
 DEFAULT_DATASET_ID = "ct-spatialvqa"
@@ -109,6 +109,7 @@ def load(db: str | os.PathLike | None, layout: upstream.Layout, dataset: upstrea
                 "verdict": [r.verdict for _, r in rows], "status": [r.status for _, r in rows],
                 "reason": [r.reason for _, r in rows], "raw_response": [r.raw_response for _, r in rows],
             })
+        summaries.refresh(con)        # in the same transaction: readers never see stale summaries
     return summary
 
 

@@ -86,3 +86,34 @@ def test_report_prints_every_table(mini_db):
     text = console.export_text()
     for needle in ("Jury accuracy", "Per judge", "By category", "Judge agreement", "62.5", "57.1", "7/8"):
         assert needle in text
+
+
+def test_parquet_export_honours_dataset_and_panel(mini_db, tmp_path):
+    import duckdb
+
+    from tests.test_views import M3D, A0, add_live_judge
+
+    add_live_judge(mini_db, "exact", "offline", M3D, {A0: True})
+    with warehouse.reader(mini_db) as con:
+        export_all(con, tmp_path, panel="upstream")
+    jury = json.loads((tmp_path / "llm_jury_accuracy.json").read_text())
+    c = duckdb.connect()
+    for view in ("jury_verdicts", "model_accuracy", "category_accuracy", "correctness_matrix"):
+        path = tmp_path / "parquet" / f"{view}.parquet"
+        assert c.execute(f"SELECT DISTINCT panel FROM '{path}'").fetchall() == [("upstream",)], view
+    assert c.execute(f"SELECT count(*) FROM '{tmp_path / 'parquet' / 'model_accuracy.parquet'}'").fetchall() == [
+        (len(jury),)]
+
+
+def test_report_warns_about_runs_still_being_judged(mini_db):
+    from rich.console import Console
+
+    from tests.test_views import M3D, A0, add_live_judge
+
+    add_live_judge(mini_db, "exact", "offline", M3D, {A0: True})
+    console = Console(record=True, width=200)
+    with warehouse.reader(mini_db) as con:
+        print_report(con, console=console)
+    lines = [line for line in console.export_text().splitlines() if line.startswith("warning:")]
+    assert lines == ["warning: m3d (panel offline) is still being judged: 7 judgments pending from exact; "
+                     "its accuracy is not final"]

@@ -139,6 +139,8 @@ def test_contracts(con):
     assert rows(con, "SELECT count(*) FROM predictions p JOIN runs r USING (run_id) ANTI JOIN questions q "
                      "ON q.dataset_id = r.dataset_id AND q.qid = p.qid") == [(0,)]
     assert rows(con, "SELECT count(*) FROM judgments j ANTI JOIN predictions p USING (run_id, qid)") == [(0,)]
+    assert rows(con, "SELECT count(*) FROM judgments j JOIN predictions p USING (run_id, qid) "
+                     "WHERE p.status <> 'ok'") == [(0,)]          # only answers are judged
     assert rows(con, "SELECT count(*) FROM judgments j ANTI JOIN judges USING (judge_id)") == [(0,)]
     assert rows(con, "SELECT count(*) FROM judgments WHERE (status = 'ok') <> (verdict IS NOT NULL)") == [(0,)]
 
@@ -152,7 +154,7 @@ def test_strict_never_exceeds_majority(con):
 def test_unjudged_run_has_null_accuracy_not_zero(mini_db):
     """A run whose predictions nobody judged yet is visible with coverage but no accuracy."""
     import warehouse
-    from warehouse import loaders
+    from warehouse import loaders, summaries
 
     with warehouse.writer(mini_db) as c, warehouse.transaction(c):
         loaders.upsert_model(c, "blind")
@@ -161,9 +163,109 @@ def test_unjudged_run_has_null_accuracy_not_zero(mini_db):
         loaders.replace_predictions(c, "ct-spatialvqa/blind", {
             "qid": [A0, A1], "text": ["Left.", None], "status": ["ok", "error"],
             "reason": [None, "CUDA out of memory"], "provenance": ["{}", "{}"]})
+        summaries.refresh(c)                                   # what the inference flow does
     c = duckdb.connect(str(mini_db), read_only=True)
     got = c.execute("SELECT n_predictions, majority_accuracy, coverage, n_failed_predictions FROM model_accuracy "
                     "WHERE model = 'blind'").fetchall()
     assert got == [(1, None, 1 / 8, 1)]
     assert c.execute("SELECT count(*) FROM jury_verdicts WHERE model = 'blind'").fetchone() == (0,)
     c.close()
+
+
+# --- summary tables (issue 7, item 9) -------------------------------------------------------------
+
+M3D, MERLIN, RADFM = (f"ct-spatialvqa/upstream/{m}" for m in ("m3d", "merlin", "radfm"))
+
+
+def add_live_judge(db, judge: str, panel: str, run_id: str, verdicts: dict[str, bool | None], refresh=True):
+    """A judge of our own (not imported) on `panel` that has judged some of a run's predictions;
+    None stores a transient failure ('error') the judge flow would retry."""
+    import warehouse
+    from warehouse import loaders, summaries
+
+    with warehouse.writer(db) as c, warehouse.transaction(c):
+        loaders.upsert_judge(c, judge_id=f"local/{judge}", name=judge, provider="offline", model=judge,
+                             prompt_version="v1")
+        loaders.add_panel_member(c, panel, f"local/{judge}")
+        loaders.replace_judgments_from_source(c, run_id=run_id, source=f"judge:{judge}", rows={
+            "judge_id": [f"local/{judge}"] * len(verdicts), "qid": list(verdicts),
+            "verdict": list(verdicts.values()),
+            "status": ["error" if v is None else "ok" for v in verdicts.values()],
+            "reason": ["HTTP 503" if v is None else None for v in verdicts.values()],
+            "raw_response": [None] * len(verdicts)})
+        if refresh:
+            summaries.refresh(c)
+
+
+def assert_summaries_equal_definitions(db):
+    from warehouse.summaries import SUMMARISED
+
+    with duckdb.connect(str(db), read_only=True) as c:
+        for view in SUMMARISED:
+            for a, b in ((f"main.{view}", f"definitions.{view}"), (f"definitions.{view}", f"main.{view}")):
+                extra = c.execute(f"SELECT count(*) FROM (FROM {a} EXCEPT ALL FROM {b})").fetchall()[0][0]
+                assert extra == 0, f"{a} has {extra} row(s) that {b} has not"
+            assert c.execute(f"SELECT count(*) FROM summaries.{view}").fetchall()[0][0] == \
+                c.execute(f"SELECT count(*) FROM definitions.{view}").fetchall()[0][0]
+
+
+def test_public_views_read_summary_tables_equal_to_the_definitions(mini_db):
+    from warehouse.summaries import SUMMARISED
+
+    with duckdb.connect(str(mini_db), read_only=True) as c:
+        sql = dict(c.execute("SELECT view_name, sql FROM duckdb_views() WHERE schema_name = 'main'").fetchall())
+    for view in SUMMARISED:
+        assert f"summaries.{view}" in sql[view], view
+    assert_summaries_equal_definitions(mini_db)
+
+
+def test_refresh_after_more_judgments_recomputes_the_changed_run_only(mini_db):
+    from warehouse import summaries
+
+    add_live_judge(mini_db, "exact", "offline", M3D, {A0: True, A1: False, A2: None})   # new judge + panel: all runs
+    assert_summaries_equal_definitions(mini_db)
+    with duckdb.connect(str(mini_db), read_only=True) as c:
+        before = c.execute("SELECT * FROM summaries.jury_verdicts WHERE run_id <> ? ORDER BY ALL", [MERLIN]).fetchall()
+        assert c.execute("SELECT jury_size, yes_votes FROM jury_verdicts WHERE panel = 'offline' AND qid = ?",
+                         [A0]).fetchall() == [(1, 1)]
+    # more verdicts of the same judge, on another run: only that run is recomputed
+    add_live_judge(mini_db, "exact", "offline", MERLIN, {A0: False, B0: True}, refresh=False)
+    done = summaries.refresh(mini_db)
+    assert (done.full, done.runs) == (False, 1)
+    assert_summaries_equal_definitions(mini_db)
+    with duckdb.connect(str(mini_db), read_only=True) as c:
+        assert c.execute("SELECT * FROM summaries.jury_verdicts WHERE run_id <> ? ORDER BY ALL", [MERLIN]
+                         ).fetchall() == before
+        assert c.execute("SELECT n_predictions, majority_accuracy FROM model_accuracy "
+                         "WHERE panel = 'offline' AND model = 'merlin'").fetchall() == [(7, pytest.approx(1 / 7))]
+
+
+def test_a_stale_summary_raises_instead_of_answering(mini_db):
+    import warehouse
+    from warehouse import summaries
+
+    with warehouse.writer(mini_db) as c:            # a hand-made edit that keeps row counts and timestamps
+        c.execute("UPDATE judgments SET verdict = NOT verdict WHERE status = 'ok' AND run_id = ?", [M3D])
+    with duckdb.connect(str(mini_db), read_only=True) as c:
+        for view in summaries.SUMMARISED:
+            with pytest.raises(duckdb.Error, match="ctsvqa db refresh"):
+                c.execute(f"SELECT * FROM {view}").fetchall()
+        live = c.execute("SELECT majority_accuracy FROM definitions.model_accuracy WHERE model = 'm3d'").fetchall()
+    with warehouse.reader(mini_db) as c:            # our readers fall back to the live definitions
+        assert summaries.reading_live(c)
+        assert c.execute("SELECT majority_accuracy FROM model_accuracy WHERE model = 'm3d'").fetchall() == live
+    summaries.refresh(mini_db)                       # what `ctsvqa db refresh` does
+    assert_summaries_equal_definitions(mini_db)
+
+
+def test_run_status_tells_a_half_judged_run_from_a_final_one(mini_db):
+    # 'exact' judged 3 of m3d's 8 answers (one failed transiently); 'rules', also on the panel, none yet
+    add_live_judge(mini_db, "exact", "offline", M3D, {A0: True, A1: False, A2: None})
+    add_live_judge(mini_db, "rules", "offline", RADFM, {A0: True})
+    with duckdb.connect(str(mini_db), read_only=True) as c:
+        got = {(m, p): r for m, p, *r in c.execute(
+            "SELECT model, panel, status, n_pending_judgments, judges_pending FROM run_status").fetchall()}
+    assert got[("m3d", "upstream")] == ["complete", 0, []]      # imported verdicts are final as imported
+    assert got[("m3d", "offline")] == ["judging", 6 + 8, ["exact", "rules"]]
+    assert got[("radfm", "offline")] == ["judging", 8 + 7, ["exact", "rules"]]
+    assert ("merlin", "offline") not in got

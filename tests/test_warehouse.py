@@ -92,6 +92,20 @@ def test_db_resolution_order(monkeypatch, tmp_path):
     assert resolve_db(tmp_path / "flag.duckdb") == tmp_path / "flag.duckdb"
 
 
+def hold_read(db: Path, seconds: float) -> subprocess.Popen:
+    """An analyst's process with the warehouse itself open read-only (instead of a snapshot)."""
+    code = textwrap.dedent(f"""
+        import time, duckdb
+        con = duckdb.connect({str(db)!r}, read_only=True)
+        con.execute("SELECT count(*) FROM judgments").fetchall()
+        print("ready", flush=True)
+        time.sleep({seconds})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
 def hold_lock(db: Path, seconds: float) -> subprocess.Popen:
     """Another process that holds the warehouse open read-write (as a running import does)."""
     code = textwrap.dedent(f"""
@@ -118,7 +132,7 @@ def test_lock_error_names_the_holder_after_retrying(mini_db):
                 pass
         assert time.monotonic() - t0 >= 1.0                 # it waited before giving up
         assert f"PID {holder.pid}" in str(err.value)
-        assert "Wait for that process" in str(err.value)
+        assert "is being written by" in str(err.value) and "Wait for it to finish" in str(err.value)
     finally:
         holder.kill()
         holder.wait()
@@ -198,3 +212,77 @@ def test_reader_refuses_a_missing_or_foreign_file(tmp_path):
     with pytest.raises(warehouse.WarehouseMissing, match="not a ctsvqa warehouse"):
         with warehouse.reader(tmp_path / "other.duckdb"):
             pass
+
+
+# --- analysts and the file lock (issue 7, item 12) -------------------------------------------------
+
+def test_writer_blocked_by_an_analyst_names_the_reader_and_what_to_do(mini_db):
+    analyst = hold_read(mini_db, 30)
+    try:
+        with pytest.raises(warehouse.WarehouseLocked) as err:
+            with warehouse.connect(mini_db, timeout=0.5):
+                pass
+        msg = str(err.value)
+        assert f"PID {analyst.pid}" in msg and "-c import time, duckdb" in msg   # and its command line
+        assert "held open by a reader" in msg and "Close that connection" in msg
+        assert "ctsvqa db snapshot OUT.duckdb" in msg and "read_only=True" in msg
+    finally:
+        analyst.kill()
+        analyst.wait()
+
+
+def test_reader_and_snapshot_blocked_by_the_pipeline_get_their_own_advice(mini_db, tmp_path):
+    holder = hold_lock(mini_db, 30)
+    try:
+        with pytest.raises(warehouse.WarehouseLocked) as err:
+            with warehouse.connect(mini_db, read_only=True, timeout=0.3):
+                pass
+        msg = str(err.value)
+        assert f"PID {holder.pid}" in msg and "being written by" in msg
+        assert "ctsvqa db snapshot OUT.duckdb" in msg and "duckdb.connect('OUT.duckdb', read_only=True)" in msg
+        env = dict(os.environ, CTSVQA_LOCK_TIMEOUT="0.3", PYTHONPATH=str(REPO))
+        out = subprocess.run([sys.executable, "-m", "flows.cli", "db", "snapshot", str(tmp_path / "s.duckdb"),
+                              "--db", str(mini_db)], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+        assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+        assert f"PID {holder.pid}" in out.stderr and "no snapshot could be taken" in out.stderr
+        assert "ctsvqa db snapshot" not in out.stderr                      # not the command that just failed
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_snapshot_records_when_and_which_runs_were_still_being_judged(mini_db, tmp_path):
+    from tests.test_views import M3D, A0, A1, add_live_judge
+
+    add_live_judge(mini_db, "exact", "offline", M3D, {A0: True, A1: None})
+    with warehouse.writer(mini_db) as con:                  # and a writer that did not refresh
+        con.execute("DELETE FROM judgments WHERE judge_id LIKE 'upstream/qwen%' AND run_id = ?", [M3D])
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "db", "snapshot", str(tmp_path / "s.duckdb"),
+                          "--db", str(mini_db)], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "m3d (panel offline): 7 judgments pending from exact" in out.stdout
+    with duckdb.connect(str(tmp_path / "s.duckdb"), read_only=True) as snap:
+        taken_at, incomplete = snap.execute("SELECT taken_at, runs_incomplete FROM snapshot_info").fetchall()[0]
+        assert taken_at is not None and incomplete == ["m3d (panel offline): 7 judgments pending from exact"]
+        assert snap.execute("SELECT status FROM run_status WHERE model = 'm3d' AND panel = 'offline'"
+                            ).fetchall() == [("judging",)]
+        # the copy's summaries were brought up to date: the views answer, with the current data
+        assert snap.execute("SELECT jury_size FROM model_accuracy WHERE model = 'm3d' AND panel = 'upstream'"
+                            ).fetchall() == [(2,)]
+
+
+def test_snapshot_parquet_honours_panel(mini_db, tmp_path):
+    from tests.test_views import M3D, A0, add_live_judge
+
+    add_live_judge(mini_db, "exact", "offline", M3D, {A0: True})
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "db", "snapshot", str(tmp_path / "s.duckdb"),
+                          "--db", str(mini_db), "--parquet", str(tmp_path / "pq"), "--panel", "offline"],
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    con = duckdb.connect()
+    for view in ("jury_verdicts", "model_accuracy", "category_accuracy", "correctness_matrix", "run_status"):
+        panels = con.execute(f"SELECT DISTINCT panel FROM '{tmp_path / 'pq' / view}.parquet'").fetchall()
+        assert panels == [("offline",)], view
+    assert con.execute(f"SELECT count(*) FROM '{tmp_path / 'pq' / 'judge_accuracy'}.parquet'").fetchall() == [(9,)]

@@ -59,11 +59,40 @@ def describe_lock_holder(exc: BaseException) -> str:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
     except OSError:
         cmd = match["exe"]
-    return f"PID {pid} ({cmd})"
+    cmd = " ".join(cmd.split())                     # one line, even for `python -c` with a script
+    return f"PID {pid} ({cmd[:200] + '…' if len(cmd) > 200 else cmd})"
 
 
-def retry_on_lock(fn, what: str, timeout: float | None = None):
-    """Call fn() until it stops failing on the DuckDB file lock, for at most `timeout` seconds."""
+def held_by_reader(exc: BaseException) -> bool:
+    """DuckDB says a read-only open would still work exactly when the holder only reads."""
+    return "read-only mode" in str(exc)
+
+
+SNAPSHOT_HINT = ("`ctsvqa db snapshot OUT.duckdb`, then duckdb.connect('OUT.duckdb', read_only=True): a copy "
+                 "that never blocks the pipeline nor is blocked by it")
+
+
+def lock_message(path: str | os.PathLike, exc: BaseException, role: str, waited: float) -> str:
+    """What to tell whoever could not open the warehouse: `role` is 'read', 'write' or 'snapshot'."""
+    holder = describe_lock_holder(exc)
+    wait = f"waited {waited:g}s (CTSVQA_LOCK_TIMEOUT)"
+    if role == "write" and held_by_reader(exc):
+        return (f"warehouse {path} is held open by a reader, {holder}, and DuckDB lets no one write while a "
+                f"reader has it open; {wait}. Close that connection, or have it open a snapshot instead: {SNAPSHOT_HINT}.")
+    if role == "write":
+        return (f"warehouse {path} is being written by {holder}; {wait}. Wait for it to finish (or stop it), "
+                f"then run this again.")
+    if role == "snapshot":
+        return (f"warehouse {path} is being written by {holder}, which keeps even readers out, so no snapshot "
+                f"could be taken; {wait}. Run this again when it finishes (the pipeline's writes are short, "
+                f"so a longer CTSVQA_LOCK_TIMEOUT usually finds a gap).")
+    return (f"warehouse {path} is being written by {holder}, and DuckDB keeps even readers out while it writes; "
+            f"{wait}. Wait for it to finish, or, for analyses, open a snapshot: {SNAPSHOT_HINT}.")
+
+
+def retry_on_lock(fn, what: str | os.PathLike, timeout: float | None = None, role: str = "read"):
+    """Call fn() until it stops failing on the DuckDB file lock, for at most `timeout` seconds;
+    then fail naming the holder and what to do. `what` is the warehouse file."""
     timeout = lock_timeout() if timeout is None else timeout
     retrying = Retrying(
         retry=retry_if_exception(is_lock_error),
@@ -76,11 +105,7 @@ def retry_on_lock(fn, what: str, timeout: float | None = None):
     except duckdb.IOException as exc:
         if not is_lock_error(exc):
             raise
-        raise WarehouseLocked(
-            f"{what} is locked by {describe_lock_holder(exc)}; waited {timeout:g}s. Wait for that "
-            f"process to finish (or stop it), or query a snapshot (`ctsvqa db snapshot OUT.duckdb`) "
-            f"instead. Set CTSVQA_LOCK_TIMEOUT to wait longer."
-        ) from exc
+        raise WarehouseLocked(lock_message(what, exc, role, timeout)) from exc
 
 
 @contextmanager
@@ -91,7 +116,8 @@ def connect(db: str | os.PathLike | None = None, *, read_only: bool = False,
         raise WarehouseMissing(f"no warehouse at {path}: load data first, e.g. `ctsvqa import-upstream PATH --db {path}`")
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
-    con = retry_on_lock(lambda: duckdb.connect(str(path), read_only=read_only), f"warehouse {path}", timeout)
+    con = retry_on_lock(lambda: duckdb.connect(str(path), read_only=read_only), path, timeout,
+                        role="read" if read_only else "write")
     try:
         yield con
     finally:
@@ -103,13 +129,24 @@ def sql_literal(value: str | os.PathLike) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+_open_transactions: set[int] = set()
+
+
+def in_transaction(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether `con` is inside a transaction() (DuckDB has no way to ask without aborting one)."""
+    return id(con) in _open_transactions
+
+
 @contextmanager
 def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
     """All or nothing: on any exception the transaction rolls back and the error propagates."""
     con.execute("BEGIN TRANSACTION")
+    _open_transactions.add(id(con))
     try:
         yield con
     except BaseException:
+        _open_transactions.discard(id(con))
         con.execute("ROLLBACK")
         raise
+    _open_transactions.discard(id(con))
     con.execute("COMMIT")

@@ -86,16 +86,18 @@ def migrate(con: duckdb.DuckDBPyConnection, directory: Path = MIGRATIONS_DIR) ->
     return newly
 
 
-def apply_views(con: duckdb.DuckDBPyConnection, directory: Path = VIEWS_DIR) -> list[str]:
-    """Re-create every view (files run in name order, so a view may use earlier ones)."""
-    paths = sorted(directory.glob("*.sql"))
+def apply_views(con: duckdb.DuckDBPyConnection, directory: Path = VIEWS_DIR) -> bool:
+    """Re-create every definition (files run in name order, so a view may use earlier ones), the
+    summary tables' shapes and the public views. Returns True when the summaries need a full refresh."""
+    from warehouse import summaries
+
     with transaction(con):
-        for path in paths:
+        for path in sorted(directory.glob("*.sql")):
             try:
                 con.execute(path.read_text())
             except duckdb.Error as exc:
                 raise MigrationError(f"{path}: {exc}") from exc
-    return [p.stem for p in paths]
+        return summaries.install(con)
 
 
 def view_names(con: duckdb.DuckDBPyConnection) -> list[str]:
@@ -105,5 +107,8 @@ def view_names(con: duckdb.DuckDBPyConnection) -> list[str]:
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    from warehouse import summaries
+
     migrate(con)
-    apply_views(con)
+    if apply_views(con) or not summaries.is_fresh(con):
+        summaries.refresh(con)

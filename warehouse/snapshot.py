@@ -1,6 +1,7 @@
 """Read-only copies for analysts. A pipeline holds the warehouse's write lock while it writes; a
 snapshot is a separate file, swapped in atomically, that readers may keep open for as long as
-they like without ever blocking (or being blocked by) the pipeline."""
+they like without ever blocking (or being blocked by) the pipeline. It records when it was taken
+and which runs were still being judged (`snapshot_info`, and the `run_status` view as of then)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ from pathlib import Path
 import duckdb
 
 from warehouse.connection import WarehouseMissing, resolve_db, retry_on_lock, sql_literal
-from warehouse.migrate import view_names
+from warehouse.migrate import SQL_DIR, ensure_schema, view_names
 
 
 def publish_snapshot(db: str | os.PathLike | None, out: str | os.PathLike,
                      storage_version: str | None = None) -> Path:
-    """Copy every table and view of the warehouse into `out` (replacing it atomically) and make the
-    file read-only. storage_version, e.g. 'v1.5.0', lets older DuckDB CLIs open the copy."""
+    """Copy every table and view of the warehouse into `out` (replacing it atomically), bring the
+    copy's schema and summary tables up to date, record `snapshot_info` and make the file read-only.
+    storage_version, e.g. 'v1.5.0', lets older DuckDB CLIs open the copy."""
     src = resolve_db(db)
     if not src.exists():
         raise WarehouseMissing(f"no warehouse at {src}")
@@ -27,10 +29,17 @@ def publish_snapshot(db: str | os.PathLike | None, out: str | os.PathLike,
         leftover.unlink(missing_ok=True)
     con = duckdb.connect()
     try:
-        retry_on_lock(lambda: con.execute(f"ATTACH {sql_literal(src)} AS src (READ_ONLY)"), f"warehouse {src}")
+        retry_on_lock(lambda: con.execute(f"ATTACH {sql_literal(src)} AS src (READ_ONLY)"), src, role="snapshot")
         options = f" (STORAGE_VERSION {sql_literal(storage_version)})" if storage_version else ""
         con.execute(f"ATTACH {sql_literal(tmp)} AS snap{options}")
         con.execute("COPY FROM DATABASE src TO snap")
+        con.execute("DETACH src")              # the pipeline may write again from here on
+        con.execute("USE snap")
+        # The copy gets the current schema and up-to-date summaries (a writer may have changed data
+        # without refreshing them), so every view of the snapshot answers.
+        ensure_schema(con)
+        con.execute((SQL_DIR / "queries" / "snapshot_info.sql").read_text(), {"source": str(src.resolve())})
+        con.execute("USE memory")
         con.execute("DETACH snap")
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -42,15 +51,23 @@ def publish_snapshot(db: str | os.PathLike | None, out: str | os.PathLike,
     return out
 
 
-def export_views_parquet(con: duckdb.DuckDBPyConnection, out_dir: str | os.PathLike) -> list[Path]:
-    """One Parquet file per view, written to a temporary name and then renamed into place."""
+def export_views_parquet(con: duckdb.DuckDBPyConnection, out_dir: str | os.PathLike,
+                         dataset: str | None = None, panel: str | None = None) -> list[Path]:
+    """One Parquet file per view, written to a temporary name and then renamed into place. With
+    `dataset` / `panel`, views that have that column keep only its rows (as the CSV/JSON exports)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for view in view_names(con):
+        columns = {r[0] for r in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE schema_name = 'main' AND table_name = ?", [view]
+        ).fetchall()}
+        where = [f"{col} = {sql_literal(value)}" for col, value in (("dataset", dataset), ("panel", panel))
+                 if value is not None and col in columns]
+        query = f'SELECT * FROM "{view}"' + (" WHERE " + " AND ".join(where) if where else "")
         target = out_dir / f"{view}.parquet"
         tmp = out_dir / f".{view}.parquet.tmp"
-        con.execute(f'COPY (SELECT * FROM "{view}") TO {sql_literal(tmp)} (FORMAT parquet)')
+        con.execute(f"COPY ({query}) TO {sql_literal(tmp)} (FORMAT parquet)")
         os.replace(tmp, target)
         written.append(target)
     return written

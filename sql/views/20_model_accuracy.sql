@@ -1,14 +1,14 @@
 -- Per run and jury panel (a run nobody judged yet has one row with panel NULL). Accuracies are
 -- fractions over the questions that have a prediction (NULL while unjudged); coverage =
 -- n_predictions / questions in the run's dataset. majority_se = sqrt(p(1-p)/n).
-CREATE OR REPLACE VIEW model_accuracy AS
+CREATE OR REPLACE VIEW definitions.model_accuracy AS
 WITH n_q AS (
-    SELECT dataset_id, count(*) AS n_questions FROM questions GROUP BY dataset_id
+    SELECT dataset_id, count(*) AS n_questions FROM main.questions GROUP BY dataset_id
 ), n_p AS (
     SELECT run_id,
            count(*) FILTER (WHERE status = 'ok') AS n_predictions,
            count(*) FILTER (WHERE status <> 'ok') AS n_failed
-    FROM predictions GROUP BY run_id
+    FROM main.predictions GROUP BY run_id
 ), jury AS (
     SELECT run_id, panel,
            count(*) AS n_judged,
@@ -16,7 +16,7 @@ WITH n_q AS (
            avg(strict_correct::DOUBLE) AS strict_accuracy,
            max(jury_size) AS jury_size,
            count(*) FILTER (WHERE no_verdict > 0) AS n_incomplete
-    FROM jury_verdicts GROUP BY run_id, panel
+    FROM definitions.jury_verdicts GROUP BY run_id, panel
 )
 SELECT r.name AS model,
        coalesce(n_q.n_questions, 0) AS n_questions,
@@ -31,7 +31,7 @@ SELECT r.name AS model,
        sqrt(jury.majority_accuracy * (1 - jury.majority_accuracy) / jury.n_judged) AS majority_se,
        r.dataset_id AS dataset,
        r.run_id
-FROM runs AS r
+FROM main.runs AS r
 LEFT JOIN n_q ON n_q.dataset_id = r.dataset_id
 LEFT JOIN n_p USING (run_id)
 LEFT JOIN jury USING (run_id);

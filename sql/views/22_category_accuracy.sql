@@ -1,6 +1,6 @@
 -- Per run, panel and category (multi-label: a question counts in each of its categories), over
 -- the questions with a prediction. Questions without a category appear in no row.
-CREATE OR REPLACE VIEW category_accuracy AS
+CREATE OR REPLACE VIEW definitions.category_accuracy AS
 SELECT v.model,
        c.category,
        count(*) AS n,
@@ -9,6 +9,6 @@ SELECT v.model,
        v.panel,
        v.dataset,
        v.run_id
-FROM jury_verdicts AS v
-JOIN question_categories AS c ON c.dataset_id = v.dataset AND c.qid = v.qid
+FROM definitions.jury_verdicts AS v
+JOIN main.question_categories AS c ON c.dataset_id = v.dataset AND c.qid = v.qid
 GROUP BY v.dataset, v.model, v.run_id, v.panel, c.category;

@@ -1,5 +1,6 @@
 -- How each judge's judgments of each run ended, to audit failures next to the accuracies.
-CREATE OR REPLACE VIEW judgment_status AS
-SELECT model, judge, status, count(*) AS n, dataset, run_id
-FROM stg_judgments
-GROUP BY dataset, model, run_id, judge, status;
+CREATE OR REPLACE VIEW definitions.judgment_status AS
+SELECT r.name AS model, jd.name AS judge, s.status, s.n, r.dataset_id AS dataset, s.run_id
+FROM (SELECT run_id, judge_id, status, count(*) AS n FROM main.judgments GROUP BY run_id, judge_id, status) AS s
+JOIN main.runs AS r USING (run_id)
+JOIN main.judges AS jd USING (judge_id);

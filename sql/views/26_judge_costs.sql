@@ -1,6 +1,6 @@
 -- What judging cost, per judge: provider calls (retries included), tokens, dollars, latency, and
 -- how many judgments the cache answered for free.
-CREATE OR REPLACE VIEW judge_costs AS
+CREATE OR REPLACE VIEW definitions.judge_costs AS
 WITH calls AS (
     SELECT judge_id,
            count(*) AS n_calls,
@@ -11,9 +11,9 @@ WITH calls AS (
            sum(tokens_out) AS tokens_out,
            sum(cost_usd) AS cost_usd,
            median(latency_ms) AS median_latency_ms
-    FROM judge_calls GROUP BY judge_id
+    FROM main.judge_calls GROUP BY judge_id
 ), hits AS (
-    SELECT judge_id, count(*) AS n_cache_hits FROM judgments WHERE source = 'cache' GROUP BY judge_id
+    SELECT judge_id, count(*) AS n_cache_hits FROM main.judgments WHERE source = 'cache' GROUP BY judge_id
 )
 SELECT jd.name AS judge, jd.provider, jd.model,
        coalesce(c.n_calls, 0) AS n_calls,
@@ -26,6 +26,6 @@ SELECT jd.name AS judge, jd.provider, jd.model,
        coalesce(c.cost_usd, 0) AS cost_usd,
        c.median_latency_ms,
        jd.judge_id
-FROM judges AS jd
+FROM main.judges AS jd
 LEFT JOIN calls AS c USING (judge_id)
 LEFT JOIN hits AS h USING (judge_id);
