@@ -25,7 +25,7 @@ from adapters.models.base import (
     AdapterError, AdapterSettings, Answer, DatasetQuestion, ModelAdapter, ModelInput, Question, identity_hash,
 )
 from adapters.models.recipes import RECIPES
-from warehouse import loaders
+from warehouse import loaders, summaries
 
 SQL = Path(__file__).resolve().parent.parent / "sql" / "queries"
 SOURCE = "inference"
@@ -467,6 +467,7 @@ def run_inference(db, request: InferRequest, progress: ProgressFn | None = None,
             if summary.session_id:
                 try:
                     close_session(db, summary)
+                    summaries.refresh(db)        # the metric views read summary tables: bring this run's up to date
                 except Exception:  # noqa: BLE001  (bookkeeping must not mask the real error)
                     log.exception("could not close inference session %s", summary.session_id)
     return summary
