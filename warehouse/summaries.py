@@ -31,7 +31,8 @@ from warehouse.migrate import VIEWS_DIR
 # The per-run metrics, in the order they are refreshed. Every one has a run_id column and depends
 # only on its run's predictions and judgments plus the context tables.
 SUMMARISED = ("run_judges", "run_juries", "jury_verdicts", "model_accuracy", "judge_accuracy",
-              "category_accuracy", "correctness_matrix", "judge_agreement", "judgment_status", "run_status")
+              "category_accuracy", "correctness_matrix", "judge_agreement", "judgment_status", "run_status",
+              "fleiss_kappa")
 
 _lock = threading.RLock()
 

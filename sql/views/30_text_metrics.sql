@@ -1,13 +1,13 @@
 -- Text metrics per run (the upstream definitions, see adapters/metrics/text.py): averages over the kept
 -- pairs (count), corpus BLEU per run. Only scores of the predictions' current texts count; bleu is NULL
 -- while it does not describe exactly the current kept pairs (run `ctsvqa score`).
-CREATE OR REPLACE VIEW text_metrics AS
+CREATE OR REPLACE VIEW definitions.text_metrics AS
 WITH scored AS (
     SELECT s.*
-    FROM text_scores AS s
-    JOIN predictions AS p ON p.run_id = s.run_id AND p.qid = s.qid AND p.status = 'ok'
-    JOIN runs AS r ON r.run_id = s.run_id
-    JOIN questions AS q ON q.dataset_id = r.dataset_id AND q.qid = s.qid
+    FROM main.text_scores AS s
+    JOIN main.predictions AS p ON p.run_id = s.run_id AND p.qid = s.qid AND p.status = 'ok'
+    JOIN main.runs AS r ON r.run_id = s.run_id
+    JOIN main.questions AS q ON q.dataset_id = r.dataset_id AND q.qid = s.qid
     WHERE s.pair_sha256 = sha256(q.answer || chr(0) || p.text)
 ), per_run AS (
     SELECT run_id, metrics_version,
@@ -22,7 +22,7 @@ SELECT r.name AS model, per_run.count,
        c.bleu, per_run.rouge1_f, per_run.rouge2_f, per_run.rougeL_f, per_run.meteor, per_run.sbert_cosine,
        per_run.exact_match, per_run.metrics_version, r.dataset_id AS dataset, r.run_id
 FROM per_run
-JOIN runs AS r USING (run_id)
-LEFT JOIN text_corpus_scores AS c
+JOIN main.runs AS r USING (run_id)
+LEFT JOIN main.text_corpus_scores AS c
        ON c.run_id = per_run.run_id AND c.metrics_version = per_run.metrics_version
       AND c.pairs_sha256 = per_run.pairs_sha256;

@@ -2,10 +2,10 @@
 -- gave a true/false verdict (Fleiss needs the same number of raters per item).
 --   P_i = (yes^2 + no^2 - n) / (n (n - 1)),  P_bar = mean P_i,  p_yes = sum yes / (N n),
 --   P_e = p_yes^2 + (1 - p_yes)^2,  kappa = (P_bar - P_e) / (1 - P_e)  (NULL when P_e = 1).
-CREATE OR REPLACE VIEW fleiss_kappa AS
+CREATE OR REPLACE VIEW definitions.fleiss_kappa AS
 WITH items AS (
     SELECT model, panel, dataset, run_id, jury_size AS n, yes_votes AS yes, no_votes AS no
-    FROM jury_verdicts
+    FROM definitions.jury_verdicts
     WHERE jury_size >= 2 AND no_verdict = 0
 ), agg AS (
     SELECT model, panel, dataset, run_id, any_value(n) AS n_judges, count(*) AS n_items,
