@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import flows  # noqa: F401  (sets Prefect defaults before Prefect is imported)
+from flows.server import ensure_server
 
 
 def _db_parent() -> argparse.ArgumentParser:
@@ -18,6 +19,7 @@ def _db_parent() -> argparse.ArgumentParser:
 
 
 def cmd_import_upstream(args: argparse.Namespace) -> int:
+    ensure_server(args.db)
     from flows.import_upstream import import_upstream
 
     summary = import_upstream(path=str(args.path), db=args.db, dataset=args.dataset)
@@ -36,6 +38,8 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
     import flows.judge as judge_flow
     from tasks.judging import format_forecast
+
+    ensure_server(args.db)
 
     if args.dry_run:
         rows = judge_flow.judge(judges=args.judges, runs=args.run, db=args.db, retry_failed=args.retry_failed,
@@ -75,6 +79,7 @@ def cmd_phantoms(args: argparse.Namespace) -> int:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
+    ensure_server(args.db)
     from flows.preprocess import preprocess
 
     result = preprocess(recipes=args.recipes, db=args.db, dataset=args.dataset, volumes=args.volumes,
@@ -129,6 +134,29 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_server(args: argparse.Namespace) -> int:
+    from flows import server
+
+    if args.action == "start":
+        state, started = server.start(args.db)
+        print(f"Prefect server {'started' if started else 'already running'}: PID {state.pid}, "
+              f"UI {state.ui}, API {state.url}, files in {state.dir}")
+        return 0
+    if args.action == "stop":
+        state = server.stop(args.db)
+        print(f"Prefect server stopped (PID {state.pid})" if state.running else
+              f"no Prefect server running for {state.dir.parent}")
+        return 0
+    state = server.status(args.db)
+    stale = " (removed a stale PID file)" if state.stale else ""
+    if not state.running:
+        print(f"no Prefect server running for {state.dir.parent}{stale}")
+        return 3
+    print(f"Prefect server PID {state.pid}: {'healthy' if state.healthy else 'not answering'}; UI {state.ui}, "
+          f"API {state.url}, log {state.log}")
+    return 0 if state.healthy else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     db = _db_parent()
     parser = argparse.ArgumentParser(prog="ctsvqa", description="Benchmark 3D medical VLMs on CT-SpatialVQA.")
@@ -176,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset to export (required when the warehouse has several)")
     p.add_argument("--panel", help="jury panel to export (required when the dataset has verdicts of several)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("server", parents=[db], help="the local Prefect server the commands share (start|stop|status)")
+    p.add_argument("action", choices=("start", "stop", "status"))
+    p.set_defaults(func=cmd_server)
 
     p = sub.add_parser("db", help="warehouse maintenance")
     dbsub = p.add_subparsers(dest="db_command", required=True)
