@@ -149,6 +149,13 @@ def cmd_server(args: argparse.Namespace) -> int:
         return 0
     state = server.status(args.db)
     stale = " (removed a stale PID file)" if state.stale else ""
+    if args.action == "env":
+        if not state.healthy:
+            print(f"ctsvqa: error: no Prefect server running for {state.dir.parent}{stale}; "
+                  "start it with: ctsvqa server start", file=sys.stderr)
+            return 3
+        print(f"export PREFECT_API_URL={state.url}")
+        return 0
     if not state.running:
         print(f"no Prefect server running for {state.dir.parent}{stale}")
         return 3
@@ -205,8 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--panel", help="jury panel to export (required when the dataset has verdicts of several)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("server", parents=[db], help="the local Prefect server the commands share (start|stop|status)")
-    p.add_argument("action", choices=("start", "stop", "status"))
+    p = sub.add_parser("server", parents=[db],
+                       help="the local Prefect server the commands share (start|stop|status|env)")
+    p.add_argument("action", choices=("start", "stop", "status", "env"),
+                   help="env prints `export PREFECT_API_URL=...` for the prefect CLI: eval \"$(ctsvqa server env)\"")
     p.set_defaults(func=cmd_server)
 
     p = sub.add_parser("db", help="warehouse maintenance")

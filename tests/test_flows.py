@@ -152,7 +152,7 @@ def test_deployments_yaml_deploys_to_a_real_server(prefect_server, tmp_path):
 
     from tests.conftest import REPO
 
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "CTSVQA_ROOT": str(REPO)}
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     prefect = [sys.executable, "-m", "prefect", "--no-prompt"]
     subprocess.run(prefect + ["work-pool", "create", "ctsvqa-cpu", "--type", "process", "--overwrite"],
                    env=env, cwd=REPO, check=True, capture_output=True, timeout=120)
