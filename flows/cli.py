@@ -12,6 +12,7 @@ import traceback
 from pathlib import Path
 
 import flows  # noqa: F401  (sets Prefect defaults before Prefect is imported)
+from flows.server import ensure_server
 
 
 def _db_parent() -> argparse.ArgumentParser:
@@ -22,6 +23,7 @@ def _db_parent() -> argparse.ArgumentParser:
 
 
 def cmd_import_upstream(args: argparse.Namespace) -> int:
+    ensure_server(args.db)
     from flows.import_upstream import import_upstream
 
     summary = import_upstream(path=str(args.path), db=args.db, dataset=args.dataset)
@@ -47,6 +49,8 @@ def cmd_judge(args: argparse.Namespace) -> int:
     panel = load_panel(args.judges)
     judging.require_runs(args.db, args.run)
     import flows.judge as judge_flow
+
+    ensure_server(args.db)
 
     if args.dry_run:
         rows = judge_flow.judge(judges=args.judges, runs=args.run, db=args.db, retry_failed=args.retry_failed,
@@ -131,6 +135,7 @@ def cmd_phantoms(args: argparse.Namespace) -> int:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
+    ensure_server(args.db)
     from flows.preprocess import preprocess
 
     result = preprocess(recipes=args.recipes, db=args.db, dataset=args.dataset, volumes=args.volumes,
@@ -181,6 +186,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         print(f"run {plan.name} ({plan.run_id}) on {plan.dataset_id} has every prediction stored; nothing to do "
               f"(--retry-failed answers its failures again)")
         return 0
+    ensure_server(args.db)
     import flows.infer as infer_flow
 
     console = Console(stderr=True)
@@ -218,6 +224,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         if info.error:
             print(f"    error: {info.error}")
 def cmd_score(args: argparse.Namespace) -> int:
+    ensure_server(args.db)
     from flows.score import score
 
     rows = score(runs=args.run, db=args.db)
@@ -287,6 +294,36 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
         version = con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
         print(f"{warehouse.resolve_db(args.db)}: schema version {version}; views: {', '.join(view_names(con))}")
     return 0
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from flows import server
+
+    if args.action == "start":
+        state, started = server.start(args.db)
+        print(f"Prefect server {'started' if started else 'already running'}: PID {state.pid}, "
+              f"UI {state.ui}, API {state.url}, files in {state.dir}")
+        return 0
+    if args.action == "stop":
+        state = server.stop(args.db)
+        print(f"Prefect server stopped (PID {state.pid})" if state.running else
+              f"no Prefect server running for {state.dir.parent}")
+        return 0
+    state = server.status(args.db)
+    stale = " (removed a stale PID file)" if state.stale else ""
+    if args.action == "env":
+        if not state.healthy:
+            print(f"ctsvqa: error: no Prefect server running for {state.dir.parent}{stale}; "
+                  "start it with: ctsvqa server start", file=sys.stderr)
+            return 3
+        print(f"export PREFECT_API_URL={state.url}")
+        return 0
+    if not state.running:
+        print(f"no Prefect server running for {state.dir.parent}{stale}")
+        return 3
+    print(f"Prefect server PID {state.pid}: {'healthy' if state.healthy else 'not answering'}; UI {state.ui}, "
+          f"API {state.url}, log {state.log}")
+    return 0 if state.healthy else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -372,6 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--panel", help="jury panel to export (required when the dataset has verdicts of several)")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("server", parents=[db],
+                       help="the local Prefect server the commands share (start|stop|status|env)")
+    p.add_argument("action", choices=("start", "stop", "status", "env"),
+                   help="env prints `export PREFECT_API_URL=...` for the prefect CLI: eval \"$(ctsvqa server env)\"")
+    p.set_defaults(func=cmd_server)
+
     p = sub.add_parser("db", help="warehouse maintenance")
     dbsub = p.add_subparsers(dest="db_command", required=True)
     s = dbsub.add_parser("snapshot", parents=[db], help="write a read-only copy for analysts")
@@ -442,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     Prefect flow run's log, and on the terminal with `--debug`."""
     from adapters.datasets.upstream import UpstreamFormatError
     from adapters.judges.keys import MissingKey
+    from flows.server import ServerError
     from warehouse import WarehouseError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -452,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _console(debug, args.verbose):
             return args.func(args)
-    except (UpstreamFormatError, WarehouseError, MissingKey, ValueError, OSError) as exc:
+    except (UpstreamFormatError, WarehouseError, MissingKey, ServerError, ValueError, OSError) as exc:
         if debug:
             traceback.print_exc()
         print(f"ctsvqa: error: {_one_line(exc)}", file=sys.stderr)

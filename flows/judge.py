@@ -5,9 +5,11 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from adapters.judges.keys import check_keys
+from flows.artifacts import publish_accuracy
 from adapters.judges.spec import JudgeSpec, load_panel
 from tasks import judging
 from warehouse import summaries
@@ -36,7 +38,13 @@ def judge_task(db: str | None, spec: JudgeSpec, runs: list[str] | None, retry_fa
     return summary
 
 
-@flow(name="judge", task_runner=ThreadPoolTaskRunner(max_workers=4), validate_parameters=False)
+def _run_name() -> str:
+    judges = str(flow_run.parameters.get("judges") or "offline")
+    return "judge/" + (judges.rsplit("/", 1)[-1].removesuffix(".yaml").removesuffix(".yml"))
+
+
+@flow(name="judge", task_runner=ThreadPoolTaskRunner(max_workers=4), validate_parameters=False,
+      flow_run_name=_run_name)
 def judge(judges: str = "offline", runs: list[str] | None = None, db: str | None = None,
           retry_failed: bool = False, dry_run: bool = False) -> list[dict]:
     """Every judge of the panel works in parallel; each stores its results as they complete."""
@@ -61,6 +69,7 @@ def judge(judges: str = "offline", runs: list[str] | None = None, db: str | None
     summaries.refresh(db)          # the metric views read summary tables: bring them up to date
     if rows:
         create_table_artifact(key="judge-summary", table=rows, description=f"Judging with panel {panel.name}")
+        publish_accuracy(db, panel=panel.name)
     if any(r["interrupted"] for r in rows):
         log.warning("interrupted: %d judged, %d left", sum(r["judged"] for r in rows), sum(r["left"] for r in rows))
     for r in rows:

@@ -4,14 +4,18 @@ database exactly as it was and a re-import of the same files changes nothing."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+
+import duckdb
 
 import warehouse
 from adapters.datasets import upstream
@@ -31,6 +35,7 @@ class ImportSummary:
     predictions: dict[str, dict[str, int]] = field(default_factory=dict)          # run -> status -> n
     judgments: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # run -> judge -> status -> n
     stale_judgments_removed: int = 0
+    unchanged: bool = False          # same files as the last import: nothing was parsed or written
 
     def as_rows(self) -> list[dict]:
         rows = []
@@ -63,7 +68,7 @@ def parse_judgments(judge_name: str, path: Path, predictions: upstream.Predictio
 
 def load(db: str | os.PathLike | None, layout: upstream.Layout, dataset: upstream.Dataset,
          predictions: list[upstream.Predictions], judgments: list[upstream.Judgments],
-         dataset_id: str | None = None) -> ImportSummary:
+         dataset_id: str | None = None, fingerprint: str | None = None) -> ImportSummary:
     dataset_id = dataset_id or dataset.name or DEFAULT_DATASET_ID
     summary = ImportSummary(dataset_id, len(dataset.volumes), len(dataset.questions), len(dataset.categories))
     questions = {
@@ -109,19 +114,69 @@ def load(db: str | os.PathLike | None, layout: upstream.Layout, dataset: upstrea
                 "verdict": [r.verdict for _, r in rows], "status": [r.status for _, r in rows],
                 "reason": [r.reason for _, r in rows], "raw_response": [r.raw_response for _, r in rows],
             })
+        if fingerprint:
+            con.execute("INSERT OR REPLACE INTO import_fingerprints (dataset_id, fingerprint, summary) VALUES (?, ?, ?)",
+                        [dataset_id, fingerprint, json.dumps(asdict(summary))])
         summaries.refresh(con)        # in the same transaction: readers never see stale summaries
     return summary
 
 
+# What can change an import besides its files: the code that parses and loads them.
+_IMPORTER_CODE = (Path(upstream.__file__), Path(__file__), Path(loaders.__file__))
+
+
+def fingerprint(layout: upstream.Layout, dataset_id: str | None) -> str | None:
+    """sha256 over the importer's code, the dataset id asked for, the folder, and every input
+    file's role and bytes; None when a file cannot be read (parsing will then say why)."""
+    h = hashlib.sha256(f"{dataset_id}\0{layout.root.resolve()}\0".encode())
+    files = [("code", p) for p in _IMPORTER_CODE] + [("dataset", layout.dataset), ("categories", layout.categories)]
+    files += sorted((f"predictions:{run}", p) for run, p in layout.predictions.items())
+    files += sorted((f"judgments:{run}:{judge}", p) for (run, judge), p in layout.judgments.items())
+    try:
+        for role, path in files:
+            h.update(f"{role}\0{path}\0".encode())
+            if path is not None:
+                with open(path, "rb") as f:
+                    h.update(hashlib.file_digest(f, "sha256").digest())
+    except (OSError, ValueError):
+        return None
+    return h.hexdigest()
+
+
+def previous_import(db: str | os.PathLike | None, fp: str | None) -> ImportSummary | None:
+    """The summary stored with this fingerprint, if the warehouse holds an import of these files."""
+    if fp is None or not warehouse.resolve_db(db).is_file():
+        return None
+    try:
+        with warehouse.reader(db) as con:
+            row = con.execute("SELECT summary FROM import_fingerprints WHERE fingerprint = ?", [fp]).fetchone()
+    except (warehouse.WarehouseError, duckdb.CatalogException):
+        return None                  # no warehouse yet, or one from before the fingerprints table
+    return ImportSummary(**{**json.loads(row[0]), "unchanged": True}) if row else None
+
+
+@dataclass(frozen=True)
+class Steps:
+    """How each step is called: plainly here, as Prefect tasks by the flow. One wiring for both."""
+    parse_dataset: Callable = parse_dataset
+    parse_predictions: Callable = parse_predictions
+    parse_judgments: Callable = parse_judgments
+    load: Callable = load
+
+
 def import_upstream(root: str | os.PathLike, db: str | os.PathLike | None = None,
-                    dataset_id: str | None = None) -> ImportSummary:
-    """The whole import as plain function calls (what the flow orchestrates, minus Prefect)."""
+                    dataset_id: str | None = None, steps: Steps = Steps()) -> ImportSummary:
+    """The whole import: skipped when the warehouse already holds an import of exactly these files,
+    else every file parsed, then everything loaded in one transaction."""
     layout = upstream.discover(root)
-    dataset = parse_dataset(layout)
+    fp = fingerprint(layout, dataset_id)
+    if (done := previous_import(db, fp)) is not None:
+        return done
+    dataset = steps.parse_dataset(layout)
     index = dataset.qids_by_key()
-    preds = {run: parse_predictions(run, p, dataset, index) for run, p in layout.predictions.items()}
-    judged = [parse_judgments(judge, p, preds[run]) for (run, judge), p in layout.judgments.items()]
-    return load(db, layout, dataset, list(preds.values()), judged, dataset_id)
+    preds = {run: steps.parse_predictions(run, p, dataset, index) for run, p in layout.predictions.items()}
+    judged = [steps.parse_judgments(judge, p, preds[run]) for (run, judge), p in layout.judgments.items()]
+    return steps.load(db, layout, dataset, list(preds.values()), judged, dataset_id, fp)
 
 
 # Prefect wrappers. Parsed files are large in-memory objects: hashing them for a cache key would

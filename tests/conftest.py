@@ -8,7 +8,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
-import flows  # noqa: F401  (Prefect settings before any Prefect import)
+# CLI subprocesses of the tests keep Prefect's temporary server: a resident server (the CLI's default)
+# would outlive the test that started it. Tests of the resident server set the mode themselves.
+os.environ.setdefault("CTSVQA_PREFECT", "ephemeral")
+
+import flows  # noqa: E402,F401  (Prefect settings before any Prefect import)
 
 REPO = Path(__file__).resolve().parent.parent
 MINI = REPO / "examples" / "upstream-mini"
@@ -68,3 +72,50 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """Environment for `python -m flows.cli` subprocesses run from the repository root."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
+    env.update(PYTHONPATH=str(REPO), **extra)
+    return env
+
+
+def process_gone(pid: int, timeout: float = 15.0) -> bool:
+    """True once `pid` has exited (a zombie counts as exited)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state in ("Z", "X"):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def resident_server(tmp_path_factory):
+    """A resident server started the way a user meets it: by the first command that runs a flow
+    (`import-upstream` of the example into a fresh warehouse). Yields (db, state, that command's
+    stderr); stopped at the end, and its process must be gone."""
+    import subprocess
+    import sys
+
+    from flows import server
+
+    db = tmp_path_factory.mktemp("resident") / "wh.duckdb"
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "import-upstream", str(MINI), "--db", str(db)],
+                          cwd=REPO, env=cli_env(CTSVQA_PREFECT="resident"), capture_output=True, text=True,
+                          timeout=600)
+    state = server.status(db)
+    try:
+        assert done.returncode == 0, done.stdout + done.stderr
+        yield db, state, done.stderr
+    finally:
+        server.stop(db)
+        assert state.pid is None or process_gone(state.pid), f"Prefect server {state.pid} left running"

@@ -77,6 +77,38 @@ def test_cli_report_on_missing_warehouse(tmp_path, capsys):
     assert "no warehouse at" in capsys.readouterr().err
 
 
+def _accuracy_artifact_of_run_named(name: str) -> dict[str, set]:
+    """The `model-accuracy` table artifact of the latest flow run called `name`, as column -> values."""
+    import asyncio
+    import json
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    async def fetch():
+        async with get_client() as client:
+            runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])),
+                                               sort=FlowRunSort.START_TIME_DESC, limit=1)
+            assert runs, f"no flow run named {name}"
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["model-accuracy"]), flow_run_id=ArtifactFilterFlowRunId(any_=[runs[0].id])))
+
+    artifacts = asyncio.run(fetch())
+    assert artifacts and artifacts[0].type == "table"
+    rows = json.loads(artifacts[0].data) if isinstance(artifacts[0].data, str) else artifacts[0].data
+    return {col: {r[col] for r in rows} for col in rows[0]}
+
+
+def test_import_run_is_named_after_its_dataset_and_publishes_accuracy(prefect_server, db):
+    from flows.import_upstream import import_upstream
+
+    import_upstream(path=str(MINI), db=str(db))
+    table = _accuracy_artifact_of_run_named("import-upstream/upstream-mini")
+    assert table["model"] == {"m3d", "merlin", "radfm"} and table["panel"] == {"upstream"}
+
+
 def test_cli_judge_offline_twice_adds_nothing(prefect_server, mini_db, tmp_path, capsys):
     assert main(["judge", "--judges", "offline", "--run", "m3d", "--db", str(mini_db)]) == 0
     out = capsys.readouterr().out
@@ -90,6 +122,7 @@ def test_cli_judge_offline_twice_adds_nothing(prefect_server, mini_db, tmp_path,
         pairs = {(a, b) for a, b in con.execute("SELECT judge_a, judge_b FROM judge_agreement WHERE model = 'm3d'"
                                                 ).fetchall()}
         assert ("exact", "gpt") in pairs and ("gpt", "spatial-rules") in pairs
+    assert _accuracy_artifact_of_run_named("judge/offline")["panel"] == {"offline"}
     before = table_digest(mini_db)
     assert main(["judge", "--judges", "offline", "--run", "m3d", "--db", str(mini_db)]) == 0
     assert "spatial-rules: 0 pending" in capsys.readouterr().out
@@ -152,7 +185,7 @@ def test_deployments_yaml_deploys_to_a_real_server(prefect_server, tmp_path):
 
     from tests.conftest import REPO
 
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "CTSVQA_ROOT": str(REPO)}
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     prefect = [sys.executable, "-m", "prefect", "--no-prompt"]
     subprocess.run(prefect + ["work-pool", "create", "ctsvqa-cpu", "--type", "process", "--overwrite"],
                    env=env, cwd=REPO, check=True, capture_output=True, timeout=120)

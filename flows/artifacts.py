@@ -1,0 +1,23 @@
+"""Prefect artifacts the flows publish: the accuracy table, read through the `model_accuracy` view."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect.artifacts import create_table_artifact
+
+import warehouse
+
+QUERY = Path(__file__).resolve().parent.parent / "sql" / "queries" / "accuracy_artifact.sql"
+
+
+def publish_accuracy(db: str | None, dataset: str | None = None, panel: str | None = None) -> list[dict]:
+    with warehouse.reader(db) as con:
+        cur = con.execute(QUERY.read_text(), [dataset, panel])
+        cols = [d[0] for d in cur.description]
+        rows = [dict(zip(cols, r)) for r in cur.fetchall()]
+    scope = " ".join(x for x in (f"dataset {dataset}" if dataset else "", f"panel {panel}" if panel else "") if x)
+    create_table_artifact(key="model-accuracy", table=rows,
+                          description=f"Model accuracy ({scope or 'all datasets and panels'}), "
+                                      f"from the model_accuracy view of {warehouse.resolve_db(db).resolve()}")
+    return rows
