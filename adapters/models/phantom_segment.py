@@ -294,16 +294,24 @@ def segment(hu: np.ndarray, spacing: tuple[float, float, float]) -> Segmentation
     if fluid.sum() * vox > 1000 and not any(k == "effusion" for k, _ in findings):
         findings.append(("effusion", FINDING_BASE["effusion"]))
         missing.pop("effusion", None)
+    # airway landmarks: the lymph-node stations and the heart's position hang on them
+    trachea = _trachea(lab, xs, ys, zs, bx)
     heart = max((b for b in blobs if b["c"][0] - bx < 0), key=lambda b: b["vol"], default=None)
     if heart is not None and heart["vol"] > 60_000:
         blobs.remove(heart)
-        ell = _heart_ellipsoid(heart, xs, ys, zs, bx, by)
+        air_pts = _points(expected & lung, xs, ys, zs)
+        ell = _fit_heart(heart, air_pts, bx, by, domes["left"], trachea)
         notes["heart"] = tuple(round(float(x), 1) for x in ell)
         q = _ellipsoid_q(heart, ell, xs, ys, zs, bx, by)
         in_heart = heart["mask"].copy()
         in_heart[heart["mask"]] = q <= 1.1 ** 2
         rest = heart["mask"] & ~in_heart
         heart["mask"] = in_heart
+        # the whole ellipsoid is heart wherever it is soft tissue above the dome (mediastinum included)
+        cu, cv, cz, ru, rv, rz = ell
+        qh = ((U - cu) / ru) ** 2 + ((V - cv) / rv) ** 2 + ((H - cz) / rz) ** 2
+        whole = (qh <= 1) & above & cav2[:, :, None] & (hu > -400) & (lab == LABELS["body"])
+        lab[whole] = LABELS["heart"]
         _paint(lab, heart, LABELS["heart"])
         # what touches the heart outside its ellipsoid: aorta, hilar nodes, lesions
         rc, rn = label(rest)
@@ -323,13 +331,14 @@ def segment(hu: np.ndarray, spacing: tuple[float, float, float]) -> Segmentation
     else:
         heart = None
     # vessels: tall, narrow blobs against the mediastinum (ascending and descending aorta)
-    vessels = [b for b in blobs if b["zspan"] >= 40 and min(b["ext"][0], b["ext"][1]) <= 20 and b["umin"] <= band + 2 * sx]
+    notes["blobs"] = [(tuple(np.round(b["c"] - [bx, by, 0], 1)), tuple(np.round(b["ext"], 1)), b["n"], round(b["umin"], 1))
+                      for b in blobs]
+    vessels = [b for b in blobs if b["umin"] <= band + 2 * sx
+               and (b["zspan"] >= 60 or (b["zspan"] >= 40 and min(b["ext"][0], b["ext"][1]) <= 20))]
     for b in vessels:
         blobs.remove(b)
     notes["vessel_blobs"] = len(vessels)
 
-    # airway landmarks for the lymph-node stations
-    trachea = _trachea(lab, xs, ys, zs, bx)
     lesions = []
     for b in blobs:
         kind = None
@@ -383,9 +392,10 @@ def segment(hu: np.ndarray, spacing: tuple[float, float, float]) -> Segmentation
             notes["aorta"] = "contrast"
     if "aorta" not in notes and vessels:
         desc = [b for b in vessels if b["c"][0] - bx < 0]
-        if desc:
-            _paint(lab, max(desc, key=lambda b: b["zspan"]), LABELS["aorta"])
-            notes["aorta"] = "descending, against the left lung"
+        if desc:                                 # without contrast only what bulges into the lungs shows
+            for b in vessels:
+                _paint(lab, b, LABELS["aorta"])
+            notes["aorta"] = "the parts against the lungs"
     affine = np.diag([sx, sy, sz, 1.0])
     return Segmentation(lab, affine, findings, notes, missing)
 
@@ -409,17 +419,42 @@ def _blob(m: np.ndarray, sl: tuple, hu, xs, ys, zs, bx: float, vox: float) -> di
                 hu=float(hu[sl][m].mean()), zspan=float(ext[2]), umin=float(np.abs(pts[:, 0] - bx).min()), pts=pts)
 
 
-def _heart_ellipsoid(blob: dict, xs, ys, zs, bx, by) -> tuple:
-    """(centre u, v, z; radii) of the heart from its left-lung part: its front, left edge and top
-    (robust: the highest slice with a fifth of the largest cross-section) are seen whole, and the
-    phantom's mean radii place the centre."""
-    pts = blob["pts"]
-    u, v, z = pts[:, 0] - bx, pts[:, 1] - by, pts[:, 2]
-    ru, rv, rz = 53.5, 37.0, 49.0
-    levels, counts = np.unique(z, return_counts=True)
-    top = float(levels[counts >= 0.2 * counts.max()].max())
-    core = z <= top
-    return (float(np.percentile(u[core], 0.5)) + ru, float(np.percentile(v[core], 99.5)) - rv, top - rz, ru, rv, rz)
+def _points(mask: np.ndarray, xs, ys, zs) -> np.ndarray:
+    ii, jj, kk = np.nonzero(mask)
+    return np.stack([xs[ii], ys[jj], zs[kk]], axis=1)
+
+
+# The phantom's heart: an ellipsoid left of and in front of the trachea, sitting on the left dome.
+_HEART_RANGES = {"cu": (-34.0, -24.0), "dv": (18.0, 24.0), "dz": (44.0, 50.0),
+                 "ru": (50.0, 57.0), "rv": (35.0, 39.0), "rz": (46.0, 52.0)}
+
+
+def _fit_heart(blob: dict, air: np.ndarray, bx: float, by: float, h_left: float, trachea: dict | None) -> tuple:
+    """(centre u, v, z; radii), body-relative u and v: the ellipsoid within the phantom's ranges that
+    best separates the heart blob (inside) from the lung air (outside), by coordinate descent."""
+    pts = blob["pts"] - [bx, by, 0.0]
+    lo, hi = pts.min(axis=0) - 15, pts.max(axis=0) + 15
+    air = air - [bx, by, 0.0]
+    air = air[((air >= lo) & (air <= hi)).all(axis=1)]
+    v_tr = trachea["y"] - by if trachea is not None else float(np.percentile(pts[:, 1], 99.5)) - 37.0 - 21.0
+    params = {k: (a + b) / 2 for k, (a, b) in _HEART_RANGES.items()}
+
+    def cost(p: dict) -> int:
+        c = np.array([p["cu"], v_tr + p["dv"], h_left + p["dz"]])
+        r = np.array([p["ru"], p["rv"], p["rz"]])
+        inside_blob = (((pts - c) / r) ** 2).sum(axis=1) <= 1
+        inside_air = (((air - c) / r) ** 2).sum(axis=1) <= 1
+        return int((~inside_blob).sum() + inside_air.sum())
+
+    best = cost(params)
+    for _ in range(3):
+        for key, (a, b) in _HEART_RANGES.items():
+            for value in np.arange(a, b + 1e-9, 0.5):
+                trial = {**params, key: float(value)}
+                c = cost(trial)
+                if c < best:
+                    best, params = c, trial
+    return (params["cu"], v_tr + params["dv"], h_left + params["dz"], params["ru"], params["rv"], params["rz"])
 
 
 def _ellipsoid_q(blob: dict, ell: tuple, xs, ys, zs, bx, by) -> np.ndarray:
