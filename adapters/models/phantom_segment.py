@@ -169,8 +169,9 @@ def segment(hu: np.ndarray, spacing: tuple[float, float, float]) -> Segmentation
         else:
             break
     ac, bc = a_in - mus, b_in - mus
-    band_r = float(lu[lu > 0].min()) if (lu > 0).any() else 20.0
-    band_l = float(-lu[lu < 0].max()) if (lu < 0).any() else 20.0
+    # the phantom's mediastinum is 36-46 mm wide: air nearer the midline is airway the threshold missed
+    band_r = float(lu[lu >= 17.5].min()) if (lu >= 17.5).any() else 20.0
+    band_l = float(-lu[lu <= -17.5].max()) if (lu <= -17.5).any() else 20.0
     band = min(band_r, band_l)
     notes.update(muscle=mus, cavity=(ac, bc), band=(band_l, band_r))
 
