@@ -276,7 +276,8 @@ def segment(hu: np.ndarray, spacing: tuple[float, float, float]) -> Segmentation
     # the same expected lung, a little smaller: a blob only on its rim is chest wall the fit let in
     cav_in = (U2 / (ac - 2.5)) ** 2 + (V2 / (bc - 2.5)) ** 2 <= 1
     core = (expected & cav_in[:, :, None] & (H > dia[:, :, None] + 2.0)
-            & (np.where(U > 0, q_r[:, :, None], q_l[:, :, None]) < s2[None, None, :] - 0.08))
+            & (np.sqrt(np.where(U > 0, q_r[:, :, None], q_l[:, :, None]))
+               < np.sqrt(np.clip(s2, 0, None))[None, None, :] - 2.5 / (half_w + 12)))
     comp, n = label(solid)
     blobs = []
     for idx, sl in enumerate(_find_objects(comp, n), start=1):
