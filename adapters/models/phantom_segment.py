@@ -160,7 +160,7 @@ def segment(hu: np.ndarray, spacing: tuple[float, float, float]) -> Segmentation
     notes.update(body_centre=(bx, by), inner_radii=(a_in, b_in))
 
     # chest-wall muscle: the largest offset whose ellipse still holds every lung voxel
-    li, lj, lk = np.nonzero(lung)
+    li, lj = np.nonzero(lung.any(axis=2))          # in-plane questions: the columns holding lung suffice
     lu, lv = xs[li] - bx, ys[lj] - by
     mus = 6.0
     for m in np.arange(6.0, 20.0, 0.1):
@@ -185,36 +185,34 @@ def segment(hu: np.ndarray, spacing: tuple[float, float, float]) -> Segmentation
     extent = (nz - 1) * sz
     h0 = 0.62 * extent
 
-    # apex: the dome above 62 % of the scan, fitted to the air of both lungs
-    upper = zs > h0
-    lung_up = lung[:, :, upper]
-    top = zs[lung.any(axis=(0, 1))].max()
-    best = (None, np.inf)
-    q_both = np.where(U2 > 0, q_r, q_l)[:, :, None]
-    foot = (foot_r | foot_l)[:, :, None]
+    # apex and domes, fitted column by column: where each (x, y) column's lung air ends at the top
+    # and at the bottom (L1 over columns = the voxels a 3-D comparison would count, at 2-D cost)
+    has = lung.any(axis=2)
+    k_top = np.where(has, nz - 1 - np.argmax(lung[:, :, ::-1], axis=2), -1)
+    k_bot = np.where(has, np.argmax(lung, axis=2), -1)
+    top = zs[k_top[has]].max()
+    q_both = np.where(U2 > 0, q_r, q_l)
+    cols = (foot_r | foot_l) & has
+    reach = np.sqrt(np.clip(1.0 - q_both[cols], 0, None))
+    best = (top, np.inf)
     for h_apex in np.arange(top, top + 1.5 * sz, 0.25):
-        t = np.clip((zs[upper] - h0) / (h_apex - h0), 0, None)
-        s2 = np.where(zs[upper] > h_apex, -1.0, 1.0 - t ** 2)
-        model = foot & (q_both < s2[None, None, :])
-        cost = int((model ^ lung_up).sum())
+        limit = np.minimum(h0 + (h_apex - h0) * reach, h_apex)
+        model = np.searchsorted(zs, limit, side="left") - 1        # highest z strictly below the limit
+        cost = float(np.abs(model - k_top[cols]).sum())
         if cost < best[1]:
             best = (float(h_apex), cost)
     h_apex = best[0]
     t = np.clip((zs - h0) / (h_apex - h0), 0, None)
     s2 = np.where(zs > h_apex, -1.0, 1.0 - t ** 2)
-
-    # hemidiaphragm domes, one per side, fitted to the lowest lung air
     dome_u = 0.55 * ac
     domes = {}
-    lower = zs < h0
     for side, footp, sign in (("right", foot_r, 1.0), ("left", foot_l, -1.0)):
-        d2 = 0.008 * ((U2 - sign * dome_u) ** 2 + V2 ** 2)
-        sub = lung[:, :, lower] & footp[:, :, None]
+        sel = footp & has
+        d2 = 0.008 * ((U2[sel] - sign * dome_u) ** 2 + V2[sel] ** 2)
         best = (0.25 * extent, np.inf)
-        fp = footp[:, :, None]
         for h in np.arange(0.1 * extent, 0.5 * extent, 0.5):
-            model = fp & (zs[lower][None, None, :] > (h - d2)[:, :, None])
-            cost = int((model ^ sub).sum())
+            model = np.searchsorted(zs, h - d2, side="right")       # lowest z strictly above the dome
+            cost = float(np.abs(model - k_bot[sel]).sum())
             if cost < best[1]:
                 best = (float(h), cost)
         domes[side] = best[0]
@@ -255,7 +253,10 @@ def segment(hu: np.ndarray, spacing: tuple[float, float, float]) -> Segmentation
     # soft tissue half a millimetre inside the fitted wall (the fit errs outward by a fraction of a voxel)
     cav_soft = (U2 / (ac - 0.5)) ** 2 + (V2 / (bc - 0.5)) ** 2 <= 1
     soft = expected & cav_soft[:, :, None] & (hu > -400)
-    smooth = _box_mean(hu, soft)
+    smooth = np.zeros(hu.shape, np.float32)
+    if soft.any():
+        box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in np.nonzero(soft))
+        smooth[box] = _box_mean(hu[box], soft[box])
     fluid = soft & (smooth < 25)
     fl, nf = label(fluid)
     if nf:
