@@ -7,7 +7,8 @@ preprocess flow does), answers every question, and judges each answer against th
 the offline `spatial-rules` judge's plain function and with normalised exact match. Printed per
 category (multi-label: a question counts in each of its categories) and overall, for the expert on
 its own volume and on another patient's volume (a seeded derangement, as `--ablate
-shuffle-volumes` does). An error answer (finding not seen, ambiguous measurement) counts as wrong;
+shuffle-volumes` does), next to a blind reference point (`majority`: the commonest reference
+answer to the same question in the other volumes). An error answer (finding not seen, ambiguous measurement) counts as wrong;
 `spatial-rules` gives no verdict on the millimetre questions, so its n is smaller.
 """
 
@@ -75,6 +76,24 @@ def run(cases, inputs, pairing) -> list[dict]:
     return rows
 
 
+def majority_rows(cases) -> list[dict]:
+    """A blind reference point: for every question, the commonest reference answer to the same question
+    in the *other* volumes (no answer when no other volume has it) — roughly what `blind` scores."""
+    rows = []
+    for case in cases:
+        for qa in case.qa:
+            others = [o["answer"] for c in cases if c is not case for o in c.qa if o["question"] == qa["question"]]
+            text = max(sorted(set(others)), key=others.count) if others else None
+            ref_verdict, _ = spatial_verdict(qa["question"], qa["answer"], qa["answer"])
+            verdict = spatial_verdict(qa["question"], qa["answer"], text)[0] if text else (
+                False if ref_verdict is not None else None)
+            rows.append({"volume": case.volume, "question": qa["question"], "reference": qa["answer"],
+                         "prediction": text, "status": "ok" if text else "error", "reason": None,
+                         "categories": qa["category"], "rules": verdict,
+                         "exact": text is not None and normalise(text) == normalise(qa["answer"])})
+    return rows
+
+
 def table(named_rows: dict[str, list[dict]]) -> str:
     cats = sorted({c for rows in named_rows.values() for r in rows for c in r["categories"]})
     head = f"{'category':<22}" + "".join(f"{name + ' rules':>24}{name + ' exact':>22}" for name in named_rows)
@@ -108,13 +127,16 @@ def main(argv=None) -> int:
         own = run(cases, inputs, list(range(len(cases))))
         t2 = time.perf_counter()
         shuffled = run(cases, inputs, derangement(len(cases), args.shuffle_seed))
+    majority = majority_rows(cases)
     n_q = len(own)
     print(f"phantom set: n={args.n} seed={args.seed} size={args.size}, {n_q} questions; "
           f"generate+preprocess {t1 - t0:.1f} s, answer {t2 - t1:.1f} s ({(t2 - t1) / len(cases):.2f} s/volume)")
-    for name, rows in (("own", own), ("shuffled", shuffled)):
+    for name, rows in (("own", own), ("shuffled", shuffled), ("majority", majority)):
         errors = sum(r["status"] == "error" for r in rows)
-        print(f"{name}: {n_q - errors}/{n_q} answered ({errors} errors)")
-    print(table({"own": own, "shuffled": shuffled}))
+        answered = [r for r in rows if r["status"] == "ok" and r["rules"] is not None]
+        print(f"{name}: {n_q - errors}/{n_q} answered ({errors} errors); spatial-rules over answered only: "
+              f"{sum(r['rules'] for r in answered) / max(len(answered), 1):.1%} (n={len(answered)})")
+    print(table({"own": own, "shuffled": shuffled, "majority": majority}))
     if args.wrong:
         by_template = defaultdict(lambda: [0, 0])
         for r in own:

@@ -138,10 +138,13 @@ def test_unknown_template_is_an_error_with_a_reason(oriented):
     assert template_of("Which side is the tumour on?") == (False, None)
 
 
-def test_a_finding_that_is_not_there_is_an_error_not_a_guess(oriented):
+def test_a_finding_that_is_not_there_is_reported_absent_not_guessed(oriented):
     _, qas, answers = oriented["LPS"]                 # a mass and an effusion, no nodule
     nodule = answers[len(qas) + 2]
-    assert nodule.status == "error" and "no nodule found" in nodule.reason
+    assert nodule.status == "ok" and nodule.text == "I see no nodule in the chest."
+    assert spatial_verdict("Which side is the nodule on?", "On the left side.", nodule.text)[0] is False
+    [node] = PhantomExpert().answer(oriented["LPS"][0], [Question("n", "Which side is the enlarged lymph node on?")])
+    assert node.status == "error" and "no enlarged lymph node found" in node.reason
 
 
 def test_volumes_that_are_not_phantoms_give_error_answers(tmp_path):

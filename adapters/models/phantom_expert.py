@@ -8,7 +8,9 @@ ellipses and domes), and then runs the phantom generator's own measuring and wor
 worded exactly like the references and measured the same way. Everything it knows comes from the
 ModelInput's array and the question text: never the label maps, the manifest or the QA file.
 
-A question that is not one of the phantom's templates, a finding the image does not show, a
+A question about a nodule, mass or effusion the image does not show is answered as such ("I see no
+nodule in the chest."): those stand out from the lung. A question that is not one of the phantom's
+templates, a lymph node it cannot see (mediastinal nodes have the mediastinum's density), a
 measurement too close to a decision threshold, and a volume that is not a chest phantom all give an
 `Answer(status="error")` with the reason; nothing is guessed.
 """
@@ -24,6 +26,9 @@ from adapters.datasets.phantom import Finding, qa_from_labels
 from adapters.models.base import Answer, ModelAdapter, ModelInput, Question
 from adapters.models.phantom_segment import NotAPhantom, Segmentation, segment
 
+# Findings that contrast with the lung around them: absent from the image means absent. A lymph node
+# inside the mediastinum has the mediastinum's density, so "not seen" is no answer for nodes.
+_ALWAYS_VISIBLE = ("nodule", "mass", "effusion")
 _KIND_WORD = {"nodule": "nodule", "mass": "mass", "effusion": "pleural effusion", "lymph_node": "enlarged lymph node"}
 
 # Every question the phantom generator asks, as a pattern, with the finding it needs (None: anatomy).
@@ -139,6 +144,10 @@ class PhantomExpert(ModelAdapter):
                                                         f"phantom: {reason}"))
             elif _key(q.question) in qa:
                 out.append(Answer(q.qid, qa[_key(q.question)]))
+            elif kind in _ALWAYS_VISIBLE and kind not in {k for k, _ in seg.findings}:
+                # what the image shows, not a guess: nodules, masses and effusions stand out from the lung
+                out.append(Answer(q.qid, f"I see no {_KIND_WORD[kind]} in the chest.",
+                                  meta={"finding": "absent", "why": seg.missing.get(kind, "")}))
             elif kind is not None and kind not in {k for k, _ in seg.findings}:
                 out.append(Answer(q.qid, None, "error", f"no {_KIND_WORD[kind]} found in the image: "
                                                         f"{seg.missing.get(kind, 'not seen')}"))
