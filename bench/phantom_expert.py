@@ -8,8 +8,10 @@ the offline `spatial-rules` judge's plain function and with normalised exact mat
 category (multi-label: a question counts in each of its categories) and overall, for the expert on
 its own volume and on another patient's volume (a seeded derangement, as `--ablate
 shuffle-volumes` does), next to a blind reference point (`majority`: the commonest reference
-answer to the same question in the other volumes). An error answer (finding not seen, ambiguous measurement) counts as wrong;
-`spatial-rules` gives no verdict on the millimetre questions, so its n is smaller.
+answer to the same question in the other volumes). An error answer (a node it cannot see, an
+ambiguous measurement) counts as wrong in the table; the line above it also gives spatial-rules
+accuracy over answered questions only (what `judge_accuracy` reports). `spatial-rules` gives no
+verdict on the millimetre questions, so its n is smaller than exact match's.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adapters.datasets.phantom import ORIENTATIONS, generate, make_case, qa_from_labels, save_case
-from adapters.datasets.phantom import LAT
+from adapters.datasets.phantom import LAT, ORIENTATIONS, generate, make_case, qa_from_labels, save_case
 from adapters.judges.offline import spatial_verdict
+from adapters.models import phantom_segment
 from adapters.models.base import ModelInput, Question
 from adapters.models.phantom_expert import PhantomExpert, template_of
 from adapters.models.preprocess import build
@@ -173,3 +173,15 @@ def test_volumes_that_are_not_phantoms_give_error_answers(tmp_path):
     assert "no air-filled lungs" in reasons["rod"]
     assert "expected the phantom-expert recipe's npz" in reasons["other"]
     assert PhantomExpert().answer(None, questions[:1])[0].status == "error"
+
+
+@pytest.mark.parametrize("structure", ["face6", "inplane"])
+def test_numpy_components_partition_like_scipy(structure):
+    """Without scipy the expert labels components itself; the partition must be scipy's."""
+    ndimage = pytest.importorskip("scipy.ndimage")
+    st = {"face6": phantom_segment._FACE6, "inplane": phantom_segment._INPLANE}[structure]
+    mask = np.random.default_rng(0).random((20, 18, 12)) < 0.45
+    ours, n_ours = phantom_segment._label_numpy(mask, st)
+    ref, n_ref = ndimage.label(mask, structure=st)
+    assert n_ours == n_ref > 10
+    assert len(set(zip(ours[mask].tolist(), ref[mask].tolist()))) == n_ref     # one-to-one

@@ -15,11 +15,12 @@ What is measured, and how:
   mediastinal border as the innermost lung voxel of each side, the apex and both hemidiaphragm domes
   fitted to the air; inside that "expected lung", soft tissue is a finding, the heart or a vessel;
 - lobes: fissures are invisible at this contrast, so lobes come from the phantom's mean fissure
-  planes; a lesion's lobe is decided by its height where the planes are uncertain;
+  planes (the generator keeps lesions clear of the fissures and upper-lobe lesions high);
 - findings: soft tissue in the expected lung, split by a masked 3x3x3 mean into fluid (effusion,
   about 10 HU) and solid; solid blobs are nodules (small or calcified), masses, or hilar and
   paratracheal lymph nodes (by position against the trachea and carina); long vertical blobs are
-  vessels, the largest is the heart;
+  vessels; the largest left blob is the heart, whose ellipsoid is fitted within the phantom's ranges
+  against the lung air (what sticks out of it is aorta, a node or a lesion touching the heart);
 - bone: HU > 215 near the midline (vertebrae); contrast aorta: 100 < HU < 215.
 """
 
@@ -104,7 +105,8 @@ class Segmentation:
     missing: dict = field(default_factory=dict)  # kind -> why it was not found
 
 
-def _ellipse_radii(mask2d_count: np.ndarray, U: np.ndarray, V: np.ndarray, s: tuple[float, float]) -> tuple[float, float]:
+def _ellipse_radii(mask2d_count: np.ndarray, U: np.ndarray, V: np.ndarray,
+                   s: tuple[float, float]) -> tuple[float, float]:
     """Semi-axes of a filled axis-aligned ellipse from its second moments (voxel-size corrected)."""
     w = mask2d_count.astype(np.float64)
     tot = w.sum()
@@ -334,8 +336,8 @@ def segment(hu: np.ndarray, spacing: tuple[float, float, float]) -> Segmentation
     else:
         heart = None
     # vessels: tall, narrow blobs against the mediastinum (ascending and descending aorta)
-    notes["blobs"] = [(tuple(np.round(b["c"] - [bx, by, 0], 1)), tuple(np.round(b["ext"], 1)), b["n"], round(b["umin"], 1))
-                      for b in blobs]
+    notes["blobs"] = [{"centre_uvz": [round(float(x), 1) for x in b["c"] - [bx, by, 0]],
+                       "extent": [round(float(x), 1) for x in b["ext"]], "voxels": b["n"]} for b in blobs]
     vessels = [b for b in blobs if b["umin"] <= band + 2 * sx
                and (b["zspan"] >= 60 or (b["zspan"] >= 40 and min(b["ext"][0], b["ext"][1]) <= 20))]
     for b in vessels:
