@@ -277,7 +277,7 @@ def segment(hu: np.ndarray, spacing: tuple[float, float, float]) -> Segmentation
         missing["effusion"] = "no fluid-density (about 10 HU) layer in the pleural spaces"
 
     # the same expected lung, a little smaller: a blob only on its rim is chest wall the fit let in
-    cav_in = (U2 / (ac - 2.5)) ** 2 + (V2 / (bc - 2.5)) ** 2 <= 1
+    cav_in = (U2 / (ac - 0.3)) ** 2 + (V2 / (bc - 0.3)) ** 2 <= 1
     core = (expected & cav_in[:, :, None] & (H > dia[:, :, None] + 2.0)
             & (np.sqrt(np.where(U > 0, q_r[:, :, None], q_l[:, :, None]))
                < np.sqrt(np.clip(s2, 0, None))[None, None, :] - 2.5 / (half_w + 12)))
@@ -353,8 +353,10 @@ def segment(hu: np.ndarray, spacing: tuple[float, float, float]) -> Segmentation
             hilar = ((33 <= du <= 60 and -2 <= dv <= 22 and -52 <= dz <= -24)
                      or (-64 <= du <= -38 and -2 <= dv <= 22 and -30 <= dz <= 0))
             paratracheal = 12 <= du <= 45 and -14 <= dv <= 14 and 8 <= dz <= 36
-            hilar = hilar and b["vol"] >= 400 and b["ext"].max() <= 26
-            paratracheal = paratracheal and b["vol"] >= 250 and b["ext"].max() <= 26
+            # nodes are 12-20 mm: a hilar one lies in the lung whole, a paratracheal one shows a cap
+            hilar = hilar and b["vol"] >= 700 and max(b["ext"][0], b["ext"][1]) >= 10 and b["ext"].max() <= 26
+            paratracheal = (paratracheal and b["vol"] >= 250 and max(b["ext"][0], b["ext"][1]) >= 10
+                            and b["ext"].max() <= 26)
             if hilar or paratracheal:
                 kind = "lymph_node"
         b["kind"] = kind
