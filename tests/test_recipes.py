@@ -30,6 +30,7 @@ EXPECTED = {  # recipe -> (shape of the saved array for the 64x56x40 test volume
     "vila-m3-upstream-harness": ((1, 56, 64, 3), "uint8", (0, 255)),
     "lingshu": ((32, 56, 64, 3), "uint8", (0, 255)),
     "lingshu-upstream-harness": ((32, 56, 64, 3), "uint8", (0, 255)),
+    "phantom-expert": ((1, 40, 56, 64), "int16", (-1000, 900)),          # HU as decoded, native grid
 }
 
 

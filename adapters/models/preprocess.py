@@ -266,11 +266,13 @@ BOUNDS = {"minmax": (0.0, 1.0), "window01": (0.0, 1.0), "window11": (-1.0, 1.0),
 # --- the whole recipe ---------------------------------------------------------------------------
 
 def build(recipe: Recipe, volume: Volume, fast: bool = True) -> dict[str, np.ndarray]:
-    """The model input: {'arr': float32 array} for volume recipes, {'slices', 'slice_indices'} for
-    slice recipes. fast=False takes the plain full-volume path (for benchmarks and tests)."""
+    """The model input: {'arr': float32 array} for volume recipes ('arr' as decoded plus 'spacing' for
+    native ones), {'slices', 'slice_indices'} for slice recipes. fast=False takes the plain full-volume path (for benchmarks and tests)."""
     arr, spacing = frame_view(recipe, volume)
     if recipe.kind == "slices":
         return render_slices(recipe, arr)
+    if recipe.native:
+        return {"arr": np.ascontiguousarray(arr)[None], "spacing": np.asarray(spacing, dtype=np.float64)}
     size = output_size(recipe, arr.shape, spacing)
     if recipe.resampler == "sitk":
         vol = resize_sitk(arr, size, spacing, recipe.clip)

@@ -53,6 +53,8 @@ class Recipe:
     windows: tuple[tuple[float, float], ...] = field(default_factory=tuple)   # one per RGB channel
     slice_size: int | None = None                # resize each slice to this square size (bilinear)
     output: str = "npy"                          # 'npy' | 'npz'
+    native: bool = False                         # the frame's own grid and HU values, no resize, clip or
+    #                                              scale; saved with 'spacing' (mm, frame axis order)
     left: str = ""                               # where the patient's left is, in words
 
     @property
@@ -137,6 +139,13 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
        kind="slices", n_slices=32, slice_rule="linspace", windows=((-1024, 1024), (-135, 215), (0, 80)),
        output="npz", layout="(N, H, W, 3) uint8",
        source="CT-SpatialVQA benchmarking/preprocess/preprocess_medevalkit.py"),
+    # The phantom expert (adapters/models/phantom_expert.py) measures in millimetres, so it needs the
+    # HU as decoded on the native grid plus the voxel spacing; no model of the paper uses this one.
+    _r(name="phantom-expert", version="1", model="phantom-expert (classical image analysis, no weights)",
+       frame="ras-zyx", kind="volume", native=True, output="npz",
+       layout="'arr' (1, Z, Y, X) HU as decoded (int16 where integral, else float32); 'spacing' (z, y, x) mm",
+       left="patient left = low W (X) index (canonical frame of tasks/volumes.py: x index 0)",
+       source="ctsvqa's own: Volume.canonical() on the native grid, HU unchanged, with canonical_spacing()"),
 ]}
 
 FAMILIES = ("m3d", "med3dvlm", "ctchat", "merlin", "radfm", "medgemma", "vila-m3", "lingshu")
