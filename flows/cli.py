@@ -73,7 +73,7 @@ def cmd_judge_train(args: argparse.Namespace) -> int:
     print(f"head written: {Path(out) / 'head.npz'} ({m['head_bytes']:,} bytes, sha256 {m['head_sha256'][:12]}) "
           f"from {m['data']['n_items']} {m['target']} verdicts; threshold {m['decision_rule']['threshold']}, "
           f"abstain in [{m['decision_rule']['abstain_low']}, {m['decision_rule']['abstain_high']}); "
-          f"out-of-fold kappa {m['metrics']['oof_kappa_covered']} at coverage {m['metrics']['oof_coverage']}")
+          f"training kappa {m['metrics']['kappa_covered']} at coverage {m['metrics']['coverage']}")
     return 0
 
 

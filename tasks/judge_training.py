@@ -155,7 +155,7 @@ def fit_head(x: np.ndarray, y: np.ndarray, seed: int, hidden: int = 64, alpha: f
             clf.fit(z, y.astype(int))
             weights = [(w.astype(np.float64), b.astype(np.float64)) for w, b in zip(clf.coefs_, clf.intercepts_)]
         else:
-            clf = LogisticRegression(C=alpha, max_iter=2000, random_state=seed)
+            clf = LogisticRegression(C=alpha, max_iter=500, tol=1e-4, random_state=seed)
             clf.fit(z, y.astype(int))
             weights = [(clf.coef_.T.astype(np.float64), clf.intercept_.astype(np.float64))]
     arrays = {"mean": mean, "scale": scale, "n_layers": np.array(len(weights))}
@@ -182,13 +182,14 @@ def choose_rule(p: np.ndarray, y: np.ndarray, max_abstain: float) -> dict[str, f
                     continue
                 k = kappa(p[keep] >= t, y[keep])
                 if k > best[0] + 1e-9:
-                    best = (k, lo, hi)
+                    best = (k, round(lo, 2), round(hi, 2))
     return {"threshold": t, "abstain_low": float(best[1]), "abstain_high": float(best[2])}
 
 
 # --- training as a command ------------------------------------------------------------------------
 
-DEFAULTS = {"hidden": 64, "alpha": 1e-3, "epochs": 60, "inner_folds": 3, "max_abstain": 0.03}
+# hidden 0: logistic regression (alpha is then its C); the rule from in-sample training predictions.
+DEFAULTS = {"hidden": 0, "alpha": 0.02, "epochs": 60, "inner_folds": 0, "max_abstain": 0.03}
 
 
 def labels_for(items: Items, target: str) -> np.ndarray:
@@ -197,29 +198,38 @@ def labels_for(items: Items, target: str) -> np.ndarray:
     return items.labels[target]
 
 
+NO_RULE = {"threshold": 0.5, "abstain_low": 0.5, "abstain_high": 0.5}
+
+
 def fit_with_rule(x: np.ndarray, y: np.ndarray, folds: np.ndarray, seed: int, params: dict) -> tuple[dict, dict]:
-    """Head on all of (x, y); its decision rule from out-of-fold probabilities over `folds` (volume
-    folds of these training rows only). Returns the head's arrays and the out-of-fold metrics."""
-    oof = np.full(len(y), np.nan)
-    for f in np.unique(folds):
-        if len(np.unique(y[folds != f])) < 2:
-            continue                  # a tiny training set: this fold teaches nothing
-        inner = fit_head(x[folds != f], y[folds != f], seed, params["hidden"], params["alpha"], params["epochs"])
-        oof[folds == f] = learned.Head(_complete(inner, {"threshold": 0.5, "abstain_low": 0.5,
-                                                         "abstain_high": 0.5})).predict_proba(x[folds == f])
-    seen = ~np.isnan(oof)
-    oof, y_seen = oof[seen], y[seen]
-    rule = (choose_rule(oof, y_seen, params["max_abstain"]) if len(np.unique(y_seen)) == 2
-            else {"threshold": 0.5, "abstain_low": 0.5, "abstain_high": 0.5})
-    arrays = _complete(fit_head(x, y, seed, params["hidden"], params["alpha"], params["epochs"]), rule)
-    keep = ~((oof >= rule["abstain_low"]) & (oof < rule["abstain_high"]))
-    y = y_seen
-    metrics = {"oof_kappa_all": kappa(oof >= rule["threshold"], y.astype(bool)),
-               "oof_kappa_covered": kappa(oof[keep] >= rule["threshold"], y[keep].astype(bool)),
-               "oof_coverage": float(keep.mean()),
-               "oof_brier": float(np.mean((oof - y) ** 2)) if len(y) else float("nan"),
-               "oof_rows": int(len(y)), **rule}
-    return arrays, metrics
+    """Head on all of (x, y) and its decision rule, chosen on these training rows only: from
+    out-of-fold probabilities over `folds` (volume folds) when params['inner_folds'] >= 2, else from
+    the head's own in-sample probabilities (a regularised linear head barely overfits 10^4 rows).
+    Returns the head's arrays and the metrics of the rule on the rows it was chosen on."""
+    def fit(rows):
+        return fit_head(x[rows], y[rows], seed, params["hidden"], params["alpha"], params["epochs"])
+
+    def probe(arrays, rows):
+        return learned.Head(_complete(arrays, NO_RULE)).predict_proba(x[rows])
+
+    everything = np.ones(len(y), bool)
+    arrays = fit(everything)
+    if params["inner_folds"] >= 2:
+        scored = np.full(len(y), np.nan)
+        for f in np.unique(folds):
+            if len(np.unique(y[folds != f])) == 2:          # a tiny training set may teach nothing
+                scored[folds == f] = probe(fit(folds != f), folds == f)
+    else:
+        scored = probe(arrays, everything)
+    seen = ~np.isnan(scored)
+    p, y = scored[seen], y[seen].astype(bool)
+    rule = choose_rule(p, y, params["max_abstain"]) if len(np.unique(y)) == 2 else dict(NO_RULE)
+    keep = ~((p >= rule["abstain_low"]) & (p < rule["abstain_high"]))
+    metrics = {"rule_rows": int(len(y)), "kappa_all": kappa(p >= rule["threshold"], y),
+               "kappa_covered": kappa(p[keep] >= rule["threshold"], y[keep]),
+               "coverage": float(keep.mean()) if len(y) else float("nan"),
+               "brier": float(np.mean((p - y) ** 2)) if len(y) else float("nan"), **rule}
+    return _complete(arrays, rule), metrics
 
 
 def _complete(arrays: dict, rule: dict) -> dict:
@@ -264,7 +274,8 @@ def train(db, target: str = "majority", out: Path = learned.HEAD_DIR, seed: int 
         raise ValueError(f"{warehouse.resolve_db(db)}: the {target} verdicts are all {bool(y[0])}; "
                          f"nothing to learn from")
     x = learned.features(items.items(), EmbeddingCache(embed_cache))
-    folds = volume_folds(items, params["inner_folds"], salt=f"inner{seed}")
+    folds = (volume_folds(items, params["inner_folds"], salt=f"inner{seed}") if params["inner_folds"] >= 2
+             else np.zeros(len(items), int))
     arrays, metrics = fit_with_rule(x, y, folds, seed, params)
     blob = learned.head_bytes(arrays)
     out = Path(out)
@@ -277,8 +288,10 @@ def train(db, target: str = "majority", out: Path = learned.HEAD_DIR, seed: int 
         "data": {"sha256": data_hash(items, y), "n_items": len(items), "n_distinct_items": len(set(items.keys())),
                  "n_volumes": len(set(items.volume.tolist())), "runs": sorted(set(items.model.tolist())),
                  "positive_rate": float(y.mean())},
-        "split": f"all items train the head; threshold and abstention band from out-of-fold predictions over "
-                 f"{params['inner_folds']} volume folds (sha256 of salt+volume mod k; identical items stay in one fold)",
+        "split": "all items train the head; threshold and abstention band from " + (
+            f"out-of-fold predictions over {params['inner_folds']} volume folds (sha256 of salt+volume mod k; "
+            "identical items stay in one fold)" if params["inner_folds"] >= 2 else
+            "the head's in-sample predictions on the training items"),
         "decision_rule": {"threshold": metrics["threshold"], "abstain_low": metrics["abstain_low"],
                           "abstain_high": metrics["abstain_high"]},
         "metrics": {k: None if v != v else round(v, 4) for k, v in metrics.items()},     # NaN is not JSON

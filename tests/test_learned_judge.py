@@ -103,7 +103,7 @@ def test_features_reuse_the_spatial_rules():
                           Item("Which side is the nodule on?", "On the left side.", "Left")], learned.sbert_embed)
     rules = x[:, -learned.N_RULE_FEATURES:]
     assert rules[0, 1] == 1.0 and rules[1, 0] == 1.0     # spatial-rules says False, then True
-    assert x.shape == (2, 3 * learned.EMBED_DIM + 3 + learned.N_RULE_FEATURES)
+    assert x.shape == (2, learned.N_FEATURES)
 
 
 @pytest.mark.prefect

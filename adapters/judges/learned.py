@@ -1,4 +1,4 @@
-"""The `learned` judge: P(correct) from frozen all-MiniLM-L6-v2 embeddings of question, reference and
+"""The `learned` judge: P(correct) from frozen all-MiniLM-L6-v2 embeddings of the reference and the
 prediction plus the spatial facts of the `spatial-rules` judge, through a small head trained on the
 published GPT / Gemini / Qwen verdicts (`ctsvqa judge-train`, tasks/judge_training.py).
 
@@ -80,20 +80,22 @@ N_RULE_FEATURES = len(rule_features("Is it left?", "Yes, left.", "left"))
 
 
 def features(items: Sequence[Item], embed: Embedder) -> np.ndarray:
-    """One row per item: reference*prediction and |reference-prediction| (the embedding agreement),
-    question*prediction (does the answer address the question), three cosines, the rule features.
-    Each distinct text is embedded once."""
+    """One row per item: reference*prediction and |reference-prediction| (where the two embeddings
+    agree and differ), their cosine, and the rule features. Each distinct text is embedded once.
+    (The question's embedding added nothing on held-out volumes and would double the work; the
+    question still informs the rules.)"""
     if not items:
-        return np.zeros((0, 3 * EMBED_DIM + 3 + N_RULE_FEATURES), dtype=np.float32)
-    texts = sorted({t for it in items for t in (it.question, it.answer, clean(it.prediction))})
+        return np.zeros((0, N_FEATURES), dtype=np.float32)
+    texts = sorted({t for it in items for t in (it.answer, clean(it.prediction))})
     index = {t: i for i, t in enumerate(texts)}
     vectors = embed(texts)
-    q = vectors[[index[it.question] for it in items]]
     r = vectors[[index[it.answer] for it in items]]
     p = vectors[[index[clean(it.prediction)] for it in items]]
-    cos = np.stack([(r * p).sum(1), (q * p).sum(1), (q * r).sum(1)], axis=1)
     rules = np.array([rule_features(it.question, it.answer, it.prediction) for it in items], dtype=np.float32)
-    return np.concatenate([r * p, np.abs(r - p), q * p, cos, rules], axis=1).astype(np.float32)
+    return np.concatenate([r * p, np.abs(r - p), (r * p).sum(1, keepdims=True), rules], axis=1).astype(np.float32)
+
+
+N_FEATURES = 2 * EMBED_DIM + 1 + N_RULE_FEATURES
 
 
 def sbert_embed(texts: list[str]) -> np.ndarray:
