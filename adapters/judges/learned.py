@@ -29,7 +29,7 @@ from adapters.judges.spec import JudgeSpec
 
 HEAD_DIR = Path(__file__).resolve().parent / "learned"
 DEFAULT_HEAD = HEAD_DIR / "head.npz"
-FEATURES_VERSION = "learned-features-v1"      # bump with any change to `features`: old heads then refuse to load
+FEATURES_VERSION = "learned-features-v2"      # bump with any change to `features`: old heads then refuse to load
 EMBED_DIM = 384
 
 Embedder = Callable[[list[str]], np.ndarray]
@@ -39,6 +39,7 @@ Embedder = Callable[[list[str]], np.ndarray]
 
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
 _VERDICT_REASONS = ("polarity",) + tuple(_DIMENSIONS)
+_RUN_ON = re.compile(r"(question|answer)\s*:", re.IGNORECASE)     # a model that goes on with new Q/A pairs
 
 
 def _numbers(text: str) -> set[str]:
@@ -57,6 +58,10 @@ def rule_features(question: str, answer: str, prediction: str) -> list[float]:
     ref_words, pred_words = set(normalise(answer).split()), set(normalise(prediction).split())
     shared = len(ref_words & pred_words)
     ref_nums, pred_nums = _numbers(clean(answer)), _numbers(clean(prediction))
+    # Many models echo the question ("The nodule is located in ..."): overlap beyond its words
+    q_words = set(normalise(question).split())
+    ref_new, pred_new = ref_words - q_words, pred_words - q_words
+    new_shared = len(ref_new & pred_new)
     f = [verdict is True, verdict is False, verdict is None, why == "empty prediction",
          why.startswith("prediction states none")]
     f += [name in why for name in _VERDICT_REASONS]
@@ -72,7 +77,10 @@ def rule_features(question: str, answer: str, prediction: str) -> list[float]:
           shared / max(len(ref_words | pred_words), 1), shared / max(len(ref_words), 1),
           shared / max(len(pred_words), 1),
           bool(ref_nums), bool(pred_nums), bool(ref_nums & pred_nums), bool(ref_nums) and ref_nums <= pred_nums,
-          np.log1p(len(ref_words)) / 4, np.log1p(len(pred_words)) / 4]
+          np.log1p(len(ref_words)) / 4, np.log1p(len(pred_words)) / 4,
+          new_shared / max(len(ref_new | pred_new), 1), new_shared / max(len(ref_new), 1),
+          new_shared / max(len(pred_new), 1), not ref_new, not pred_new,
+          bool(_RUN_ON.search(prediction)), len(pred_words & q_words) / max(len(pred_words), 1)]
     return [float(x) for x in f]
 
 
