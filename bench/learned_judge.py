@@ -65,7 +65,9 @@ def evaluate(p: np.ndarray, rule: dict, items: jt.Items) -> dict:
     for ref in REFERENCES:
         y = items.labels[ref]
         m = keep & ~np.isnan(y)
-        out[ref] = (jt.kappa(verdict[m], y[m] == 1), float((verdict[m] == (y[m] == 1)).mean()), int(m.sum()))
+        out[ref] = (jt.kappa(verdict[m], y[m] == 1), float((verdict[m] == (y[m] == 1)).mean()) if m.any() else 0.0,
+                    int(m.sum()))
+    out["majority_all"] = jt.kappa(verdict, items.labels["majority"] == 1)     # abstentions decided by threshold
     for a, b in (("gpt", "gemini2.5"), ("gpt", "qwen"), ("gemini2.5", "qwen")):
         ya, yb = items.labels[a], items.labels[b]
         m = ~np.isnan(ya) & ~np.isnan(yb)
@@ -75,15 +77,16 @@ def evaluate(p: np.ndarray, rule: dict, items: jt.Items) -> dict:
 
 def print_table(title: str, rows: list[tuple[str, dict]]) -> None:
     print(f"\n{title}")
-    head = (f"{'test set':<22}{'n':>7}{'cover':>7}" + "".join(f"{'κ ' + r:>15}" for r in REFERENCES)
-            + f"{'Brier':>7}   published κ: gpt~gem gpt~qwen gem~qwen")
+    head = (f"{'test set':<26}{'n':>7}{'cover':>7}" + "".join(f"{'κ ' + r:>15}" for r in REFERENCES)
+            + f"{'κ maj 100%':>11}{'Brier':>7}   published κ: gpt~gem gpt~qwen gem~qwen")
     print(head)
     for name, r in rows:
         cells = "".join(f"{r[ref][0]:>8.3f} ({r[ref][1]:.2f})" if r[ref][2] else f"{'—':>15}" for ref in REFERENCES)
         pub = "".join(f"{r[k]:>9.3f}" if not np.isnan(r[k]) else f"{'—':>9}"
                       for k in ("gpt~gemini2.5", "gpt~qwen", "gemini2.5~qwen"))
         flag = "" if r["majority"][0] >= 0.80 and r["coverage"] >= 0.95 else "   <- short of the goal"
-        print(f"{name:<22}{r['n']:>7}{r['coverage']:>7.3f}{cells}{r['brier']:>7.3f}   {pub}{flag}")
+        print(f"{name:<26}{r['n']:>7}{r['coverage']:>7.3f}{cells}{r['majority_all']:>11.3f}{r['brier']:>7.3f}   "
+              f"{pub}{flag}")
 
 
 def reliability(p: np.ndarray, y: np.ndarray, bins: int = 10) -> None:
@@ -192,7 +195,8 @@ def main() -> int:
         print(f"  fold {f}: rule {rule['threshold']:.2f} abstain [{rule['abstain_low']:.2f}, "
               f"{rule['abstain_high']:.2f}) (κ on training rows {rule['kappa_covered']:.3f}) "
               f"{time.perf_counter() - t1:.0f} s", flush=True)
-    pooled = {"n": len(y), "coverage": float(pooled_keep.mean()), "brier": float(np.mean((pooled_p - y) ** 2))}
+    pooled = {"n": len(y), "coverage": float(pooled_keep.mean()), "brier": float(np.mean((pooled_p - y) ** 2)),
+              "majority_all": jt.kappa(pooled_v, y == 1)}
     for ref in REFERENCES:
         lab = items.labels[ref]
         m = pooled_keep & ~np.isnan(lab)
