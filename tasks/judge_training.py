@@ -2,7 +2,8 @@
 
 Deterministic: the same items, target and seed give a byte-identical head (float64 numpy/scikit-learn
 on one thread, a zip with fixed timestamps). The decision rule — the threshold and the abstention
-band — is chosen on out-of-fold predictions of the training items only (folds by volume)."""
+band — is chosen on the training items only: on the linear head's in-sample predictions by default,
+or on out-of-fold predictions over volume folds (`inner_folds` >= 2, what an MLP head needs)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import json
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -22,7 +22,6 @@ from adapters.judges.prompts import Item
 
 SQL = Path(__file__).resolve().parent.parent / "sql" / "queries"
 TARGETS = ("majority", "gpt", "gemini2.5", "qwen")
-_TARGET_COLUMN = {"majority": "majority", "gpt": "gpt", "gemini2.5": "gemini", "qwen": "qwen"}
 
 
 @dataclass
