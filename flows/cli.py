@@ -124,6 +124,19 @@ def cmd_judge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_judge_train(args: argparse.Namespace) -> int:
+    from adapters.judges.learned import HEAD_DIR
+    from tasks.judge_training import train
+
+    out = args.out or HEAD_DIR
+    m = train(args.db, target=args.target, out=out, seed=args.seed, embed_cache=args.embed_cache)
+    print(f"head written: {Path(out) / 'head.npz'} ({m['head_bytes']:,} bytes, sha256 {m['head_sha256'][:12]}) "
+          f"from {m['data']['n_items']} {m['target']} verdicts; threshold {m['decision_rule']['threshold']}, "
+          f"abstain in [{m['decision_rule']['abstain_low']}, {m['decision_rule']['abstain_high']}); "
+          f"training kappa {m['metrics']['kappa_covered']} at coverage {m['metrics']['coverage']}")
+    return 0
+
+
 def cmd_phantoms(args: argparse.Namespace) -> int:
     from adapters.datasets.phantom import generate
 
@@ -342,12 +355,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("judge", parents=[db], help="judge predictions with a panel of judges")
     p.add_argument("--judges", required=True, metavar="FILE|PRESET",
-                   help="a judges YAML file, or a preset: paper, offline")
+                   help="a judges YAML file, or a preset: paper, offline, offline-learned")
     p.add_argument("--run", action="append", metavar="NAME", help="only this run (repeatable; default: all runs)")
     p.add_argument("--dry-run", action="store_true", help="forecast calls, tokens and cost; send nothing")
     p.add_argument("--retry-failed", action="store_true",
                    help="also judge again what ended unparsed, blocked or without a verdict")
     p.set_defaults(func=cmd_judge)
+
+    p = sub.add_parser("judge-train", parents=[db],
+                       help="train the offline `learned` judge's head from the imported upstream verdicts")
+    p.add_argument("--target", default="majority", choices=("majority", "gpt", "gemini2.5", "qwen"),
+                   help="which published verdicts to learn (default: the published jury's majority)")
+    p.add_argument("--out", type=Path, help="where head.npz and manifest.json go (default: the shipped "
+                   "adapters/judges/learned/, which makes a new learned-v1 judge)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--embed-cache", type=Path, metavar="FILE",
+                   help="keep the text embeddings in this .npz so a re-training embeds nothing twice")
+    p.set_defaults(func=cmd_judge_train)
 
     p = sub.add_parser("phantoms", help="generate a synthetic chest-CT data set in the upstream layout")
     p.add_argument("--out", required=True, type=Path)

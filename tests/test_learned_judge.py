@@ -1,0 +1,158 @@
+"""The learned judge: deterministic training on the example data, and judging through `ctsvqa judge`
+like every other judge (verdicts stored, cache, identity = the head's content)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+
+from adapters.judges import learned
+from adapters.judges.prompts import Item
+from adapters.judges.spec import JudgeSpec
+from flows.cli import main
+from tasks import judge_training as jt
+
+SMALL = {"hidden": 8, "epochs": 30, "inner_folds": 2}
+
+
+@pytest.fixture(scope="module")
+def mini_wh(tmp_path_factory) -> Path:
+    from tasks.upstream_import import import_upstream
+    from tests.conftest import MINI
+
+    db = tmp_path_factory.mktemp("learned") / "wh.duckdb"
+    import_upstream(MINI, db)
+    return db
+
+
+@pytest.fixture(scope="module")
+def heads(mini_wh, tmp_path_factory) -> dict[str, Path]:
+    """Two trainings with seed 0 and one with seed 1, sharing one embedding cache file."""
+    root = tmp_path_factory.mktemp("heads")
+    cache = root / "emb.npz"
+    out = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        jt.train(mini_wh, out=root / name, seed=seed, embed_cache=cache, params=SMALL)
+        out[name] = root / name
+    return out
+
+
+def test_training_is_deterministic_and_writes_a_manifest(heads, mini_wh):
+    a, b, c = ((heads[k] / "head.npz").read_bytes() for k in "abc")
+    assert a == b                                        # same data + seed -> byte-identical head
+    assert a != c                                        # another seed -> another head
+    manifest = json.loads((heads["a"] / "manifest.json").read_text())
+    assert manifest["head_sha256"] == hashlib.sha256(a).hexdigest()
+    assert manifest["seed"] == 0 and manifest["target"] == "majority"
+    assert manifest["data"]["runs"] == ["m3d", "merlin", "radfm"] and manifest["data"]["n_items"] == 23
+    assert {"numpy", "scikit-learn", "sentence-transformers"} <= set(manifest["versions"])
+    assert manifest == json.loads((heads["b"] / "manifest.json").read_text())
+    head = learned.load_head(heads["a"] / "head.npz")
+    assert 0.0 <= head.threshold <= 1.0 and head.abstain_low <= head.threshold <= max(head.abstain_high, head.threshold)
+
+
+def test_training_on_one_judge_and_bad_target(mini_wh, heads, tmp_path):
+    manifest = jt.train(mini_wh, target="qwen", out=tmp_path / "q", embed_cache=heads["a"].parent / "emb.npz",
+                        params=SMALL)
+    assert manifest["target"] == "qwen" and manifest["data"]["n_items"] == 23
+    with pytest.raises(ValueError, match="--target must be one of"):
+        jt.train(mini_wh, target="claude", out=tmp_path / "x", params=SMALL)
+
+
+def test_volume_folds_keep_identical_items_together(mini_wh):
+    items = jt.load_items(mini_wh)
+    folds = jt.volume_folds(items, 2, salt="t")
+    keys = items.keys()
+    for key in set(keys):
+        assert len(set(folds[keys == key])) == 1
+    # radfm repeats m3d's "No" to the pleural-effusion question: a shared key across runs
+    assert len(set(keys)) < len(keys)
+
+
+def test_a_changed_head_is_a_new_judge(heads, tmp_path):
+    spec_a = JudgeSpec("learned", "learned", "learned-v1", options={"head": str(heads["a"] / "head.npz")})
+    spec_b = JudgeSpec("learned", "learned", "learned-v1", options={"head": str(heads["b"] / "head.npz")})
+    spec_c = JudgeSpec("learned", "learned", "learned-v1", options={"head": str(heads["c"] / "head.npz")})
+    assert spec_a.judge_id == spec_b.judge_id            # same content elsewhere: the same judge
+    assert spec_a.judge_id != spec_c.judge_id
+    moved = tmp_path / "head.npz"
+    shutil.copy(heads["c"] / "head.npz", moved)
+    assert JudgeSpec("learned", "learned", "learned-v1", options={"head": str(moved)}).judge_id == spec_c.judge_id
+    missing = JudgeSpec("learned", "learned", "learned-v1", options={"head": str(tmp_path / "none.npz")})
+    with pytest.raises(FileNotFoundError, match="ctsvqa judge-train"):
+        missing.judge_id
+
+
+def test_a_head_of_other_features_is_refused(heads, tmp_path):
+    with np.load(heads["a"] / "head.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["features_version"] = np.array("learned-features-v0")
+    (tmp_path / "old.npz").write_bytes(learned.head_bytes(arrays))
+    with pytest.raises(ValueError, match="retrain"):
+        learned.load_head(tmp_path / "old.npz")
+
+
+def test_features_reuse_the_spatial_rules():
+    x = learned.features([Item("Which side is the nodule on?", "On the left side.", "right side"),
+                          Item("Which side is the nodule on?", "On the left side.", "Left")], learned.sbert_embed)
+    rules = x[:, -learned.N_RULE_FEATURES:]
+    assert rules[0, 1] == 1.0 and rules[1, 0] == 1.0     # spatial-rules says False, then True
+    assert x.shape == (2, learned.N_FEATURES)
+
+
+@pytest.mark.prefect
+def test_cli_judges_with_a_learned_head_and_caches(prefect_server, mini_wh, heads, tmp_path, capsys):
+    db = tmp_path / "wh.duckdb"
+    shutil.copy(mini_wh, db)
+    panel = tmp_path / "judges.yaml"
+    panel.write_text(f"panel: mine\njudges:\n  - name: learned\n    provider: learned\n    model: learned-v1\n"
+                     f"    options: {{head: {heads['a'] / 'head.npz'}}}\n")
+    assert main(["judge", "--judges", str(panel), "--run", "m3d", "--db", str(db)]) == 0
+    assert "learned: 8 pending, 0 from cache" in capsys.readouterr().out
+    assert main(["judge", "--judges", str(panel), "--run", "radfm", "--db", str(db)]) == 0
+    # radfm answers "No" to the pleural-effusion question three times, as m3d did: cached verdicts
+    assert "learned: 8 pending, 3 from cache" in capsys.readouterr().out
+    spec = JudgeSpec("learned", "learned", "learned-v1", options={"head": str(heads["a"] / "head.npz")})
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute("SELECT status, verdict, reason, source FROM judgments WHERE judge_id = ?",
+                           [spec.judge_id]).fetchall()
+        assert len(rows) == 16 and {r[3] for r in rows} >= {"cache"}
+        assert all((s == "ok") == (v is not None) for s, v, _, _ in rows)
+        assert any("P(correct)" in (r or "") for _, _, r, _ in rows)
+        assert con.execute("SELECT count(*) FROM model_accuracy WHERE panel = 'mine'").fetchone() == (2,)
+        settings = json.loads(con.execute("SELECT settings FROM judges WHERE judge_id = ?",
+                                          [spec.judge_id]).fetchone()[0])
+    assert settings["provider"] == "learned" and settings["options"]["head"].endswith("head.npz")
+    # the same name with another head is another judge, and says so
+    panel.write_text(panel.read_text().replace(str(heads["a"]), str(heads["c"])))
+    assert main(["judge", "--judges", str(panel), "--run", "m3d", "--db", str(db)]) == 2
+    assert "already belongs to judge" in capsys.readouterr().err
+
+
+def test_the_preset_uses_the_shipped_head():
+    from adapters.judges.spec import load_panel
+
+    (spec,) = load_panel("offline-learned").judges
+    manifest = json.loads((learned.HEAD_DIR / "manifest.json").read_text())
+    assert manifest["head_sha256"] == hashlib.sha256(learned.DEFAULT_HEAD.read_bytes()).hexdigest()
+    assert spec.identity_settings()["head_sha256"] == manifest["head_sha256"]
+    head = learned.load_head(learned.DEFAULT_HEAD)
+    assert learned.DEFAULT_HEAD.stat().st_size < 4_000_000 and head.layers
+
+
+def test_cli_judge_train_writes_the_head(mini_wh, tmp_path, capsys):
+    out = tmp_path / "head"
+    assert main(["judge-train", "--db", str(mini_wh), "--out", str(out), "--seed", "3", "--target", "gpt"]) == 0
+    said = capsys.readouterr().out
+    assert "head written" in said and "gpt verdicts" in said
+    assert json.loads((out / "manifest.json").read_text())["seed"] == 3
+    empty = tmp_path / "empty.duckdb"
+    assert main(["db", "migrate", "--db", str(empty)]) == 0
+    assert main(["judge-train", "--db", str(empty), "--out", str(out)]) == 2
+    assert "no upstream judgments to train on" in capsys.readouterr().err
