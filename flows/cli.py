@@ -36,6 +36,29 @@ def cmd_import_upstream(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from tasks.benchmark_config import describe, load_config
+
+    cfg = load_config(args.config)                # a bad config fails before Prefect starts
+    print(f"benchmark: {describe(cfg)}", file=sys.stderr)
+    ensure_server(args.db)
+    from flows.benchmark import benchmark
+
+    result = benchmark(config=str(args.config) if args.config else None, db=args.db, out=str(args.out))
+    print(f"\njury accuracy — dataset {result['dataset']}, panel {result['panel']}:")
+    print(f"  {'model':<28} {'answered':>9} {'majority %':>11} {'strict %':>9}")
+    for r in result["headline"]:
+        pct = lambda x: "—" if x is None or x != x else f"{100 * x:.1f}"   # noqa: E731
+        print(f"  {r['model']:<28} {r['n_predictions']:>4}/{r['n_questions']:<4} {pct(r['majority_accuracy']):>11} "
+              f"{pct(r['strict_accuracy']):>9}")
+    for line in result["failures"]:
+        print(f"  failed: {line}")
+    for line in result["skipped"]:
+        print(f"  jury skipped: {line}")
+    print(f"\nreport:   {result['report']}\nwarehouse: {result['db']}\nsnapshot: {result['snapshot']}")
+    return 1 if result["failures"] else 0
+
+
 def cmd_judge(args: argparse.Namespace) -> int:
     import signal
 
@@ -352,6 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", type=Path, help="root of the clone (or of any dataset in its layout)")
     p.add_argument("--dataset", help="dataset id (default: the layout's manifest name, else ct-spatialvqa)")
     p.set_defaults(func=cmd_import_upstream)
+
+    p = sub.add_parser("benchmark", parents=[db],
+                       help="the main job: data set -> preprocess -> infer -> judge -> score -> report")
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="benchmark YAML (see examples/benchmark.yaml; default: a phantom set, the offline "
+                        "baselines, the phantom expert and its shuffle ablation, the offline jury)")
+    p.add_argument("--out", type=Path, default=Path("out"), help="report, snapshot and generated data (default: out/)")
+    p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("judge", parents=[db], help="judge predictions with a panel of judges")
     p.add_argument("--judges", required=True, metavar="FILE|PRESET",

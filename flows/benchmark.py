@@ -1,0 +1,122 @@
+"""The main job: data set -> preprocess -> infer -> judge -> score -> report, each stage a sub-flow that
+does only the missing work, so a second call is quick and a killed call resumes where it stopped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+import warehouse
+from flows.import_upstream import import_upstream
+from flows.infer import infer
+from flows.judge import judge
+from flows.preprocess import preprocess
+from flows.score import score
+from tasks.benchmark_config import BenchmarkConfig, PhantomSet, describe, load_config
+
+
+@task(name="phantom-set", cache_policy=NO_CACHE)
+def phantom_set(spec: PhantomSet, out: str) -> str:
+    """Generated once: the same files are kept (a re-generation would change their mtimes, and with them
+    every input built from them)."""
+    from adapters.datasets.phantom import GENERATOR, MANIFEST_JSON, generate
+
+    root = Path(out) / f"phantoms-{spec.size}-s{spec.seed}-n{spec.n}"
+    manifest = root / MANIFEST_JSON
+    try:
+        have = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        have = {}
+    if {k: have.get(k) for k in ("n", "seed", "size", "generator")} != {"n": spec.n, "seed": spec.seed,
+                                                                         "size": spec.size, "generator": GENERATOR}:
+        generate(root, spec.n, spec.seed, spec.size)
+    return str(root)
+
+
+def _recipes(models: list[dict]) -> list[str]:
+    from adapters.models import registry
+    from adapters.models.base import AdapterSettings
+
+    out = []
+    for m in models:
+        adapter = registry.create(m["model"], AdapterSettings(checkpoint=m.get("checkpoint"),
+                                                              options=dict(m.get("options") or {})))
+        if adapter.recipe and adapter.recipe not in out:
+            out.append(adapter.recipe)
+    return out
+
+
+def _judges_ready(spec: str) -> str | None:
+    """Why a jury cannot sit now (missing keys), or None."""
+    from adapters.judges.keys import MissingKey, check_keys
+    from adapters.judges.spec import load_panel
+
+    try:
+        check_keys(load_panel(spec).judges)
+    except MissingKey as exc:
+        return str(exc)
+    return None
+
+
+@flow(name="benchmark", flow_run_name="benchmark", validate_parameters=False)
+def benchmark(config: str | None = None, db: str | None = None, out: str | None = None) -> dict:
+    log = get_run_logger()
+    cfg: BenchmarkConfig = load_config(config)
+    out_dir = Path(out or "out").resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log.info("benchmark: %s", describe(cfg))
+
+    source = phantom_set(cfg.phantoms, str(out_dir)) if cfg.phantoms else cfg.upstream
+    imported = import_upstream(path=source, db=db, dataset=cfg.dataset)
+    dataset = imported["dataset_id"]
+
+    recipes = _recipes(cfg.models)
+    if recipes:
+        preprocess(recipes=",".join(recipes), db=db, dataset=dataset, volumes=cfg.volumes or None)
+
+    runs, failures = [], []
+    for m in cfg.models:
+        params = {k: v for k, v in m.items() if k in ("model", "name", "checkpoint", "device", "dtype", "seed",
+                                                       "options", "ablate", "limit_volumes")}
+        if "batch_size" in m:
+            params["batch_size"] = int(m["batch_size"])
+        state = infer(db=db, dataset=dataset, return_state=True, **params)
+        if state.is_failed():
+            failures.append(f"{m['model']}: {state.message}")
+            log.warning("model %s failed: %s", m["model"], state.message)
+        else:
+            runs.append(state.result()["run"])
+
+    juries, skipped = [], []
+    for spec in cfg.judges:
+        if (why := _judges_ready(spec)) is not None:
+            skipped.append(f"{spec}: {why}")
+            log.warning("jury %s skipped: %s", spec, why)
+            continue
+        judge(judges=spec, runs=runs or None, db=db)
+        juries.append(spec)
+
+    score(runs=runs or None, db=db)
+
+    from tasks.report_html import write_report
+    from warehouse.snapshot import publish_snapshot
+
+    report = write_report(db, out_dir / "report", dataset=dataset)
+    snapshot = publish_snapshot(db, out_dir / "ctsvqa-snapshot.duckdb")
+    with warehouse.reader(db) as con:
+        headline = con.execute(
+            "SELECT model, panel, n_predictions, n_questions, majority_accuracy, strict_accuracy "
+            "FROM model_accuracy WHERE dataset = ? AND panel = ? ORDER BY majority_accuracy DESC, model",
+            [dataset, report.panel]).df().to_dict("records")
+    create_table_artifact(key="benchmark-accuracy", table=headline,
+                          description=f"Jury accuracy, dataset {dataset}, panel {report.panel}")
+    create_markdown_artifact(key="benchmark-report", markdown=(
+        f"# ctsvqa benchmark\n\n- report: `{report.html}`\n- warehouse: `{warehouse.resolve_db(db)}`\n"
+        f"- snapshot: `{snapshot}`\n- {describe(cfg)}"))
+    return {"dataset": dataset, "panel": report.panel, "report": str(report.html), "snapshot": str(snapshot),
+            "db": str(warehouse.resolve_db(db)), "headline": headline, "failures": failures, "skipped": skipped,
+            "runs": runs, "juries": juries}

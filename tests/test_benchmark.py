@@ -1,0 +1,79 @@
+"""The main job end to end on a tiny phantom set: every stage stores its results, a second call
+recomputes nothing, and a bad config is one clear error before anything runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from flows.cli import main
+from tasks.benchmark_config import ConfigError, load_config
+
+CONFIG = """
+dataset:
+  phantoms: {n: 3, seed: 5, size: small}
+models:
+  - model: phantom-expert
+  - model: blind
+  - {model: phantom-expert, ablate: shuffle-volumes}
+judges: [offline]
+"""
+
+
+def _state(db: Path) -> dict:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return {t: con.execute(f"SELECT count(*), max(created_at) FROM {t}").fetchone()
+                for t in ("predictions", "judgments", "text_scores", "model_inputs")}
+    finally:
+        con.close()
+
+
+def test_benchmark_end_to_end_then_nothing_recomputed(prefect_server, tmp_path, capsys):
+    cfg = tmp_path / "bench.yaml"
+    cfg.write_text(CONFIG)
+    db, out = tmp_path / "wh.duckdb", tmp_path / "out"
+    args = ["benchmark", "--config", str(cfg), "--db", str(db), "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "panel offline" in printed and "phantom-expert-shuffled" in printed
+    assert (out / "report" / "report.html").is_file() and (out / "ctsvqa-snapshot.duckdb").is_file()
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        acc = dict(con.execute("SELECT model, majority_accuracy FROM model_accuracy WHERE panel = 'offline'").fetchall())
+        n_q = con.execute("SELECT count(*) FROM questions").fetchone()[0]
+        per_run = dict(con.execute("SELECT r.name, count(*) FROM predictions p JOIN runs r USING (run_id) "
+                                   "GROUP BY 1").fetchall())
+        scored = con.execute("SELECT count(DISTINCT run_id) FROM text_scores").fetchone()[0]
+    finally:
+        con.close()
+    assert set(acc) == {"phantom-expert", "blind", "phantom-expert-shuffled"}
+    assert per_run == {name: n_q for name in acc}
+    assert scored == 3
+    # the headline the command printed is the view's
+    for name, value in acc.items():
+        assert f"{100 * value:.1f}" in printed.split(name, 1)[1].splitlines()[0]
+    before = _state(db)
+    assert main(args) == 0
+    assert _state(db) == before                      # nothing answered, judged, scored or built again
+
+
+@pytest.mark.parametrize("text,message", [
+    ("models: []\n", "models: expected a non-empty list"),
+    ("dataset: {phantoms: {n: 1}}\n", "n at least 2"),
+    ("modles: [blind]\n", "unknown key(s) modles"),
+    ("models: [{model: blind, batchsize: 3}]\n", "models[0]: unknown key(s) batchsize"),
+    ("dataset: {upstream: x, phantoms: {}}\n", "either phantoms or upstream"),
+    ("judges: 3\n", "judges: expected a list"),
+])
+def test_bad_config_is_one_clear_error(tmp_path, capsys, text, message):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(cfg)
+    assert main(["benchmark", "--config", str(cfg), "--db", str(tmp_path / "wh.duckdb")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and str(cfg) in err[0]
+    assert not (tmp_path / "wh.duckdb").exists()
