@@ -31,16 +31,8 @@ from adapters.datasets import upstream  # noqa: E402
 from tasks import upstream_import as ui  # noqa: E402
 from warehouse.migrate import view_names  # noqa: E402
 
-DEFAULT_UPSTREAM = Path(os.environ.get("CTSVQA_UPSTREAM", REPO.parent / "shared" / "upstream" / "CT-SpatialVQA"))
+from bench.common import DEFAULT_UPSTREAM, median_s as timed  # noqa: E402
 
-
-def timed(fn, repeats: int) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), result
 
 
 def main() -> int:

@@ -38,7 +38,7 @@ from adapters.judges import learned  # noqa: E402
 from tasks import judge_training as jt  # noqa: E402
 from tasks.upstream_import import import_upstream  # noqa: E402
 
-DEFAULT_UPSTREAM = Path(os.environ.get("CTSVQA_UPSTREAM", REPO.parent / "shared" / "upstream" / "CT-SpatialVQA"))
+from bench.common import DEFAULT_UPSTREAM  # noqa: E402
 CACHE = REPO / ".cache"
 JUDGES = ("gpt", "gemini2.5", "qwen")
 REFERENCES = JUDGES + ("majority",)

@@ -29,7 +29,7 @@ from tasks import judging  # noqa: E402
 from tasks.upstream_import import import_upstream  # noqa: E402
 from warehouse import summaries  # noqa: E402
 
-DEFAULT_UPSTREAM = Path(os.environ.get("CTSVQA_UPSTREAM", REPO.parent / "shared" / "upstream" / "CT-SpatialVQA"))
+from bench.common import DEFAULT_UPSTREAM  # noqa: E402
 
 
 def split_of(volume: str) -> str:

@@ -30,16 +30,8 @@ from tasks.upstream_import import import_upstream  # noqa: E402
 from warehouse import summaries  # noqa: E402
 from warehouse.migrate import view_names  # noqa: E402
 
-DEFAULT_UPSTREAM = Path(os.environ.get("CTSVQA_UPSTREAM", REPO.parent / "shared" / "upstream" / "CT-SpatialVQA"))
+from bench.common import DEFAULT_UPSTREAM, median_s  # noqa: E402
 
-
-def median_s(fn, repeats: int) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), result
 
 
 def fetch(con: duckdb.DuckDBPyConnection, relation: str) -> int:
