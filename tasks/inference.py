@@ -445,6 +445,8 @@ def run_inference(db, request: InferRequest, progress: ProgressFn | None = None,
                     if mi is not None:
                         base["input_volume_sha256"] = Path(mi.path).stem     # inputs are named by it
                     rows = answer_volume(adapter, plan.run_id, mi, questions, request.batch_size, base)
+                    if mi is not None:
+                        mi.release()
                 writer.add(rows)
                 writer.volume_done()
                 for r in rows:

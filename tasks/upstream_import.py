@@ -129,13 +129,17 @@ def fingerprint(layout: upstream.Layout, dataset_id: str | None) -> str | None:
     """sha256 over the importer's code, the dataset id asked for, the folder, and every input
     file's role and bytes; None when a file cannot be read (parsing will then say why)."""
     h = hashlib.sha256(f"{dataset_id}\0{layout.root.resolve()}\0".encode())
+    manifest = layout.root / upstream.MANIFEST_JSON          # it names the dataset: part of what was imported
     files = [("code", p) for p in _IMPORTER_CODE] + [("dataset", layout.dataset), ("categories", layout.categories)]
+    files += [("manifest", manifest if manifest.exists() or manifest.is_symlink() else None)]
     files += sorted((f"predictions:{run}", p) for run, p in layout.predictions.items())
     files += sorted((f"judgments:{run}:{judge}", p) for (run, judge), p in layout.judgments.items())
     try:
         for role, path in files:
             h.update(f"{role}\0{path}\0".encode())
             if path is not None:
+                if not Path(path).is_file():            # a FIFO would block open(); parsing names the problem
+                    return None
                 with open(path, "rb") as f:
                     h.update(hashlib.file_digest(f, "sha256").digest())
     except (OSError, ValueError):

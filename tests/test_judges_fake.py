@@ -277,8 +277,8 @@ def test_secrets_never_stored_or_logged(tmp_path, mini_db, fake, caplog):
     judge_m3d(mini_db, panel)
     con = duckdb.connect(str(mini_db), read_only=True)
     dump = []
-    for (table,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall():
-        dump += [repr(r) for r in con.execute(f"SELECT * FROM {table}").fetchall()]
+    for schema, table in con.execute("SELECT schema_name, table_name FROM duckdb_tables()").fetchall():
+        dump += [repr(r) for r in con.execute(f'SELECT * FROM "{schema}"."{table}"').fetchall()]
     con.close()
     text = "\n".join(dump) + caplog.text
     for secret in KEYS.values():

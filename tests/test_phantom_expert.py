@@ -4,6 +4,8 @@ with a reason, never an exception or a guess, on what it cannot read."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import sys
 from pathlib import Path
 
@@ -122,7 +124,7 @@ def test_it_reads_nothing_but_its_input(oriented):
     sys.addaudithook(hook)
     active[0] = True
     try:
-        answers = ask(PhantomExpert(), mi, qas)
+        answers = ask(PhantomExpert(), dataclasses.replace(mi), qas)     # a fresh ModelInput: nothing cached
     finally:
         active[0] = False
     assert any(a.status == "ok" for a in answers)

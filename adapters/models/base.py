@@ -90,6 +90,11 @@ class ModelInput:
         object.__setattr__(self, "_arrays", arrays)      # frozen dataclass: a cache, not a field
         return arrays
 
+    def release(self) -> None:
+        """Drop the cached arrays (the runner calls it once the volume is answered: a run keeps every
+        volume's ModelInput, and 1,601 cached inputs would not fit in memory)."""
+        self.__dict__.pop("_arrays", None)
+
 
 @dataclass(frozen=True)
 class AdapterSettings:
