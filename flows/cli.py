@@ -23,11 +23,23 @@ def _db_parent() -> argparse.ArgumentParser:
 
 
 def cmd_import_upstream(args: argparse.Namespace) -> int:
-    ensure_server(args.db)
-    from flows.import_upstream import import_upstream
+    from dataclasses import asdict
 
-    summary = import_upstream(path=str(args.path), db=args.db, dataset=args.dataset)
-    print(f"imported dataset {summary['dataset_id']}: {summary['n_volumes']} volumes, "
+    from adapters.datasets import upstream
+    from tasks.upstream_import import fingerprint, previous_import
+
+    # The same files as the last import: nothing to do, so no flow run (Prefect's start-up would be
+    # the only cost). The flow makes the same check, for deployments and direct calls.
+    done = previous_import(args.db, fingerprint(upstream.discover(args.path), args.dataset))
+    if done is not None:
+        summary = asdict(done)
+        print("the files are unchanged since the last import of this dataset; nothing to do")
+    else:
+        ensure_server(args.db)
+        from flows.import_upstream import import_upstream
+
+        summary = import_upstream(path=str(args.path), db=args.db, dataset=args.dataset)
+    print(f"{'dataset' if done else 'imported dataset'} {summary['dataset_id']}: {summary['n_volumes']} volumes, "
           f"{summary['n_questions']} questions, {summary['n_category_labels']} category labels")
     for run, statuses in summary["predictions"].items():
         judges = summary["judgments"].get(run, {})
@@ -171,11 +183,26 @@ def cmd_phantoms(args: argparse.Namespace) -> int:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
-    ensure_server(args.db)
-    from flows.preprocess import preprocess
+    import warehouse
+    from adapters.models.recipes import select
+    from tasks import input_cache, model_inputs
 
-    result = preprocess(recipes=args.recipes, db=args.db, dataset=args.dataset, volumes=args.volumes,
-                        out=args.out, workers=args.workers, decode_cache=args.decode_cache, max_cache=args.max_cache)
+    # Every requested input built and current: nothing to do, so no flow run (Prefect's start-up would
+    # be the only cost); the budget is still applied.
+    chosen = select(args.recipes)
+    out_root = (Path(args.out) if args.out else warehouse.resolve_db(args.db).parent / "inputs").resolve()
+    max_bytes = input_cache.budget(args.max_cache)
+    if warehouse.resolve_db(args.db).is_file() and not model_inputs.plan(
+            args.db, args.dataset, chosen, [Path(v).resolve() for v in args.volumes or []], out_root):
+        input_cache.evict(out_root, max_bytes)
+        result = model_inputs.summary(args.db, args.dataset, chosen, out_root, max_bytes, 0)
+    else:
+        ensure_server(args.db)
+        from flows.preprocess import preprocess
+
+        result = preprocess(recipes=args.recipes, db=args.db, dataset=args.dataset, volumes=args.volumes,
+                            out=args.out, workers=args.workers, decode_cache=args.decode_cache,
+                            max_cache=args.max_cache)
     budget = f" of a {result['max_cache'] / 1e9:.1f} GB budget" if result["max_cache"] else ""
     print(f"{result['volumes_processed']} volume(s) processed; {result['inputs_ok']} model inputs built in total "
           f"under {result['out_root']} ({result['cache_bytes'] / 1e9:.2f} GB on disk{budget})")

@@ -5,13 +5,39 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
 from flows.artifacts import publish_accuracy
 from tasks import upstream_import as ui
+from warehouse import WarehouseLocked
+
+
+# The Prefect wrappers of the plain steps (here, not in tasks/, so that `ctsvqa import-upstream` can
+# tell an unchanged import without importing Prefect). Parsed files are large in-memory objects:
+# hashing them for a cache key would cost more than parsing again, so these tasks are never cached.
+parse_dataset_task = task(ui.parse_dataset, name="parse-dataset", cache_policy=NO_CACHE)
+parse_predictions_task = task(ui.parse_predictions, name="parse-predictions", cache_policy=NO_CACHE,
+                              task_run_name="parse-predictions-{run}")
+parse_judgments_task = task(ui.parse_judgments, name="parse-judgments", cache_policy=NO_CACHE,
+                            task_run_name="parse-judgments-{path.name}")
+
+
+def _only_lock_errors(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except WarehouseLocked:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+load_task = task(ui.load, name="load-warehouse", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
+                 retry_condition_fn=_only_lock_errors)
 
 
 def _passed_as_is(task):
@@ -22,10 +48,10 @@ def _passed_as_is(task):
     return call
 
 
-TASK_STEPS = ui.Steps(parse_dataset=_passed_as_is(ui.parse_dataset_task),
-                      parse_predictions=_passed_as_is(ui.parse_predictions_task),
-                      parse_judgments=_passed_as_is(ui.parse_judgments_task),
-                      load=_passed_as_is(ui.load_task))
+TASK_STEPS = ui.Steps(parse_dataset=_passed_as_is(parse_dataset_task),
+                      parse_predictions=_passed_as_is(parse_predictions_task),
+                      parse_judgments=_passed_as_is(parse_judgments_task),
+                      load=_passed_as_is(load_task))
 
 
 def _run_name() -> str:

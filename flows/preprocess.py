@@ -80,23 +80,11 @@ def preprocess(recipes: str = "all", db: str | None = None, dataset: str | None 
             input_cache.evict(out_root, max_bytes)
             _pool.shutdown()
             _pool = None
-    keys = [f"{r.name}@{r.version}" for r in chosen]
-    with warehouse.reader(db) as con:
-        failed = con.execute(
-            "SELECT volume, recipe, reason FROM model_inputs WHERE status = 'failed' AND (? IS NULL OR dataset_id = ?) "
-            "AND list_contains(?, recipe || '@' || version) ORDER BY volume, recipe", [dataset, dataset, keys]).fetchall()
-        built = con.execute("SELECT count(*) FROM model_inputs WHERE status = 'ok' AND (? IS NULL OR dataset_id = ?)",
-                            [dataset, dataset]).fetchone()[0]
-        n_volumes = con.execute("SELECT count(*) FROM volumes WHERE ? IS NULL OR dataset_id = ?",
-                                [dataset, dataset]).fetchone()[0]
-    by_volume: dict[str, str] = {}
-    for volume, _, reason in failed:
-        by_volume.setdefault(volume, reason)
+    result = model_inputs.summary(db, dataset, chosen, out_root, max_bytes, len(jobs))
+    by_volume = result["failed_volumes"]
     for volume, reason in by_volume.items():
         log.info("failed input %s: %s", volume, reason)       # the caller reports them (CLI: stdout, exit 1)
     if by_volume:
         create_table_artifact(key="preprocess-failures", table=[{"volume": v, "reason": r}
                                                                for v, r in by_volume.items()])
-    return {"volumes_processed": len(jobs), "inputs_ok": built, "failed_volumes": by_volume,
-            "n_volumes": n_volumes, "out_root": str(out_root), "cache_bytes": input_cache.usage(out_root),
-            "max_cache": max_bytes}
+    return result

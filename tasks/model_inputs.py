@@ -224,3 +224,26 @@ def ensure_inputs(db, dataset: str, recipe: str | Recipe, volumes: Iterable[str]
     input_cache.touch(paths.values())
     input_cache.evict(out_root, input_cache.budget(max_cache), keep=paths.values())
     return {v: paths[v] for v in wanted if v in paths}
+
+
+def summary(db, dataset: str | None, recipes: Sequence[Recipe], out_root: Path, max_bytes: int | None,
+            volumes_processed: int) -> dict:
+    """What `preprocess` reports: inputs built, volumes whose requested recipes failed (first reason
+    each), and the cache's size against its budget."""
+    from tasks import input_cache
+
+    keys = [f"{r.name}@{r.version}" for r in recipes]
+    with warehouse.reader(db) as con:
+        failed = con.execute(
+            "SELECT volume, recipe, reason FROM model_inputs WHERE status = 'failed' AND (? IS NULL OR dataset_id = ?) "
+            "AND list_contains(?, recipe || '@' || version) ORDER BY volume, recipe", [dataset, dataset, keys]).fetchall()
+        built = con.execute("SELECT count(*) FROM model_inputs WHERE status = 'ok' AND (? IS NULL OR dataset_id = ?)",
+                            [dataset, dataset]).fetchone()[0]
+        n_volumes = con.execute("SELECT count(*) FROM volumes WHERE ? IS NULL OR dataset_id = ?",
+                                [dataset, dataset]).fetchone()[0]
+    by_volume: dict[str, str] = {}
+    for volume, _, reason in failed:
+        by_volume.setdefault(volume, reason)
+    return {"volumes_processed": volumes_processed, "inputs_ok": built, "failed_volumes": by_volume,
+            "n_volumes": n_volumes, "out_root": str(out_root), "cache_bytes": input_cache.usage(out_root),
+            "max_cache": max_bytes}

@@ -12,8 +12,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 import duckdb
 
@@ -181,26 +179,3 @@ def import_upstream(root: str | os.PathLike, db: str | os.PathLike | None = None
     preds = {run: steps.parse_predictions(run, p, dataset, index) for run, p in layout.predictions.items()}
     judged = [steps.parse_judgments(judge, p, preds[run]) for (run, judge), p in layout.judgments.items()]
     return steps.load(db, layout, dataset, list(preds.values()), judged, dataset_id, fp)
-
-
-# Prefect wrappers. Parsed files are large in-memory objects: hashing them for a cache key would
-# cost more than parsing again, so these tasks are never cached.
-parse_dataset_task = task(parse_dataset, name="parse-dataset", cache_policy=NO_CACHE)
-parse_predictions_task = task(parse_predictions, name="parse-predictions", cache_policy=NO_CACHE,
-                              task_run_name="parse-predictions-{run}")
-parse_judgments_task = task(parse_judgments, name="parse-judgments", cache_policy=NO_CACHE,
-                            task_run_name="parse-judgments-{path.name}")
-
-
-def _only_lock_errors(task, task_run, state) -> bool:
-    try:
-        state.result()
-    except warehouse.WarehouseLocked:
-        return True
-    except Exception:
-        return False
-    return False
-
-
-load_task = task(load, name="load-warehouse", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
-                 retry_condition_fn=_only_lock_errors)

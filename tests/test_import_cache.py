@@ -56,3 +56,41 @@ def test_another_dataset_id_or_a_new_warehouse_is_not_a_cache_hit(mini_copy, db,
     ui.import_upstream(mini_copy, db)
     assert not ui.import_upstream(mini_copy, db, dataset_id="other").unchanged
     assert not ui.import_upstream(mini_copy, tmp_path / "fresh.duckdb").unchanged
+
+
+def test_cli_import_of_unchanged_files_runs_no_flow(tmp_path):
+    """Nothing to do costs no Prefect start-up: the CLI checks the fingerprint before any flow."""
+    import subprocess
+    import sys
+
+    from tests.conftest import MINI, REPO, cli_env
+
+    db = tmp_path / "wh.duckdb"
+    ui.import_upstream(MINI, db)
+    env = cli_env(PREFECT_API_URL="http://127.0.0.1:9/api")      # nothing listens: a flow run would fail
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "import-upstream", str(MINI), "--db", str(db)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "unchanged since the last import" in done.stdout and "dataset ct-spatialvqa: 3 volumes" in done.stdout
+
+
+def test_cli_preprocess_with_every_input_built_runs_no_flow(tmp_path):
+    import subprocess
+    import sys
+
+    from adapters.datasets.phantom import generate
+    from tasks.inference import build_inputs
+    from tests.conftest import REPO, cli_env
+
+    generate(tmp_path / "ph", 2, 3, "small")
+    db = tmp_path / "wh.duckdb"
+    summary = ui.import_upstream(tmp_path / "ph", db)
+    con = duckdb.connect(str(db), read_only=True)
+    volumes = [v for (v,) in con.execute("SELECT volume FROM volumes").fetchall()]
+    con.close()
+    assert build_inputs(db, summary.dataset_id, "vila-m3", volumes) == 2
+    env = cli_env(PREFECT_API_URL="http://127.0.0.1:9/api")      # nothing listens: a flow run would fail
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "preprocess", "--recipes", "vila-m3", "--db", str(db)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("0 volume(s) processed; 2 model inputs built in total")

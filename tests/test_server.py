@@ -38,7 +38,8 @@ def test_first_flow_command_starts_the_server_and_the_next_reuses_it(resident_se
     assert state.running and state.healthy
     assert (state.dir / "home").is_dir() and state.dir == db.parent / ".prefect-server"
 
-    again = ctsvqa("import-upstream", str(MINI), "--db", str(db), CTSVQA_PREFECT="resident")
+    # another dataset id: a real import (the same files again would be a no-op that starts no flow)
+    again = ctsvqa("import-upstream", str(MINI), "--dataset", "mini-again", "--db", str(db), CTSVQA_PREFECT="resident")
     assert again.returncode == 0, again.stderr
     assert "started a Prefect server" not in again.stderr
     assert server.status(db).pid == state.pid                 # the same process served both commands
