@@ -407,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the main job: data set -> preprocess -> infer -> judge -> score -> report")
     p.add_argument("--config", type=Path, metavar="FILE",
                    help="benchmark YAML (see examples/benchmark.yaml; default: a phantom set, the offline "
-                        "baselines, the phantom expert and its shuffle ablation, the offline jury)")
+                        "baselines, the phantom expert and its shuffle ablation, the learned offline judge)")
     p.add_argument("--out", type=Path, default=Path("out"), help="report, snapshot and generated data (default: out/)")
     p.set_defaults(func=cmd_benchmark)
 
