@@ -10,6 +10,9 @@ from typing import Any
 
 import yaml
 
+from adapters.models import registry
+from adapters.models.base import AdapterError
+
 MODEL_KEYS = {"model", "name", "checkpoint", "device", "dtype", "batch_size", "seed", "options", "ablate",
               "limit_volumes"}
 
@@ -92,6 +95,10 @@ def load_config(path: str | Path | None) -> BenchmarkConfig:
             if bad:
                 raise ConfigError(f"{path}: models[{i}]: unknown key(s) {', '.join(sorted(bad))} "
                                   f"(known: {', '.join(sorted(MODEL_KEYS))})")
+            try:
+                registry.adapter_class(str(m["model"]))
+            except (AdapterError, ValueError) as exc:            # unknown, or not importable here
+                raise ConfigError(f"{path}: models[{i}]: {exc}") from exc
             models[i] = m
         cfg.models = models
     if "judges" in raw:

@@ -67,6 +67,7 @@ def test_benchmark_end_to_end_then_nothing_recomputed(prefect_server, tmp_path, 
     ("models: [{model: blind, batchsize: 3}]\n", "models[0]: unknown key(s) batchsize"),
     ("dataset: {upstream: x, phantoms: {}}\n", "either phantoms or upstream"),
     ("judges: 3\n", "judges: expected a list"),
+    ("models: [nope]\n", "models[0]: unknown model 'nope'; known models:"),
 ])
 def test_bad_config_is_one_clear_error(tmp_path, capsys, text, message):
     cfg = tmp_path / "bad.yaml"
