@@ -286,18 +286,18 @@ def _reap(parent: int) -> None:
         seen.update(p for p in _children(parent) if _is_ephemeral_server(p))
         if ready and not os.read(0, 1):
             break
-    for pid in seen:
-        if _is_ephemeral_server(pid):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                continue
+    _signal_servers(seen, signal.SIGTERM)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(_is_ephemeral_server(p) for p in seen):
         time.sleep(0.2)
-    for pid in seen:
+    _signal_servers(seen, signal.SIGKILL)
+
+
+def _signal_servers(pids: set[int], sig: int) -> None:
+    """Send `sig` to those of `pids` that are still ephemeral Prefect servers (a PID may be reused)."""
+    for pid in pids:
         if _is_ephemeral_server(pid):
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, sig)
             except ProcessLookupError:
                 pass

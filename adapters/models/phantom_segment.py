@@ -79,6 +79,16 @@ def _label_numpy(mask: np.ndarray, structure: np.ndarray) -> tuple[np.ndarray, i
     return result, len(roots)
 
 
+def _without_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
+    """The mask with its connected components of fewer than `min_voxels` voxels removed."""
+    lab, n = label(mask)
+    if not n:
+        return mask
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    return sizes[lab] >= min_voxels
+
+
 def _box_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Mean of `values` over the weighted voxels of each 3x3x3 neighbourhood (0 where none)."""
     v = np.pad(values * weights, 1)
@@ -138,11 +148,7 @@ def segment(hu: np.ndarray, spacing: tuple[float, float, float]) -> Segmentation
                           f"(body = voxels above -500 HU not connected to the border air)")
     inside_air = body & air
     airway = body & (hu < -940)
-    ac_lab, n = label(airway)
-    if n:
-        sizes = np.bincount(ac_lab.ravel())
-        sizes[0] = 0
-        airway = sizes[ac_lab] >= 10
+    airway = _without_small_components(airway, 10)
     lung = inside_air & ~airway
     if lung.sum() < 0.01 * body.sum():
         raise NotAPhantom(f"no air-filled lungs inside the body ({int(lung.sum())} voxels between -940 and -500 HU)")
@@ -260,11 +266,7 @@ def segment(hu: np.ndarray, spacing: tuple[float, float, float]) -> Segmentation
         box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in np.nonzero(soft))
         smooth[box] = _box_mean(hu[box], soft[box])
     fluid = soft & (smooth < 25)
-    fl, nf = label(fluid)
-    if nf:
-        sizes = np.bincount(fl.ravel())
-        sizes[0] = 0
-        fluid = sizes[fl] >= 20
+    fluid = _without_small_components(fluid, 20)
     solid = soft & ~fluid
     findings: list[tuple[str, int]] = []
     missing: dict = {}
