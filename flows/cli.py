@@ -190,7 +190,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     # Every requested input built and current: nothing to do, so no flow run (Prefect's start-up would
     # be the only cost); the budget is still applied.
     chosen = select(args.recipes)
-    out_root = (Path(args.out) if args.out else warehouse.resolve_db(args.db).parent / "inputs").resolve()
+    out_root = model_inputs.output_root(args.db, args.out)
     max_bytes = input_cache.budget(args.max_cache)
     if warehouse.resolve_db(args.db).is_file() and not model_inputs.plan(
             args.db, args.dataset, chosen, [Path(v).resolve() for v in args.volumes or []], out_root):

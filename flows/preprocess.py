@@ -10,7 +10,6 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-import warehouse
 from adapters.models.recipes import RECIPES, select
 from tasks import input_cache, model_inputs
 
@@ -56,7 +55,7 @@ def preprocess(recipes: str = "all", db: str | None = None, dataset: str | None 
     log = get_run_logger()
     chosen = select(recipes)
     max_bytes = input_cache.budget(max_cache)
-    out_root = (Path(out) if out else warehouse.resolve_db(db).parent / "inputs").resolve()
+    out_root = model_inputs.output_root(db, out)
     jobs = model_inputs.plan(db, dataset, chosen, [Path(v).resolve() for v in volumes or []], out_root,
                              None if only_volumes is None else set(only_volumes))
     log.info("%d volume(s) need %d recipe(s); outputs under %s", len(jobs), len(chosen), out_root)

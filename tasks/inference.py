@@ -222,7 +222,7 @@ def build_inputs(db, dataset_id: str, recipe: str, volumes: Sequence[str]) -> in
     """Without Prefect: the preprocess steps for one recipe and these volumes only."""
     from tasks import model_inputs
 
-    out_root = warehouse.resolve_db(db).parent / "inputs"
+    out_root = model_inputs.output_root(db)
     jobs = model_inputs.plan(db, dataset_id, [RECIPES[recipe]], [], out_root, only=set(volumes))
     return model_inputs.record(db, [row for job in jobs for row in model_inputs.process_volume(job, str(out_root))])
 

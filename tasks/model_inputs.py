@@ -37,6 +37,12 @@ class VolumeJob:
                 "source_size": self.source_size, "source_mtime_ns": self.source_mtime_ns}
 
 
+def output_root(db, out: str | os.PathLike | None = None) -> Path:
+    """Where model inputs are written: `out`, else `inputs/` beside the warehouse file; absolute, so
+    stored paths never depend on the working directory."""
+    return (Path(out) if out else warehouse.resolve_db(db).parent / "inputs").resolve()
+
+
 def find_volume(volume: str, roots: Sequence[Path]) -> Path | None:
     """Absolute path of the volume's file. Anything at a candidate path counts (a directory or a
     broken link is reported by the decoder for what it is, not as 'not found')."""
