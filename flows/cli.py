@@ -239,7 +239,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
     params = dict(model=args.model, checkpoint=args.checkpoint, name=args.name, dataset=args.dataset,
                   device=args.device, dtype=args.dtype, batch_size=args.batch_size, limit_volumes=args.limit_volumes,
-                  seed=args.seed, options=_options(args.option), ablate=args.ablate, retry_failed=args.retry_failed)
+                  seed=args.seed, options=_options(args.option), ablate=args.ablate, retry_failed=args.retry_failed,
+                  code_dir=args.code_dir)
     try:
         plan = plan_run(args.db, InferRequest(**params))      # a bad model, dataset or name fails before Prefect starts
     except (AdapterError, InferenceError) as exc:
@@ -455,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("infer", parents=[db], help="run a model (or a baseline) over a dataset; resumable")
     p.add_argument("--model", required=True, metavar="NAME", help="an adapter name (see `ctsvqa models`) or module:Class")
     p.add_argument("--checkpoint", metavar="PATH", help="checkpoint directory or hub id (default: the adapter's)")
+    p.add_argument("--code-dir", metavar="DIR", help="a checkout of the model's own repository (see `ctsvqa models`)")
     p.add_argument("--name", help="run name (default: the model name, plus -shuffled under the ablation)")
     p.add_argument("--dataset", help="dataset id (required when the warehouse has several)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")

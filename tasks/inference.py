@@ -54,10 +54,11 @@ class InferRequest:
     options: dict[str, Any] = field(default_factory=dict)
     ablate: str | None = None
     retry_failed: bool = False
+    code_dir: str | None = None
 
     def settings(self) -> AdapterSettings:
         return AdapterSettings(checkpoint=self.checkpoint, device=self.device, dtype=self.dtype, seed=self.seed,
-                               options=dict(self.options))
+                               options=dict(self.options), code_dir=self.code_dir)
 
 
 @dataclass

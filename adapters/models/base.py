@@ -103,6 +103,7 @@ class AdapterSettings:
     dtype: str | None = None               # 'float32' | 'bfloat16' | 'float16'; None: the adapter's default
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)   # adapter-specific (e.g. {'variant': 'upstream-harness'})
+    code_dir: str | None = None            # a checkout of the model's own repository (remote-code models)
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,8 @@ class ModelAdapter:
     default_recipe: ClassVar[str | None] = None   # a name in adapters/models/recipes.py; None: reads no image
     description: ClassVar[str] = ""
     packages: ClassVar[tuple[str, ...]] = ()      # distributions whose versions go into provenance
+    environment: ClassVar[str | None] = None      # family environment (adapters/models/envs/<name>.txt) whose
+    #                                               stack the model's code needs; None: runs in ours, in-process
 
     def __init__(self, settings: AdapterSettings | None = None) -> None:
         self.settings = settings or AdapterSettings()
@@ -143,11 +146,17 @@ class ModelAdapter:
             return None
         return checkpoint_fingerprint(ckpt)
 
+    def code_identity(self) -> dict[str, Any] | None:
+        """What identifies the model's own code (a checkout given as `code_dir`) without importing it."""
+        return code_fingerprint(self.settings.code_dir) if self.settings.code_dir else None
+
     def identity(self) -> dict[str, Any]:
         from adapters.models.recipes import RECIPES
 
         recipe = self.recipe
+        code = self.code_identity()
         return {
+            **({"code": code} if code is not None else {}),   # absent, not None: older run ids stay valid
             "adapter": self.name,
             "adapter_version": self.version,
             "checkpoint": self.checkpoint_identity(),
@@ -205,6 +214,28 @@ def checkpoint_fingerprint(checkpoint: str) -> dict[str, Any]:
     for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) + sorted(path.glob("*.pt")):
         digest.update(f"{f.name}:{f.stat().st_size}\0".encode())
     return {"name": path.name, "sha256": digest.hexdigest()}
+
+
+def code_fingerprint(code_dir: str) -> dict[str, Any]:
+    """sha256 over a code checkout's Python files (relative path and bytes), plus its git HEAD when it
+    is a git checkout: the same code on two machines gives the same identity, an edited file another."""
+    root = Path(code_dir).expanduser()
+    if not root.is_dir():
+        return {"path": str(code_dir), "missing": True}
+    digest = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        if any(part.startswith(".") or part == "__pycache__" for part in f.relative_to(root).parts):
+            continue
+        digest.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    found: dict[str, Any] = {"name": root.name, "sha256": digest.hexdigest()}
+    head = root / ".git" / "HEAD"
+    if head.is_file():
+        ref = head.read_text().strip()
+        if ref.startswith("ref: "):
+            target = root / ".git" / ref[5:]
+            ref = target.read_text().strip() if target.is_file() else ref
+        found["git_head"] = ref
+    return found
 
 
 def identity_hash(identity: dict[str, Any]) -> str:
