@@ -103,10 +103,10 @@ def benchmark(config: str | None = None, db: str | None = None, out: str | None 
     score(runs=runs or None, db=db)
 
     from tasks.report_html import write_report
-    from warehouse.snapshot import publish_snapshot
+    from warehouse.snapshot import default_snapshot, publish_snapshot
 
     report = write_report(db, out_dir / "report", dataset=dataset)
-    snapshot = publish_snapshot(db, out_dir / "ctsvqa-snapshot.duckdb")
+    snapshot = publish_snapshot(db, default_snapshot(db))
     with warehouse.reader(db) as con:
         headline = con.execute(
             "SELECT model, panel, n_predictions, n_questions, majority_accuracy, strict_accuracy "

@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
+from flows.snapshot import refresh_snapshot
 from flows.artifacts import publish_accuracy
 from tasks import upstream_import as ui
 from warehouse import WarehouseLocked
@@ -75,4 +76,6 @@ def import_upstream(path: str, db: str | None = None, dataset: str | None = None
             create_table_artifact(key="upstream-import", table=summary.as_rows(),
                                   description=f"Upstream import into dataset {summary.dataset_id}")
     publish_accuracy(db, dataset=summary.dataset_id)
+    if not summary.unchanged:
+        refresh_snapshot(db)
     return asdict(summary)

@@ -8,6 +8,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
+from flows.snapshot import refresh_snapshot
 from flows.preprocess import preprocess
 from adapters.models.base import AdapterError
 from tasks import inference
@@ -71,6 +72,7 @@ def infer(model: str, checkpoint: str | None = None, name: str | None = None, da
     if state.is_failed():
         return Failed(message=state.message)
     summary = state.result()
+    refresh_snapshot(db)             # failures are data too: stored either way
     row = summary.row()
     create_table_artifact(key="infer-summary", table=[row],
                           description=f"Inference run {summary.name} ({summary.run_id}) on {summary.dataset_id}")

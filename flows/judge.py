@@ -8,6 +8,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.snapshot import refresh_snapshot
 from adapters.judges.keys import check_keys
 from flows.artifacts import publish_accuracy
 from adapters.judges.spec import JudgeSpec, load_panel
@@ -70,6 +71,7 @@ def judge(judges: str = "offline", runs: list[str] | None = None, db: str | None
     if rows:
         create_table_artifact(key="judge-summary", table=rows, description=f"Judging with panel {panel.name}")
         publish_accuracy(db, panel=panel.name)
+    refresh_snapshot(db)
     if any(r["interrupted"] for r in rows):
         log.warning("interrupted: %d judged, %d left", sum(r["judged"] for r in rows), sum(r["left"] for r in rows))
     for r in rows:

@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.snapshot import refresh_snapshot
 from adapters.models.recipes import RECIPES, select
 from tasks import input_cache, model_inputs
 
@@ -86,4 +87,6 @@ def preprocess(recipes: str = "all", db: str | None = None, dataset: str | None 
     if by_volume:
         create_table_artifact(key="preprocess-failures", table=[{"volume": v, "reason": r}
                                                                for v, r in by_volume.items()])
+    if jobs:
+        refresh_snapshot(db)
     return result

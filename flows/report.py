@@ -10,14 +10,14 @@ from prefect.artifacts import create_markdown_artifact
 
 import warehouse
 from tasks.report_html import write_report
-from warehouse.snapshot import publish_snapshot
+from warehouse.snapshot import default_snapshot, publish_snapshot
 
 
 @flow(name="report", flow_run_name="report", validate_parameters=False)
 def report(db: str | None = None, out: str = "out", dataset: str | None = None, panel: str | None = None) -> dict:
     out_dir = Path(out).resolve()
     written = write_report(db, out_dir / "report", dataset=dataset, panel=panel)
-    snapshot = publish_snapshot(db, out_dir / "ctsvqa-snapshot.duckdb")
+    snapshot = publish_snapshot(db, default_snapshot(db))
     get_run_logger().info("report %s (panel %s), snapshot %s", written.html, written.panel, snapshot)
     create_markdown_artifact(key="report", markdown=(
         f"# ctsvqa report\n\n- report: `{written.html}` (dataset {written.dataset}, panel {written.panel})\n"

@@ -6,6 +6,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.snapshot import refresh_snapshot
 import warehouse
 from tasks import scoring, statistics
 
@@ -42,6 +43,7 @@ def score(runs: list[str] | None = None, db: str | None = None) -> list[dict]:
                             [summary.runs]).df()
     rows = table.drop(columns=["run_id"]).to_dict("records")
     get_run_logger().info("scored %d prediction(s) in %.1f s", summary.scored, summary.seconds)
+    refresh_snapshot(db)
     if rows:
         create_table_artifact(key="text-metrics", table=rows, description="text metrics per run")
     return rows

@@ -39,7 +39,7 @@ def test_benchmark_end_to_end_then_nothing_recomputed(prefect_server, tmp_path, 
     assert main(args) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "panel offline" in printed and "phantom-expert-shuffled" in printed
-    assert (out / "report" / "report.html").is_file() and (out / "ctsvqa-snapshot.duckdb").is_file()
+    assert (out / "report" / "report.html").is_file() and (tmp_path / "wh-snapshot.duckdb").is_file()
     con = duckdb.connect(str(db), read_only=True)
     try:
         acc = dict(con.execute("SELECT model, majority_accuracy FROM model_accuracy WHERE panel = 'offline'").fetchall())

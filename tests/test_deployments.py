@@ -35,8 +35,19 @@ def _api(url: str, path: str, body: dict | None = None):
         return json.load(reply)
 
 
-def test_import_deployment_runs_through_a_real_worker_as_the_readme_says(resident_server, tmp_path):
-    """README steps against our server, no CTSVQA_ROOT: work pool, deploy, run, worker --run-once."""
+BENCHMARK_CONFIG = """
+dataset:
+  phantoms: {n: 2, seed: 3, size: small}
+models:
+  - model: phantom-expert
+  - model: blind
+judges: [offline]
+"""
+
+
+def test_deployments_run_through_a_real_worker_as_the_readme_says(resident_server, tmp_path):
+    """README steps against our server, no CTSVQA_ROOT: work pool, deploy, run, worker --run-once;
+    the import deployment, then the nightly benchmark (on a tiny phantom config) to completion."""
     import subprocess
     import sys
 
@@ -80,6 +91,38 @@ def test_import_deployment_runs_through_a_real_worker_as_the_readme_says(residen
     assert any(a["flow_run_id"] == runs[0]["id"] and a["type"] == "table" for a in artifacts)
     assert worker.returncode == 0 and process_gone(worker.pid, timeout=0)
     assert not _processes_of_flow_run(runs[0]["id"])
+
+    config, bench_db, out = tmp_path / "nightly.yaml", tmp_path / "bench.duckdb", tmp_path / "out"
+    config.write_text(BENCHMARK_CONFIG)
+    run("deployment", "run", "benchmark/benchmark-nightly", "--param", f"config={config}", "--param", f"db={bench_db}",
+        "--param", f"out={out}")
+    worker = subprocess.Popen(prefect + ["worker", "start", "--pool", "ctsvqa-cpu", "--run-once"], cwd="/",
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        log, _ = worker.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        pytest.fail("the worker did not finish the benchmark run")
+    runs = [r for r in _api(state.url, "/flow_runs/filter") if r["name"] == "benchmark" and r.get("deployment_id")]
+    assert runs and runs[0]["state_type"] == "COMPLETED", log[-3000:]
+    children = [r for r in _api(state.url, "/flow_runs/filter") if r.get("parent_task_run_id")]
+    assert {"import-upstream", "infer", "judge", "score"} <= {_flow_name(state.url, r["flow_id"]) for r in children}
+    with duckdb.connect(str(bench_db), read_only=True) as con:
+        runs_acc = dict(con.execute("SELECT model, majority_accuracy FROM model_accuracy WHERE panel = 'offline'")
+                        .fetchall())
+        assert set(runs_acc) == {"phantom-expert", "blind"}
+        assert con.execute("SELECT count(*) FROM text_scores").fetchone()[0] > 0
+    assert (out / "report" / "report.html").is_file() and bench_db.with_name("bench-snapshot.duckdb").is_file()
+    assert worker.returncode == 0 and process_gone(worker.pid, timeout=0)
+    assert not _processes_of_flow_run(runs[0]["id"])
+
+
+def _flow_name(url: str, flow_id: str) -> str:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/flows/{flow_id}", timeout=30) as reply:
+        return json.load(reply)["name"]
 
 
 def _processes_of_flow_run(flow_run_id: str) -> list[int]:

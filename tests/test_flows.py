@@ -214,3 +214,29 @@ def test_cli_judge_without_keys_names_every_missing_key_and_stores_nothing(prefe
     err = capsys.readouterr().err
     assert "OPENAI_API_KEY" in err and "GEMINI_API_KEY" in err and "DASHSCOPE_API_KEY" in err
     assert table_digest(mini_db) == before
+
+
+def test_every_flow_refreshes_the_snapshot(prefect_server, db):
+    """An analyst's snapshot (beside the warehouse) follows each flow's writes without anyone asking."""
+    from flows.import_upstream import import_upstream
+    from flows.judge import judge
+    from flows.score import score
+    from warehouse.snapshot import default_snapshot
+
+    snap = default_snapshot(str(db))
+    assert snap == db.with_name("wh-snapshot.duckdb") and not snap.exists()
+
+    def count(sql):
+        with duckdb.connect(str(snap), read_only=True) as con:
+            return con.execute(sql).fetchone()[0]
+
+    import_upstream(path=str(MINI), db=str(db))
+    assert count("SELECT count(*) FROM questions") == 8
+    before = count("SELECT count(*) FROM judgments")
+
+    judge(judges="offline", db=str(db))
+    assert count("SELECT count(*) FROM judgments") > before      # the offline panel's verdicts arrived
+    assert count("SELECT count(*) FROM text_metrics") == 0
+
+    score(db=str(db))
+    assert count("SELECT count(*) FROM text_metrics") == 3       # one row per imported run

@@ -14,6 +14,15 @@ from warehouse.connection import WarehouseMissing, resolve_db, retry_on_lock, sq
 from warehouse.migrate import SQL_DIR, ensure_schema, view_names
 
 
+def default_snapshot(db: str | os.PathLike | None) -> Path:
+    """Where the flows keep the analysts' snapshot of a warehouse: $CTSVQA_SNAPSHOT, else beside the
+    warehouse as `<name>-snapshot.duckdb` (one snapshot per warehouse, whichever flow wrote last)."""
+    if os.environ.get("CTSVQA_SNAPSHOT"):
+        return Path(os.environ["CTSVQA_SNAPSHOT"])
+    src = resolve_db(db)
+    return src.with_name(f"{src.stem}-snapshot.duckdb")
+
+
 def publish_snapshot(db: str | os.PathLike | None, out: str | os.PathLike,
                      storage_version: str | None = None) -> Path:
     """Copy every table and view of the warehouse into `out` (replacing it atomically), bring the
