@@ -84,7 +84,7 @@ def build_tiny_ctchat(out_dir, code_dir: Path = CTCHAT_CODE) -> Path:
 
 
 def build_tiny_vila_m3(out_dir, code_dir: Path = VILA_CODE) -> Path:
-    from transformers import (LlamaConfig, LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel)
+    from transformers import LlamaConfig, LlamaForCausalLM, PretrainedConfig, SiglipVisionConfig, SiglipVisionModel
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
     out = Path(out_dir)
@@ -106,19 +106,21 @@ def build_tiny_vila_m3(out_dir, code_dir: Path = VILA_CODE) -> Path:
     SiglipImageProcessorPil(size={"height": 384, "width": 384}, image_mean=[0.5] * 3,
                             image_std=[0.5] * 3).save_pretrained(out / "vision_tower")
     roots = ImportRoots([code_dir / "VILA", code_dir / "scaling_on_scales"], ("llava", "s2wrapper"))
-    from adapters.models.vila_m3 import shim_transformers
+    from adapters.models.vila_m3 import drop_stubs, shim_transformers, stub_unused_modules
 
     roots.enter()
     try:
         shim_transformers()
+        stub_unused_modules()
         from llava.model.multimodal_projector.base_projector import MultimodalProjector, MultimodalProjectorConfig
 
         proj_cfg = MultimodalProjectorConfig(mm_projector_type="mlp_downsample")
-        proj = MultimodalProjector(proj_cfg, llm_hidden_size=64, mm_hidden_size=32)
+        proj = MultimodalProjector(proj_cfg, PretrainedConfig(mm_hidden_size=32, hidden_size=64))
         _init(proj, seed=9, std=0.2)
         proj.save_pretrained(out / "mm_projector")
     finally:
         roots.leave()
+        drop_stubs()
     config = {"architectures": ["LlavaLlamaModel"], "model_type": "llava_llama",
               "llm_cfg": "llm", "vision_tower_cfg": "vision_tower", "mm_projector_cfg": "mm_projector",
               "mm_vision_select_layer": -2, "mm_vision_select_feature": "cls_patch", "image_aspect_ratio": "resize",

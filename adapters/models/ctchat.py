@@ -71,15 +71,19 @@ def stub_ct_clip(ctchat_root: Path) -> bool:
     return True
 
 
+_SHIMMED: list[bool] = []         # whether this process put ALL_LAYERNORM_LAYERS back (it stays)
+
+
 def shim_all_layernorm_layers() -> bool:
+    """True when transformers.trainer.ALL_LAYERNORM_LAYERS is ours (transformers 5 dropped it)."""
     import transformers.trainer as trainer
 
-    if hasattr(trainer, "ALL_LAYERNORM_LAYERS"):
-        return False
-    from transformers.pytorch_utils import ALL_LAYERNORM_LAYERS
+    if not hasattr(trainer, "ALL_LAYERNORM_LAYERS"):
+        from transformers.pytorch_utils import ALL_LAYERNORM_LAYERS
 
-    trainer.ALL_LAYERNORM_LAYERS = ALL_LAYERNORM_LAYERS
-    return True
+        trainer.ALL_LAYERNORM_LAYERS = ALL_LAYERNORM_LAYERS
+        _SHIMMED.append(True)
+    return bool(_SHIMMED)
 
 
 def paths(settings: AdapterSettings) -> dict[str, Path | None]:
@@ -216,6 +220,7 @@ class CTChat(ModelAdapter):
 
         p = self._paths()
         device = self.settings.device
+        self._shims = []
         self._roots = ImportRoots([p["ctchat"], p["ctclip"] / "transformer_maskgit"], ("llava", "transformer_maskgit"))
         self._roots.enter()
         try:
