@@ -45,9 +45,10 @@ from adapters.models.prompts.llava import CTCHAT_HARNESS, CTCHAT_OFFICIAL
 
 CTCHAT_REPO = "https://github.com/ibrahimethemhamamci/CT-CHAT @ 33c9b973bf1babb3b79b5ffd8ae45948e758a3f2"
 CTCLIP_REPO = "https://github.com/ibrahimethemhamamci/CT-CLIP @ a2a155c601987820433c01db69b64d701d3d229d"
-WEIGHTS_HINT = ("the CT-CHAT Llama 3.1 8B folder and CT-CLIP_v2.pt from the gated Hugging Face dataset "
-                "ibrahimhamamci/CT-RATE (accept its terms), plus meta-llama/Meta-Llama-3.1-8B-Instruct for a LoRA "
-                "folder; lay them out as CKPT/model, CKPT/ct_clip.pt, CKPT/base and pass --checkpoint CKPT")
+WEIGHTS_HINT = ("the CT-CHAT Llama 3.1 8B folder from the gated Hugging Face dataset ibrahimhamamci/CT-RATE (accept "
+                "its terms) to CKPT/model (a LoRA folder also needs meta-llama/Meta-Llama-3.1-8B-Instruct in CKPT/base) "
+                "and pass --checkpoint CKPT")
+CLIP_HINT = "CT-CLIP_v2.pt from the same dataset (ibrahimhamamci/CT-RATE) to CKPT/ct_clip.pt"
 
 # encode_script.py's CTViT, as CT-CHAT was trained on it
 CTVIT_KWARGS = dict(dim=512, codebook_size=8192, image_size=480, patch_size=20, temporal_patch_size=10,
@@ -185,20 +186,21 @@ class CTChat(ModelAdapter):
     def requirements(cls, settings: AdapterSettings) -> list[Requirement]:
         p = paths(settings)
         reqs = []
-        for key, marker, repo in (("ctchat", "llava/model/builder.py", CTCHAT_REPO),
-                                  ("ctclip", "transformer_maskgit/transformer_maskgit/ctvit.py", CTCLIP_REPO)):
+        for key, folder, marker, repo in (("ctchat", "CT-CHAT", "llava/model/builder.py", CTCHAT_REPO),
+                                          ("ctclip", "CT-CLIP", "transformer_maskgit/transformer_maskgit/ctvit.py",
+                                           CTCLIP_REPO)):
             root = p[key]
             ok = root is not None and (root / marker).is_file()
-            where = f"{root}" if root else "no --code-dir given"
-            reqs.append(Requirement(f"code {root.name if root else key}", ok,
-                                    f"{where}: found" if ok else f"{where}: no {marker}; git clone {repo.split(' @ ')[0]} "
-                                    f"and check out {repo.split(' @ ')[1]} into DIR/{'CT-CHAT' if key == 'ctchat' else 'CT-CLIP'}, "
-                                    f"then pass --code-dir DIR"))
+            url, commit = repo.split(" @ ")
+            todo = f"git clone {url}, check out {commit} into DIR/{folder} and pass --code-dir DIR"
+            reqs.append(Requirement(f"code {folder}", ok, f"{root}: found" if ok else
+                                    (f"{root}: no {marker}; {todo}" if root else f"no --code-dir given; {todo}")))
         ckpt = p["ckpt"]
         model = ckpt / "model" if ckpt else None
         ok = model is not None and (model / "config.json").is_file()
         reqs.append(Requirement("weights model/", ok, f"{model}: found" if ok else
-                                f"{model or 'no --checkpoint given'}: no config.json; download {WEIGHTS_HINT}"))
+                                (f"{model}: no config.json; download {WEIGHTS_HINT}" if model
+                                 else f"no --checkpoint given; download {WEIGHTS_HINT}")))
         if ok and (model / "adapter_config.json").is_file():
             base = ckpt / "base"
             has = (base / "config.json").is_file()
@@ -208,7 +210,8 @@ class CTChat(ModelAdapter):
         clip = ckpt / "ct_clip.pt" if ckpt else None
         ok = clip is not None and clip.is_file()
         reqs.append(Requirement("weights ct_clip.pt", ok, f"{clip}: found" if ok else
-                                f"{clip or 'no --checkpoint given'}: missing; download {WEIGHTS_HINT}"))
+                                (f"{clip}: missing; download {CLIP_HINT}" if clip
+                                 else f"no --checkpoint given; download {CLIP_HINT}")))
         return reqs
 
     # -- loading ----------------------------------------------------------------------------------
@@ -261,7 +264,7 @@ class CTChat(ModelAdapter):
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
             self.close()
-            raise AdapterError(f"{self.name}: cannot read {path} ({type(exc).__name__}: {exc}); {WEIGHTS_HINT}") from exc
+            raise AdapterError(f"{self.name}: cannot read {path} ({type(exc).__name__}: {exc}); download {CLIP_HINT}") from exc
         state = state.get("state_dict", state) if isinstance(state, dict) else state
         prefix = "visual_transformer."
         if any(k.startswith(prefix) for k in state):

@@ -196,17 +196,16 @@ class VilaM3(ModelAdapter):
                                                    ("s2", "scaling_on_scales", "s2wrapper/__init__.py", S2_REPO)):
             root = p[key]
             ok = root is not None and (root / marker).is_file()
-            where = str(root) if root else "no --code-dir given"
-            reqs.append(Requirement(f"code {folder}", ok, f"{where}: found" if ok else
-                                    f"{where}: no {marker}; git clone {url} and check out {commit} into DIR/{folder}, "
-                                    f"then pass --code-dir DIR"))
+            todo = f"git clone {url}, check out {commit} into DIR/{folder} and pass --code-dir DIR"
+            reqs.append(Requirement(f"code {folder}", ok, f"{root}: found" if ok else
+                                    (f"{root}: no {marker}; {todo}" if root else f"no --code-dir given; {todo}")))
         ckpt = p["ckpt"]
         hint = f"download {HUB_ID} with `huggingface-cli download {HUB_ID} --local-dir DIR` and pass --checkpoint DIR"
         for what, rel in (("config", "config.json"), ("llm", "llm/config.json"), ("tokenizer", "llm/tokenizer_config.json"),
                           ("vision_tower", "vision_tower/config.json"), ("mm_projector", "mm_projector/config.json")):
             ok = ckpt is not None and (ckpt / rel).is_file()
             reqs.append(Requirement(f"weights {what}", ok, f"{ckpt / rel}: found" if ok else
-                                    f"{ckpt / rel if ckpt else 'no --checkpoint given'}: missing; {hint}"))
+                                    (f"{ckpt / rel}: missing; {hint}" if ckpt else f"no --checkpoint given; {hint}")))
         return reqs
 
     # -- loading ----------------------------------------------------------------------------------
