@@ -208,3 +208,34 @@ def test_ctchat_answers_through_ctsvqa_infer(prefect_server, ckpt, tmp_path, cap
     provenance, config = json.loads(preds[0][2]), json.loads(preds[0][3])
     assert provenance["recipe"] == "ctchat@1"
     assert config["identity"]["code"]["ctchat"]["sha256"] and config["identity"]["checkpoint"]["model"]["sha256"]
+
+
+def test_a_lora_folder_goes_through_the_builders_lora_branch_with_its_base(ckpt, tmp_path, monkeypatch):
+    """As the harness calls it: model name 'llava-lora' and the base LLM folder (the fake builder stops
+    there: its LoRA merge needs peft and real weights)."""
+    import shutil
+
+    lora = tmp_path / "lora"
+    (lora / "model").mkdir(parents=True)
+    shutil.copy(ckpt / "model" / "config.json", lora / "model" / "config.json")
+    (lora / "model" / "adapter_config.json").write_text("{}")
+    shutil.copytree(ckpt / "model", lora / "base")
+    shutil.copy(ckpt / "ct_clip.pt", lora / "ct_clip.pt")
+    monkeypatch.setenv("CTSVQA_FAKE_RECORD", str(tmp_path / "rec"))
+    with pytest.raises(AdapterError, match="cannot load CT-CHAT .*LoRA branch"):
+        CTChat(AdapterSettings(checkpoint=str(lora), code_dir=str(CTCHAT_CODE))).load()
+    (call,) = records(tmp_path / "rec", "load_pretrained_model")
+    assert call["model_name"] == "llava-lora" and call["model_base"] == str(lora / "base")
+    assert call["model_path"] == str(lora / "model") and call["device"] == "cpu"
+    assert "llava" not in sys.modules                           # a failed load forgets the checkout too
+
+
+@pytest.mark.parametrize("root", ["ctchat/CT-CHAT", "vila-m3/VILA"])
+def test_fakes_honour_the_injected_crash(root):
+    import subprocess
+
+    path = CTCHAT_CODE.parent / root / "llava" / "_fake_record.py"
+    code = ("import importlib.util as u; s = u.spec_from_file_location('r', %r); m = u.module_from_spec(s); "
+            "s.loader.exec_module(m); m.fault()" % str(path))
+    env = {"CTSVQA_FAKE_FAULT": "crash", "PATH": "/usr/bin:/bin"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=60).returncode == 3
