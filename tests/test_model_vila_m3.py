@@ -191,3 +191,13 @@ def test_vila_m3_answers_through_ctsvqa_infer(prefect_server, ckpt, tmp_path, ca
     provenance, config = json.loads(preds[0][2]), json.loads(preds[0][3])
     assert provenance["recipe"] == "vila-m3@1"
     assert config["identity"]["code"]["vila"]["sha256"] and config["identity"]["checkpoint"]["llm"]["sha256"]
+
+
+def test_options_are_checked_and_checkout_paths_stay_out_of_the_identity(ckpt):
+    with pytest.raises(AdapterError, match=r"unknown option\(s\) \['max_tokens'\]"):
+        VilaM3(AdapterSettings(options={"max_tokens": 5}))
+    a = VilaM3(AdapterSettings(checkpoint=str(ckpt), options={"vila_code": str(VILA_CODE / "VILA"),
+                                                               "s2wrapper_code": str(VILA_CODE / "scaling_on_scales")}))
+    b = VilaM3(AdapterSettings(checkpoint=str(ckpt), code_dir=str(VILA_CODE)))
+    assert a.identity() == b.identity() and a.identity()["code"]["vila"]["sha256"]
+    assert all(r.found for r in VilaM3.requirements(a.settings))

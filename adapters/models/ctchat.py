@@ -122,11 +122,16 @@ class CTChat(ModelAdapter):
     description = "CT-CHAT Llama 3.1 8B (LLaVA fork) + CT-CLIP CTViT, from their own checkouts (--code-dir)"
     packages = ("einops", "einops-exts", "vector-quantize-pytorch", "peft", "tokenizers", "safetensors")
     VARIANTS = ("official", "upstream-harness")
+    CODE_OPTIONS = ("ctchat_code", "ctclip_code")      # checkout paths: fingerprinted as code, not kept as paths
+    OPTIONS = ("variant", "max_new_tokens") + CODE_OPTIONS
 
     def __init__(self, settings: AdapterSettings | None = None) -> None:
         super().__init__(settings)
         if self.variant not in self.VARIANTS:
             raise AdapterError(f"{self.name}: option variant must be one of {self.VARIANTS}, not {self.variant!r}")
+        unknown = sorted(set(self.settings.options) - set(self.OPTIONS))
+        if unknown:
+            raise AdapterError(f"{self.name}: unknown option(s) {unknown}; known: {', '.join(self.OPTIONS)}")
         self.model = self.tokenizer = self.ctvit = None
         self._roots: ImportRoots | None = None
         self._shims: list[str] = []
@@ -166,6 +171,11 @@ class CTChat(ModelAdapter):
 
     def _paths(self) -> dict[str, Path | None]:
         return paths(self.settings)
+
+    def identity(self) -> dict[str, Any]:
+        ident = super().identity()
+        ident["options"] = {k: v for k, v in ident["options"].items() if k not in self.CODE_OPTIONS}
+        return ident
 
     def code_identity(self) -> dict[str, Any] | None:
         p = self._paths()

@@ -82,6 +82,16 @@ def stub_unused_modules() -> list[str]:
     return done
 
 
+def paths(settings: AdapterSettings) -> dict[str, Path | None]:
+    """The checkouts (--code-dir DIR: DIR/VILA, DIR/scaling_on_scales; or the options) and the checkpoint."""
+    code = Path(settings.code_dir).expanduser() if settings.code_dir else None
+    o = settings.options
+    return {"vila": Path(o["vila_code"]).expanduser() if o.get("vila_code") else (code / "VILA" if code else None),
+            "s2": (Path(o["s2wrapper_code"]).expanduser() if o.get("s2wrapper_code")
+                   else (code / "scaling_on_scales" if code else None)),
+            "ckpt": Path(settings.checkpoint).expanduser() if settings.checkpoint else None}
+
+
 def drop_stubs() -> None:
     """Forget the modules stub_unused_modules put in sys.modules (ours only)."""
     import sys
@@ -120,11 +130,16 @@ class VilaM3(ModelAdapter):
     description = "VILA-M3 8B (VILA 1.5 llava_llama, one axial slice; no VISTA3D expert), from NVlabs/VILA (--code-dir)"
     packages = ("pillow", "tokenizers", "safetensors", "accelerate")
     VARIANTS = ("official", "upstream-harness")
+    CODE_OPTIONS = ("vila_code", "s2wrapper_code")      # checkout paths: fingerprinted as code, not kept as paths
+    OPTIONS = ("variant", "max_new_tokens", "temperature", "top_p") + CODE_OPTIONS
 
     def __init__(self, settings: AdapterSettings | None = None) -> None:
         super().__init__(settings)
         if self.variant not in self.VARIANTS:
             raise AdapterError(f"{self.name}: option variant must be one of {self.VARIANTS}, not {self.variant!r}")
+        unknown = sorted(set(self.settings.options) - set(self.OPTIONS))
+        if unknown:
+            raise AdapterError(f"{self.name}: unknown option(s) {unknown}; known: {', '.join(self.OPTIONS)}")
         self.model = self.tokenizer = self.image_processor = None
         self._roots: ImportRoots | None = None
         self._shims: list[str] = []
@@ -167,12 +182,12 @@ class VilaM3(ModelAdapter):
         }
 
     def _paths(self) -> dict[str, Path | None]:
-        code = Path(self.settings.code_dir).expanduser() if self.settings.code_dir else None
-        o = self.settings.options
-        return {"vila": Path(o["vila_code"]).expanduser() if o.get("vila_code") else (code / "VILA" if code else None),
-                "s2": (Path(o["s2wrapper_code"]).expanduser() if o.get("s2wrapper_code")
-                       else (code / "scaling_on_scales" if code else None)),
-                "ckpt": Path(self.settings.checkpoint).expanduser() if self.settings.checkpoint else None}
+        return paths(self.settings)
+
+    def identity(self) -> dict[str, Any]:
+        ident = super().identity()
+        ident["options"] = {k: v for k, v in ident["options"].items() if k not in self.CODE_OPTIONS}
+        return ident
 
     def code_identity(self) -> dict[str, Any] | None:
         p = self._paths()
@@ -189,8 +204,7 @@ class VilaM3(ModelAdapter):
 
     @classmethod
     def requirements(cls, settings: AdapterSettings) -> list[Requirement]:
-        p = VilaM3(AdapterSettings(code_dir=settings.code_dir, checkpoint=settings.checkpoint,
-                                   options={k: v for k, v in settings.options.items() if k != "variant"}))._paths()
+        p = paths(settings)
         reqs = []
         for key, folder, marker, (url, commit) in (("vila", "VILA", "llava/model/builder.py", VILA_REPO),
                                                    ("s2", "scaling_on_scales", "s2wrapper/__init__.py", S2_REPO)):
