@@ -30,6 +30,7 @@ text alone; its variant here keeps its recipe, wording, token cap and decoding b
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 import types
@@ -187,8 +188,9 @@ class CTChat(ModelAdapter):
         ckpt = self._paths()["ckpt"]
         if ckpt is None:
             return None
-        clip = ckpt / "ct_clip.pt"
+        clip, adapter = ckpt / "ct_clip.pt", ckpt / "model" / "adapter_config.json"
         return {"model": checkpoint_fingerprint(str(ckpt / "model")),
+                "lora_config_sha256": hashlib.sha256(adapter.read_bytes()).hexdigest() if adapter.is_file() else None,
                 "base": checkpoint_fingerprint(str(ckpt / "base")) if (ckpt / "base").is_dir() else None,
                 "ct_clip": {"size": clip.stat().st_size} if clip.is_file() else None}
 

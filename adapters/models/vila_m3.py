@@ -339,7 +339,8 @@ class VilaM3(ModelAdapter):
                 kwargs.update(temperature=gen["temperature"], top_p=gen["top_p"])
                 torch.manual_seed(self.settings.seed)
             seen: list[int] = []
-            hook = self.model.get_llm().register_forward_pre_hook(
+            llm = self.model.get_llm() if hasattr(self.model, "get_llm") else self.model.llm
+            hook = llm.register_forward_pre_hook(
                 lambda _m, args, kw: seen.append(int(kw["inputs_embeds"].shape[1]))
                 if kw.get("inputs_embeds") is not None else None, with_kwargs=True)
             try:
