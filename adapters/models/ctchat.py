@@ -158,7 +158,9 @@ class CTChat(ModelAdapter):
         return {
             "prompt": (CTCHAT_HARNESS if harness else CTCHAT_OFFICIAL).as_dict(),
             "conv_template": "llama3 (the checkout's llava.conversation; in the code identity)",
-            "image_token": "<image> -> IMAGE_TOKEN_INDEX -200, one per question, asserted to reach the model",
+            "image_token": ("<image> -> IMAGE_TOKEN_INDEX -200, one per question, asserted to reach the model"
+                            + ("; ADDED by ctsvqa: the harness's prompt had no <image>, so its answers never saw the "
+                               "volume; that defect is not reproduced" if harness else "")),
             "decoding": "greedy (do_sample=False; the scripts' temperature 0)",
             "max_new_tokens": int(o.get("max_new_tokens", 128 if harness else 512)),
             "use_cache": True,
