@@ -22,6 +22,8 @@ SHIPPED: dict[str, str] = {
     "phantom-expert": "adapters.models.phantom_expert:PhantomExpert",
     "medgemma": "adapters.models.medgemma:MedGemma",
     "lingshu": "adapters.models.lingshu:Lingshu",
+    "ctchat": "adapters.models.ctchat:CTChat",
+    "vila-m3": "adapters.models.vila_m3:VilaM3",
 }
 
 

@@ -1,0 +1,1 @@
+# fake (tests): the package lives in ./transformer_maskgit

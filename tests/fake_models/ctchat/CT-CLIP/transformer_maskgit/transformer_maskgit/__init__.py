@@ -1,0 +1,1 @@
+from transformer_maskgit.ctvit import CTViT

@@ -1,0 +1,1 @@
+import flash_attn  # noqa: F401  (as upstream: unconditional)

@@ -1,0 +1,1 @@
+from .globals import get_pg_manager  # noqa: F401

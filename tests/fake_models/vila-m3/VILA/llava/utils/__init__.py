@@ -1,0 +1,2 @@
+def disable_torch_init():
+    pass
