@@ -22,6 +22,8 @@ SHIPPED: dict[str, str] = {
     "phantom-expert": "adapters.models.phantom_expert:PhantomExpert",
     "medgemma": "adapters.models.medgemma:MedGemma",
     "lingshu": "adapters.models.lingshu:Lingshu",
+    "radfm": "adapters.models.radfm:RadFM",
+    "merlin": "adapters.models.merlin:Merlin",
 }
 
 
