@@ -30,7 +30,8 @@ def llama_tokenizer(extra_tokens: tuple[str, ...] = (), vocab_size: int = 300):
     from transformers import AddedToken, LlamaTokenizer
 
     pipeline = Tokenizer(BPE(unk_token="<unk>", byte_fallback=True))
-    pipeline.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=False)
+    # trained on words (split=True): no merges across words, so questions tokenize word by word
+    pipeline.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
     pipeline.train_from_iterator(CORPUS * 3, trainer=trainer)
     model = json.loads(pipeline.to_str())["model"]
