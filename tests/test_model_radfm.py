@@ -241,3 +241,30 @@ def test_through_ctsvqa_infer(prefect_server, tmp_path, capsys, checkpoint):
     assert identity["code"]["sha256"] and identity["checkpoint"]["sha256"]
     assert main(args) == 0
     assert "nothing to do" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fault", ["crash", "hang"])
+def test_the_fake_injects_faults_inside_generate(fault):
+    """CTSVQA_FAKE_FAULT makes the fake's generate exit the process (status 3) or hang, for the
+    family worker's crash and hang tests."""
+    import os
+    import subprocess
+    import time
+
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+            "from Model.RadFM.multimodality_model import MultiLLaMAForCausalLM as M; "
+            "print('ready', flush=True); M.generate(None, None, None); print('returned', flush=True)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(FAKE / "Quick_demo")], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env={**os.environ, "CTSVQA_FAKE_FAULT": fault})
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        if fault == "crash":
+            assert proc.wait(timeout=30) == 3
+        else:
+            time.sleep(2)
+            assert proc.poll() is None                            # still inside generate
+        assert "returned" not in proc.stdout.read() if fault == "crash" else True
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
