@@ -243,14 +243,22 @@ class RadFM(ModelAdapter):
         missing = [r for r in self.requirements(self.settings) if not r.found]
         if missing:
             raise AdapterError(f"{self.name}: " + "; ".join(f"{r.what} missing ({r.detail})" for r in missing))
-        import importlib
-
         import torch
 
         dtype = getattr(torch, self.dtype_name)
         root = import_root(self.settings.code_dir)
         lang = self._language_files(self.settings)
         self._root_entry = add_import_root(root)
+        try:
+            self._build(torch, lang, dtype)
+        except BaseException:
+            self.close()                          # a failed load leaves no import root or modules behind
+            raise
+
+    def _build(self, torch, lang: Path, dtype) -> None:
+        import importlib
+
+        root = self._root_entry
         try:
             embedding = importlib.import_module("Model.RadFM.my_embedding_layer")
             multimodal = importlib.import_module("Model.RadFM.multimodality_model")
