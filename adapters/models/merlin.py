@@ -147,11 +147,15 @@ class Merlin(ModelAdapter):
 
     @classmethod
     def _hint(cls, task: str) -> str:
-        return (f"download {CHECKPOINTS[task]} from {HUB_ID} into a folder DIR "
-                f"(`huggingface-cli download {HUB_ID} {CHECKPOINTS[task]} --local-dir DIR`), the config and tokenizer "
-                f"files of {RADLLAMA_ID} into DIR/{RADLLAMA_DIR} (`huggingface-cli download {RADLLAMA_ID} --include "
-                f"'*.json' '*.py' '*.model' --local-dir DIR/{RADLLAMA_DIR}`; its weights are not needed), and pass "
-                f"--checkpoint DIR")
+        return (f"download {CHECKPOINTS[task]} from {HUB_ID} into a folder DIR (`huggingface-cli download {HUB_ID} "
+                f"{CHECKPOINTS[task]} --local-dir DIR`) and pass --checkpoint DIR")
+
+    @staticmethod
+    def _radllama_hint() -> str:
+        return (f"download the config and tokenizer files of {RADLLAMA_ID} into DIR/{RADLLAMA_DIR} "
+                f"(`huggingface-cli download {RADLLAMA_ID} --include '*.json' '*.py' '*.model' --local-dir "
+                f"DIR/{RADLLAMA_DIR}`; its weights are not needed: the Merlin checkpoint holds them) or pass "
+                f"--option radllama=FOLDER")
 
     @classmethod
     def requirements(cls, settings: AdapterSettings) -> list[Requirement]:
@@ -165,7 +169,7 @@ class Merlin(ModelAdapter):
         reqs = [Requirement("weights", ok, str(weights) if ok else f"{where}: no {CHECKPOINTS[task]}; {cls._hint(task)}")]
         ok = radllama is not None and (radllama / "config.json").is_file() and (radllama / "tokenizer_config.json").is_file()
         reqs.append(Requirement("RadLLaMA config and tokenizer", ok, str(radllama) if ok else
-                                f"{radllama or where}: no config.json and tokenizer_config.json; {cls._hint(task)}"))
+                                f"{radllama or where}: no config.json and tokenizer_config.json; {cls._radllama_hint()}"))
         return reqs
 
     def checkpoint_identity(self) -> dict[str, Any] | None:
@@ -208,9 +212,12 @@ class Merlin(ModelAdapter):
                 model = rrg.Clip3DForTextGeneration()
         except Exception as exc:
             raise AdapterError(f"{self.name}: cannot build Clip3DForTextGeneration with RadLLaMA from {radllama} "
-                               f"({type(exc).__name__}: {exc}); {self._hint(self.task)}") from exc
+                               f"({type(exc).__name__}: {exc}); {self._radllama_hint()}") from exc
         try:
-            state = torch.load(str(weights), map_location="cpu")
+            try:
+                state = torch.load(str(weights), map_location="cpu", mmap=True)
+            except RuntimeError:                   # an old (non-zip) torch.save file cannot be mmapped
+                state = torch.load(str(weights), map_location="cpu")
             model.load_state_dict(state)
         except Exception as exc:
             raise AdapterError(f"{self.name}: cannot load {weights} into Clip3DForTextGeneration "
