@@ -396,7 +396,8 @@ class RadFM(ModelAdapter):
                 continue
             answers.append(Answer(q.qid, text if self.harness else text.strip(), meta={
                 "new_tokens": len(ids), "prompt_tokens": int(lang_x.shape[1]),
-                "stopped": "eos" if ids and ids[-1] in stops else "max_new_tokens", "after_tokenizer_eos": len(ids) - ids.index(eos) - 1 if eos in ids else 0,
+                "stopped": "eos" if ids and ids[-1] in stops else "max_new_tokens",
+                "after_tokenizer_eos": len(ids) - ids.index(eos) - 1 if eos in ids else 0,
                 "seconds": round(time.perf_counter() - t0, 4)}))
         return answers
 
