@@ -34,7 +34,8 @@ generate passes no attention mask, so batched prompts of different lengths would
 - upstream-harness: CT-SpatialVQA run_custom_eval.py — its prompt, greedy, max_new_tokens=64, no
   stop criterion, the text stripped (so "###..." continuations stay in the answer), the 0.0.6
   checkpoint, float32 (the harness never cast the model), recipe `merlin-upstream-harness` whose
-  (Z, Y, X) array reaches the encoder axis-scrambled, as the harness fed it.
+  (Z, Y, X) array reaches the encoder axis-scrambled, as the harness fed it (still 490 image tokens:
+  the I3D map is 14x5x7 instead of 10x7x7, measured with merlin-vlm 0.0.7 on CPU).
 """
 
 from __future__ import annotations
