@@ -234,3 +234,23 @@ def test_the_fake_injects_faults_inside_generate(fault):
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+def test_language_files_come_from_the_checkpoint_else_the_checkout(checkpoint, tmp_path):
+    import shutil
+
+    code = tmp_path / "RadFM"
+    shutil.copytree(FAKE, code)
+    shutil.copytree(checkpoint / "Language_files", code / "Quick_demo" / "Language_files")
+    weights_only = tmp_path / "weights"
+    weights_only.mkdir()
+    (weights_only / "pytorch_model.bin").symlink_to(checkpoint / "pytorch_model.bin")
+    both = AdapterSettings(checkpoint=str(checkpoint), code_dir=str(code))
+    assert RadFM._language_files(both) == checkpoint / "Language_files"
+    fallback = AdapterSettings(checkpoint=str(weights_only), code_dir=str(code))
+    assert RadFM._language_files(fallback) == code / "Quick_demo" / "Language_files"
+    assert all(r.found for r in RadFM.requirements(fallback))
+    # the same files give the same identity, wherever they are
+    assert RadFM(fallback).checkpoint_identity()["sha256"] == RadFM(both).checkpoint_identity()["sha256"]
+    chosen = AdapterSettings(checkpoint=str(weights_only), code_dir=str(FAKE), options={"language_files": str(tmp_path)})
+    assert RadFM._language_files(chosen) is None and not all(r.found for r in RadFM.requirements(chosen))
