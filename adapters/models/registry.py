@@ -24,6 +24,8 @@ SHIPPED: dict[str, str] = {
     "lingshu": "adapters.models.lingshu:Lingshu",
     "ctchat": "adapters.models.ctchat:CTChat",
     "vila-m3": "adapters.models.vila_m3:VilaM3",
+    "radfm": "adapters.models.radfm:RadFM",
+    "merlin": "adapters.models.merlin:Merlin",
 }
 
 
