@@ -37,6 +37,9 @@ import torch
 
 from adapters.models.base import AdapterError, AdapterSettings, Answer, ModelAdapter, ModelInput, Question, Requirement
 from adapters.models.prompts import SlicePrompt
+from adapters.models.shared_prefix import (  # noqa: F401  (Decoded, GreedySettings: part of this module's API)
+    Decoded, EngineSettings, GreedySettings, Job, SharedPrefixEngine, Timing,
+)
 
 # Processor outputs with one entry per token (sliced to the prefix); everything else (pixels,
 # grids) belongs to the images and goes to the prefix forward whole.
@@ -59,21 +62,6 @@ class Encoded:
     @property
     def prefix_len(self) -> int:
         return int(self.prefix["input_ids"].shape[1])
-
-
-@dataclass
-class Decoded:
-    tokens: list[int]             # generated ids, EOS included when it stopped there
-    stopped: str                  # 'eos' | 'max_new_tokens'
-
-
-@dataclass(frozen=True)
-class GreedySettings:
-    max_new_tokens: int
-    min_new_tokens: int = 0
-    repetition_penalty: float = 1.0
-    eos_token_ids: tuple[int, ...] = ()
-    pad_token_id: int = 0
 
 
 def bos_adds_special(processor, text: str) -> bool:
@@ -113,20 +101,22 @@ def encode(processor, texts: Sequence[str], images: list, *, add_special_tokens:
 class Family:
     """How one architecture runs its prefix and places positions."""
 
-    def prefix_forward(self, model, prefix: dict[str, torch.Tensor], cache) -> Any:
+    def prefix_forward(self, model, prefix: dict[str, torch.Tensor], cache) -> int:
+        """The prefix through the whole model (vision tower included) into `cache`; returns the
+        offset of a text token's position id from its sequence index."""
         raise NotImplementedError
 
-    def position_ids(self, state: Any, real: torch.Tensor) -> torch.Tensor:
-        """Position ids for text tokens at unpadded indices `real` (B, S)."""
+    def position_ids(self, offset: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """Position ids for text tokens at sequence indices `real` (B, S); `offset` (B, 1) per row."""
         raise NotImplementedError
 
 
 class Gemma3Family(Family):
     def prefix_forward(self, model, prefix, cache):
         model(**prefix, cache=cache, use_cache=True, logits_to_keep=1)
-        return None
+        return 0
 
-    def position_ids(self, state, real):
+    def position_ids(self, offset, real):
         return real
 
 
@@ -138,39 +128,14 @@ class Qwen25VLFamily(Family):
             prefix["input_ids"], mm_token_type_ids=prefix["mm_token_type_ids"],
             image_grid_thw=prefix.get("image_grid_thw"), attention_mask=prefix.get("attention_mask"))
         model(**prefix, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
-        return deltas.reshape(1, 1)          # text token at unpadded index r sits at r + delta
+        return int(deltas.reshape(-1)[0])     # text token at sequence index r sits at r + delta
 
-    def position_ids(self, delta, real):
-        pos = real + delta.to(real.device)
+    def position_ids(self, offset, real):
+        pos = real + offset
         return pos.unsqueeze(0).expand(3, -1, -1)
 
 
 FAMILIES = {"gemma3": Gemma3Family(), "qwen2_5_vl": Qwen25VLFamily()}
-
-
-# -- masks -----------------------------------------------------------------------------------------
-
-def _masks(model, real: torch.Tensor, q_start: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Per-layer-type masks (B, 1, Q, K) for queries at slots q_start.. over all slots, from each
-    slot's unpadded index `real` (B, K; -1 = pad). A pad query sees only itself (no empty rows)."""
-    text_config = model.config.get_text_config()
-    q_real = real[:, q_start:].unsqueeze(-1)                  # (B, Q, 1)
-    k_real = real.unsqueeze(1)                                # (B, 1, K)
-    k_slots = torch.arange(real.shape[1], device=real.device)
-    q_slots = torch.arange(q_start, real.shape[1], device=real.device).unsqueeze(-1)
-    own = (k_slots.unsqueeze(0) == q_slots).unsqueeze(0)      # (1, Q, K)
-    causal = (k_real >= 0) & (q_real >= 0) & (k_real <= q_real)
-    out = {}
-    for layer_type in set(text_config.layer_types):
-        allowed = causal
-        if layer_type == "sliding_attention" and text_config.sliding_window is not None:
-            allowed = allowed & (k_real > q_real - text_config.sliding_window)
-        allowed = (allowed | own).unsqueeze(1)
-        if model.config._attn_implementation == "eager":
-            allowed = torch.zeros(allowed.shape, dtype=dtype, device=real.device).masked_fill(
-                ~allowed, torch.finfo(dtype).min)
-        out[layer_type] = allowed
-    return out
 
 
 # -- decoding --------------------------------------------------------------------------------------
@@ -182,81 +147,18 @@ def check_generation_config(generation_config) -> None:
                          f"not apply; remove them or extend adapters/models/prefix_batch.py")
 
 
-def _penalize(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """transformers' RepetitionPenaltyLogitsProcessor, on the ids each row has seen."""
-    score = torch.gather(scores, 1, seen)
-    score = torch.where(score < 0, score * penalty, score / penalty)
-    return scores.scatter(1, seen, score)
 
-
-@torch.inference_mode()
-def generate(model, family: Family, encoded: Encoded, settings: GreedySettings) -> tuple[list[Decoded], dict]:
-    """Greedy answers for every suffix of `encoded`, sharing the prefix. Returns the answers and timings."""
-    from transformers import DynamicCache
-
-    device = model.device
-    dtype = model.dtype
-    t0 = time.perf_counter()
-    prefix = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in encoded.prefix.items()}
-    cache = DynamicCache()
-    state = family.prefix_forward(model, prefix, cache)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t_prefix = time.perf_counter() - t0
-
-    batch = len(encoded.suffixes)
-    L = encoded.prefix_len
-    S = max(len(s) for s in encoded.suffixes)
-    cache.batch_repeat_interleave(batch)
-    suffix = torch.full((batch, S), settings.pad_token_id, dtype=torch.long, device=device)
-    real = torch.full((batch, L + S), -1, dtype=torch.long, device=device)
-    real[:, :L] = torch.arange(L, device=device)
-    for i, ids in enumerate(encoded.suffixes):
-        suffix[i, S - len(ids):] = torch.tensor(ids, device=device)
-        real[i, L + S - len(ids):] = torch.arange(L, L + len(ids), device=device)
-    # every id each row has seen (pads replaced by one of the row's own ids: a set, for the penalty)
-    prefix_ids = prefix["input_ids"].expand(batch, -1)
-    seen = torch.cat([prefix_ids, torch.where(real[:, L:] >= 0, suffix, prefix_ids[:, :1])], dim=1)
-
-    eos = torch.tensor(settings.eos_token_ids or [-1], device=device)
-    lengths = real.max(dim=1).values + 1                     # unpadded length of each row
-    q_pos = family.position_ids(state, real[:, L:].clamp(min=0))
-    out = model(input_ids=suffix, attention_mask=_masks(model, real, L, dtype), position_ids=q_pos,
-                cache=cache, use_cache=True, logits_to_keep=1)
-    logits = out.logits[:, -1, :]
-
-    tokens: list[list[int]] = [[] for _ in range(batch)]
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    stopped = ["max_new_tokens"] * batch
-    for step in range(settings.max_new_tokens):
-        scores = logits.float()
-        if settings.repetition_penalty != 1.0:
-            scores = _penalize(scores, seen, settings.repetition_penalty)
-        if step < settings.min_new_tokens and settings.eos_token_ids:
-            scores[:, eos] = -float("inf")
-        nxt = scores.argmax(dim=-1)
-        nxt = torch.where(done, torch.full_like(nxt, settings.pad_token_id), nxt)
-        for i, (t, finished) in enumerate(zip(nxt.tolist(), done.tolist())):   # one device sync per step
-            if not finished:
-                tokens[i].append(t)
-        hit = torch.isin(nxt, eos) & ~done
-        for i in torch.nonzero(hit).flatten().tolist():
-            stopped[i] = "eos"
-        done = done | hit
-        if bool(done.all()) or step == settings.max_new_tokens - 1:
-            break
-        seen = torch.cat([seen, nxt.unsqueeze(1)], dim=1)
-        real = torch.cat([real, lengths.unsqueeze(1)], dim=1)
-        q_pos = family.position_ids(state, lengths.unsqueeze(1))
-        out = model(input_ids=nxt.unsqueeze(1), attention_mask=_masks(model, real, real.shape[1] - 1, dtype),
-                    position_ids=q_pos, cache=cache, use_cache=True)
-        logits = out.logits[:, -1, :]
-        lengths = lengths + 1
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    timing = {"prefix_seconds": round(t_prefix, 4), "decode_seconds": round(time.perf_counter() - t0 - t_prefix, 4),
-              "prefix_tokens": L, "batch": batch}
-    return [Decoded(t, s) for t, s in zip(tokens, stopped)], timing
+def generate(model, family: Family, encoded: Encoded, settings: GreedySettings,
+             engine: EngineSettings | None = None) -> tuple[list[Decoded], dict]:
+    """Greedy answers for every suffix of one volume's `encoded`, sharing its prefix (the engine of
+    shared_prefix.py with one job). Returns the answers and timings."""
+    engine = engine or EngineSettings(slots=1, rows=max(1, len(encoded.suffixes)))
+    own = max(len(s) for s in encoded.suffixes) + settings.max_new_tokens
+    runner = SharedPrefixEngine(model, family, engine, encoded.prefix_len, own)
+    timing = Timing()
+    job = Job(0, encoded, [settings.max_new_tokens] * len(encoded.suffixes))
+    decoded = runner.run([job], settings, timing)[0]
+    return decoded, {**timing.as_dict(), "prefix_tokens": encoded.prefix_len, "batch": len(encoded.suffixes)}
 
 
 # -- the adapter both slice-stack models share ------------------------------------------------------
