@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import dataclass, field
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -57,7 +59,6 @@ class Encoded:
     """A volume's prompts: the shared prefix (processor outputs, batch 1) and each question's suffix ids."""
     prefix: dict[str, torch.Tensor]
     suffixes: list[list[int]]
-    full: dict[str, torch.Tensor] = field(default_factory=dict)   # the first question's full processor output
 
     @property
     def prefix_len(self) -> int:
@@ -92,8 +93,7 @@ def encode(processor, texts: Sequence[str], images: list, *, add_special_tokens:
     if any(any(t != 0 for t in row) for row in mm):
         raise RuntimeError("a question's own tokens include image tokens; the image prefix cannot be shared")
     prefix = {k: (v[:, :common] if k in PER_TOKEN else v) for k, v in first.items() if isinstance(v, torch.Tensor)}
-    full = {k: v for k, v in first.items() if isinstance(v, torch.Tensor)}
-    return Encoded(prefix=prefix, suffixes=suffixes, full=full)
+    return Encoded(prefix=prefix, suffixes=suffixes)
 
 
 # -- model families --------------------------------------------------------------------------------
@@ -153,8 +153,7 @@ def generate(model, family: Family, encoded: Encoded, settings: GreedySettings,
     """Greedy answers for every suffix of one volume's `encoded`, sharing its prefix (the engine of
     shared_prefix.py with one job). Returns the answers and timings."""
     engine = engine or EngineSettings(slots=1, rows=max(1, len(encoded.suffixes)))
-    own = max(len(s) for s in encoded.suffixes) + settings.max_new_tokens
-    runner = SharedPrefixEngine(model, family, engine, encoded.prefix_len, own)
+    runner = SharedPrefixEngine(model, family, engine)
     timing = Timing()
     job = Job(0, encoded, [settings.max_new_tokens] * len(encoded.suffixes))
     decoded = runner.run([job], settings, timing)[0]
@@ -230,8 +229,23 @@ class SliceChatAdapter(ModelAdapter):
             "image_backend": o("image_backend", _image_backend()),
             "attn_implementation": o("attn_implementation", "sdpa"),
             "dtype": self.dtype_name,
-            "batching": "prefix-shared-v1",
+            "batching": {"engine": "shared-prefix-kv-v2", **self.engine_settings().__dict__},
         }
+
+    def engine_settings(self) -> EngineSettings:
+        """Layout of the shared-prefix engine (shared_prefix.py). Exact in float32; on a GPU the
+        batch shapes can move bf16 rounding, so they are part of the identity."""
+        cuda = self.device.startswith("cuda")
+        o = self._option
+        return EngineSettings(slots=int(o("volumes_per_batch", 16 if cuda else 2)),
+                              rows=int(o("rows_per_volume", 6)),
+                              split_k=int(o("split_k", 1024 if cuda else 0)),
+                              cuda_graph=bool(o("cuda_graph", cuda)))
+
+    @property
+    def volumes_per_call(self) -> int:
+        """How many volumes the runner hands to `answer_many` at once (slots refill within a call)."""
+        return int(self._option("volumes_per_call", 2 * self.engine_settings().slots))
 
     @classmethod
     def requirements(cls, settings: AdapterSettings) -> list[Requirement]:
@@ -299,6 +313,7 @@ class SliceChatAdapter(ModelAdapter):
         return AutoProcessor.from_pretrained(path, backend=backend)
 
     def close(self) -> None:
+        self._engine = None
         self.model = None
         self.processor = None
         if torch.cuda.is_available():
@@ -349,20 +364,92 @@ class SliceChatAdapter(ModelAdapter):
         return encode(self.processor, texts, images, add_special_tokens=bos_adds_special(self.processor, texts[0]))
 
     def answer(self, model_input: ModelInput | None, questions: Sequence[Question]) -> list[Answer]:
-        if self.model is None:
-            raise AdapterError(f"{self.name}: load() first")
         if model_input is None:
             raise AdapterError(f"{self.name}: needs the volume's '{self.recipe}' input")
-        if not questions:
-            return []
-        t0 = time.perf_counter()
-        encoded = self.encode(model_input, questions)
-        decoded, timing = generate(self.model, FAMILIES[self.family], encoded, self.greedy_settings())
-        seconds = time.perf_counter() - t0
-        answers = []
-        for q, d, suffix in zip(questions, decoded, encoded.suffixes):
-            text = self.processor.tokenizer.decode(d.tokens, skip_special_tokens=True).strip()
-            answers.append(Answer(q.qid, text, meta={
-                "new_tokens": len(d.tokens), "stopped": d.stopped, "suffix_tokens": len(suffix),
-                "seconds": round(seconds / len(questions), 4), "call_seconds": round(seconds, 4), **timing}))
+        answers = self.answer_many([(model_input, questions)])[0]
+        failed = [a for a in answers if a.status == "error"]
+        if failed and len(failed) == len(answers):
+            raise AdapterError(failed[0].reason)
         return answers
+
+    def engine(self) -> SharedPrefixEngine:
+        """The engine, kept between calls (its stores grow to fit; its captured graph is reused)."""
+        settings = self.engine_settings()
+        current = getattr(self, "_engine", None)
+        if current is None or current.settings != settings or current.model is not self.model:
+            current = self._engine = SharedPrefixEngine(self.model, FAMILIES[self.family], settings)
+        return current
+
+    def jobs(self, items: Sequence[tuple[ModelInput, Sequence[Question]]], max_new: Sequence[Sequence[int]] | None = None,
+             workers: int | None = None) -> Iterator[Job]:
+        """Each item's Job, encoded (images -> processor -> ids) in worker threads a few volumes ahead
+        of the engine; an item that cannot be encoded becomes a Job with its error."""
+        settings = self.greedy_settings()
+        workers = workers or int(self._option("encode_workers", 2))
+        ahead = max(workers, 2)
+
+        def one(i: int) -> Job:
+            mi, qs = items[i]
+            limits = list(max_new[i]) if max_new is not None else [settings.max_new_tokens] * len(qs)
+            try:
+                return Job(i, self.encode(mi, qs), limits)
+            except Exception as exc:  # noqa: BLE001  (one unreadable volume fails only its own questions)
+                return Job(i, None, limits, error=f"cannot encode {mi.path}: {type(exc).__name__}: {exc}")
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="encode") as pool:
+            futures = deque(pool.submit(one, i) for i in range(min(ahead, len(items))))
+            nxt = len(futures)
+            while futures:
+                job = futures.popleft().result()
+                if nxt < len(items):
+                    futures.append(pool.submit(one, nxt))
+                    nxt += 1
+                yield job
+
+    def answer_many(self, items: Sequence[tuple[ModelInput, Sequence[Question]]],
+                    max_new: Sequence[Sequence[int]] | None = None, timing: Timing | None = None) -> list[list[Answer]]:
+        """Answers for several volumes' questions, decoded together (the runner calls this when
+        present). `max_new` (per item, per question) overrides the token cap (benchmarks)."""
+        if self.model is None:
+            raise AdapterError(f"{self.name}: load() first")
+        t0 = time.perf_counter()
+        timing = timing if timing is not None else Timing()
+        greedy = self.greedy_settings()
+        out: list[list[Answer] | None] = [None] * len(items)
+        errors: dict[int, str] = {}
+        suffix_lens: dict[int, list[int]] = {}
+        prefix_lens: dict[int, int] = {}
+        n_questions = sum(len(qs) for _, qs in items)
+
+        def checked(jobs: Iterator[Job]) -> Iterator[Job]:
+            for job in jobs:
+                if job.error is not None:
+                    errors[job.key] = job.error
+                else:
+                    suffix_lens[job.key] = [len(s) for s in job.encoded.suffixes]
+                    prefix_lens[job.key] = job.encoded.prefix_len
+                yield job
+
+        stream = checked(self.jobs(items, max_new))
+        first = next(stream, None)
+        if first is None:
+            return []
+
+        def all_jobs() -> Iterator[Job]:
+            yield first
+            yield from stream
+
+        done = self.engine().run(all_jobs(), greedy, timing)
+        seconds = time.perf_counter() - t0
+        tok = self.processor.tokenizer
+        for i, (_, qs) in enumerate(items):
+            if i in errors or done[i] is None:
+                reason = errors.get(i, "the engine returned no answer for this volume")
+                out[i] = [Answer(q.qid, None, status="error", reason=reason) for q in qs]
+                continue
+            out[i] = [Answer(q.qid, tok.decode(d.tokens, skip_special_tokens=True).strip(), meta={
+                "new_tokens": len(d.tokens), "stopped": d.stopped, "suffix_tokens": n_suffix,
+                "seconds": round(seconds / max(n_questions, 1), 4), "call_seconds": round(seconds, 4),
+                "batch": n_questions, "volumes": len(items), "prefix_tokens": prefix_lens[i], **timing.as_dict()})
+                for q, d, n_suffix in zip(qs, done[i], suffix_lens[i])]
+        return out

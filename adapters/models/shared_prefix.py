@@ -28,6 +28,7 @@ and, on Gemma's sliding layers, `key > query - window`, exactly as transformers'
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -281,15 +282,14 @@ class SharedPrefixEngine:
     """Owns the stores for one (slots, rows, prefix length, own length) shape; reusable across calls
     with shapes that fit (the adapter keeps one)."""
 
-    def __init__(self, model, family, settings: EngineSettings, prefix_len: int, own_len: int):
+    def __init__(self, model, family, settings: EngineSettings):
         _register()
         self.model, self.family, self.settings = model, family, settings
         self.lm = model.model.language_model
         self.text_config = self.lm.config
         self.device, self.dtype = model.device, model.dtype
-        self.prefix_len, self.own_len = prefix_len, own_len
-        self.kv = SharedKV(self.text_config, settings.slots, settings.rows, prefix_len, own_len, settings.split_k,
-                           self.device, self.dtype)
+        self.prefix_len = self.own_len = 0
+        self.kv: SharedKV | None = None
         B = settings.slots * settings.rows
         self.ids = torch.zeros(B, 1, dtype=torch.long, device=self.device)
         self.offset = torch.zeros(B, 1, dtype=torch.long, device=self.device)   # position id - sequence index
@@ -297,8 +297,18 @@ class SharedPrefixEngine:
         self.graph_failed: str | None = None
         self.masks = {t: None for t in set(self.text_config.layer_types)}
 
-    def fits(self, settings: EngineSettings, prefix_len: int, own_len: int) -> bool:
-        return settings == self.settings and prefix_len <= self.prefix_len and own_len <= self.own_len
+    def fits(self, prefix_len: int, own_len: int) -> bool:
+        return self.kv is not None and prefix_len <= self.prefix_len and own_len <= self.own_len
+
+    def resize(self, prefix_len: int, own_len: int) -> None:
+        """New stores for longer prefixes or answers (rounded up, so nearby sizes reuse them)."""
+        self.prefix_len = max(self.prefix_len, -(-prefix_len // 256) * 256)
+        self.own_len = max(self.own_len, -(-own_len // 16) * 16)
+        self.kv = self.graph = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.kv = SharedKV(self.text_config, self.settings.slots, self.settings.rows, self.prefix_len, self.own_len,
+                           self.settings.split_k, self.device, self.dtype)
 
     # one forward of the text model over slots `window`, S tokens per row, our attention
     def _forward(self, ids: torch.Tensor, window: tuple[int, int], S: int, last: torch.Tensor | None = None):
@@ -349,14 +359,15 @@ class SharedPrefixEngine:
             on_done: Callable[[int, Job, list[Decoded]], None] | None = None) -> list[list[Decoded] | None]:
         """Answer every job; returns per job its Decoded list (None for a job with an error)."""
         timing = timing if timing is not None else Timing()
-        kv, R = self.kv, self.kv.rows
+        R = self.settings.rows
+        kv = self.kv
         cuda = self.device.type == "cuda"
 
         def sync():
             if cuda:
                 torch.cuda.synchronize(self.device)
 
-        B = kv.slots * R
+        B = self.settings.slots * R
         eos = torch.tensor(greedy.eos_token_ids or [-1], device=self.device)
         penalty = greedy.repetition_penalty
         seen = None
@@ -364,7 +375,7 @@ class SharedPrefixEngine:
             seen = torch.zeros(B, self.model.lm_head.out_features, dtype=torch.bool, device=self.device)
         rows: list[_Row | None] = [None] * B
         count = torch.zeros(B, dtype=torch.long, device=self.device)     # tokens generated per row
-        slot_job: list[int | None] = [None] * kv.slots
+        slot_job: list[int | None] = [None] * self.settings.slots
         results: list[list[Decoded] | None] = []
         job_list: list[Job] = []
         left: dict[int, int] = {}                                        # job -> rows not yet finished
@@ -428,7 +439,7 @@ class SharedPrefixEngine:
                     done[row.question] = Decoded(row.tokens, row.stopped)
                     if left[row.job] == 0 and on_done:
                         on_done(row.job, job_list[row.job], done)
-            for s in range(kv.slots):
+            for s in range(self.settings.slots):
                 if slot_job[s] is not None and all(rows[b] is None for b in range(s * R, (s + 1) * R)):
                     slot_job[s] = None
 
@@ -448,7 +459,9 @@ class SharedPrefixEngine:
                 cache = DynamicCache(config=self.model.config.get_text_config())
                 offset = self.family.prefix_forward(self.model, prefix, cache)
                 kv.load_prefix(slot, cache, P)
-                del cache
+                del cache, prefix
+                # the pixels are done with (a volume's float32 slices: ~0.8 GB at 85 x 896 px)
+                job.encoded = enc = dataclasses.replace(enc, prefix={"input_ids": enc.prefix["input_ids"]})
                 sync()
                 timing.prefix += time.perf_counter() - t
                 job.offset = int(offset) if offset is not None else 0
@@ -499,7 +512,7 @@ class SharedPrefixEngine:
         while True:
             # fill free slots
             while True:
-                free = [s for s in range(kv.slots) if slot_job[s] is None]
+                free = [s for s in range(self.settings.slots) if slot_job[s] is None]
                 if not free:
                     break
                 if not queue and not exhausted:
@@ -507,7 +520,17 @@ class SharedPrefixEngine:
                     continue
                 if not queue:
                     break
-                job_i, questions = queue.popleft()
+                job_i, questions = queue[0]
+                job = job_list[job_i]
+                need = (job.encoded.prefix_len,                   # the whole job's: its chunks share a shape
+                        max(len(s) + m for s, m in zip(job.encoded.suffixes, job.max_new)))
+                if not self.fits(*need):
+                    if any(r is not None for r in rows):
+                        break                             # let the slots drain, then grow the stores
+                    self.resize(*need)
+                    kv = self.kv
+                    prefix_caches.clear()
+                queue.popleft()
                 load(free[0], job_i, questions)
                 finish_rows()
             active_rows = [b for b, row in enumerate(rows) if row is not None]
