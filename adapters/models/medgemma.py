@@ -23,6 +23,7 @@ class MedGemma(SliceChatAdapter):
     description = "MedGemma 1.5 4B (transformers Gemma3ForConditionalGeneration), prefix-shared greedy batches"
     family = "gemma3"
     model_class = "Gemma3ForConditionalGeneration"
+    cuda_prefill_attention = "flex_attention"
     hub_id = "google/medgemma-1.5-4b-it"
     download_note = (" (gated: accept the Health AI Developer Foundations terms on its Hugging Face page "
                      "first, then log in with `huggingface-cli login`)")
