@@ -302,7 +302,7 @@ class VisionClock:
 
     def __init__(self, model, dev):
         inner = model.model
-        self.module = getattr(inner, "vision_tower", None) or inner.visual
+        self.module = inner.vision_tower if hasattr(inner, "vision_tower") else inner.visual
         self.dev, self.seconds, self._t = dev, 0.0, 0.0
         self.handles = [self.module.register_forward_pre_hook(self._pre), self.module.register_forward_hook(self._post)]
 
