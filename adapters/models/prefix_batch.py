@@ -1,22 +1,14 @@
-"""One volume, many questions: encode the image prefix once, decode all questions as one batch.
+"""One volume, many questions (and many volumes at once): encode each image prefix once, decode
+every question over it.
 
 Every question about a volume shares its prompt up to the question: chat-template start,
-instruction, and all slices with their labels. Here that shared prefix runs through the vision
-tower and the language model once (batch 1, transformers' own forward, so Gemma 3's bidirectional
-image attention comes from `token_type_ids` and Qwen2.5-VL's M-RoPE from its own `get_rope_index`).
-Its KV cache (a transformers `DynamicCache`) is then repeated along the batch dimension and each
-question's suffix (question + end of turn + generation prompt) is prefilled and greedily decoded in
-one batch.
-
-Suffixes differ in length, so they are left-padded *between* the prefix and the suffix. Every cache
-slot carries the index it would have in the unpadded single-question sequence (-1 for a pad); the
-attention masks (causal, and Gemma's sliding window) and the position ids are computed from that
-index, not from the slot, and passed to the model as the per-layer-type mask dict transformers
-accepts. So each row attends to exactly the tokens, at exactly the positions, that plain
-`model.generate` on the full single-question prompt would — the tests check the greedy tokens are
-identical on tiny models in float32. The cache keeps every layer at full length (a
-sliding-window layer would drop slots by count, which pads would skew); that costs memory
-(MedGemma 4B at 22.5k prefix tokens: ~3 GB of bf16 KV per question in the batch).
+instruction, and all slices with their labels. That shared prefix runs through the vision tower and
+the language model once per volume (transformers' own forward, so Gemma 3's bidirectional image
+attention comes from `token_type_ids` and Qwen2.5-VL's M-RoPE from its own `get_rope_index`); the
+questions' suffixes (question + end of turn + generation prompt) are then prefilled and greedily
+decoded as rows of a batch that spans several volumes, attending to one copy of each volume's prefix
+KV (shared_prefix.py: the engine, its attention, slots and CUDA graph). The tests check the greedy
+tokens equal plain `model.generate` on each full single-question prompt, on tiny models in float32.
 
 The exact prompt ids are the processor's: the images are processed once (`processor(...)` on the
 first question's text), and every question's text is expanded with the same image replacement
