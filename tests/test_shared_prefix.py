@@ -108,3 +108,19 @@ def test_a_volume_that_cannot_be_read_fails_only_its_questions(adapters, phantom
     ids = {str(adapter.identity()), str(type(adapter)(AdapterSettings(checkpoint=adapter.settings.checkpoint))
                                           .identity())}
     assert len(ids) == 2                                        # the engine layout is part of the identity
+
+
+def test_refilled_slots_around_a_busy_one_stay_exact(adapters, phantom):
+    """Slots 0 and 2 free up while slot 1 still decodes: the next two volumes' suffixes run in one
+    forward over slots 0-2, slot 1's row riding along on pad tokens; every answer stays exact."""
+    adapter = adapters["medgemma"]
+    mis = volumes(phantom, adapter.recipe)
+    qs = questions(phantom)
+    items = [(mis[1], qs[0:1]), (mis[2], qs[1:2]), (mis[1], qs[2:3]), (mis[2], qs[3:4]), (mis[1], qs[5:6])]
+    caps = [[2], [12], [2], [5], [6]]
+    engine = SharedPrefixEngine(adapter.model, prefix_batch.FAMILIES["gemma3"], EngineSettings(slots=3, rows=1))
+    results = engine.run(adapter.jobs(items, caps), adapter.greedy_settings())
+    base = adapter.greedy_settings()
+    for (mi, (q,)), (cap,), (d,) in zip(items, caps, results):
+        settings = dataclasses.replace(base, max_new_tokens=cap)
+        assert d.tokens == reference(adapter, adapter.images(mi), q, settings)[1], (mi.volume, q.qid)

@@ -247,7 +247,7 @@ class SliceChatAdapter(ModelAdapter):
     @property
     def volumes_per_call(self) -> int:
         """How many volumes the runner hands to `answer_many` at once (slots refill within a call)."""
-        return int(self._option("volumes_per_call", 2 * self.engine_settings().slots))
+        return int(self._option("volumes_per_call", 4 * self.engine_settings().slots))
 
     @classmethod
     def requirements(cls, settings: AdapterSettings) -> list[Requirement]:
@@ -404,7 +404,7 @@ class SliceChatAdapter(ModelAdapter):
         """Each item's Job, encoded (images -> processor -> ids) in worker threads a few volumes ahead
         of the engine; an item that cannot be encoded becomes a Job with its error."""
         settings = self.greedy_settings()
-        workers = workers or int(self._option("encode_workers", 2))
+        workers = workers or int(self._option("encode_workers", 4 if self.device.startswith("cuda") else 2))
         ahead = max(workers, 2)
 
         def one(i: int) -> Job:

@@ -382,6 +382,7 @@ class SharedPrefixEngine:
         queue: deque = deque()                                           # (job index, question indices)
         source: Iterator[Job] = iter(jobs)
         prefix_caches: dict[int, Any] = {}                               # job -> (slot holding its prefix)
+        fresh: list[int] = []                                            # slots loaded, suffixes not yet run
 
         def pull() -> bool:
             job = next(source, None)
@@ -467,44 +468,61 @@ class SharedPrefixEngine:
                 job.offset = int(offset) if offset is not None else 0
                 prefix_caches.clear()
                 prefix_caches[job_i] = slot
-            t = time.perf_counter()
             sl = slice(slot * R, (slot + 1) * R)
-            suffixes = [enc.suffixes[q] for q in questions]
-            S = max(len(s) for s in suffixes)
-            ids = torch.full((R, S), greedy.pad_token_id, dtype=torch.long, device=self.device)
-            last = torch.zeros(R, dtype=torch.long, device=self.device)
-            for r, s in enumerate(suffixes):
-                ids[r, :len(s)] = torch.tensor(s, device=self.device)
-                last[r] = len(s) - 1
-            kv.t0[sl] = 0
             self.offset[sl] = job.offset
-            count[sl] = 0
-            if seen is not None:
-                seen[sl] = False
-                seen[sl, enc.prefix["input_ids"][0].to(self.device)] = True
-                for r, s in enumerate(suffixes):
-                    seen[slot * R + r, torch.tensor(s, device=self.device)] = True
-            logits = self._forward(ids, (slot, slot + 1), S, last=last)
-            active = torch.zeros(R, dtype=torch.bool, device=self.device)
-            active[:len(suffixes)] = True
-            lengths = torch.tensor([len(s) for s in suffixes] + [0] * (R - len(suffixes)), device=self.device)
-            kv.t0[sl] = lengths.clamp(max=self.own_len - 1)
             slot_job[slot] = job_i
             for r, q in enumerate(questions):
                 rows[slot * R + r] = _Row(job_i, q, job.max_new[q])
-            nxt = select(logits, active, sl)
+            fresh.append(slot)
+
+        def prefill(slots: list[int]) -> None:
+            """The suffixes of freshly loaded slots in one forward over the slots between them; rows
+            of other slots in that window ride along on pad tokens and keep their state (what they
+            write lands at or after their next slot, which is written again before it is read)."""
+            t = time.perf_counter()
+            s0, s1 = min(slots), max(slots) + 1
+            sl = slice(s0 * R, s1 * R)
+            new = [b for s in slots for b in range(s * R, (s + 1) * R) if rows[b] is not None]
+            suffix = {b: job_list[rows[b].job].encoded.suffixes[rows[b].question] for b in new}
+            S = max(len(x) for x in suffix.values())
+            ids = torch.full((s1 * R - s0 * R, S), greedy.pad_token_id, dtype=torch.long)
+            last = torch.zeros(s1 * R - s0 * R, dtype=torch.long)
+            fresh_mask = torch.zeros(B, dtype=torch.bool)
+            lengths = torch.zeros(B, dtype=torch.long)
+            for b, x in suffix.items():
+                ids[b - s0 * R, :len(x)] = torch.tensor(x)
+                last[b - s0 * R] = len(x) - 1
+                fresh_mask[b] = True
+                lengths[b] = len(x)
+            fresh_slots = torch.zeros(B, dtype=torch.bool)
+            for s in slots:
+                fresh_slots[s * R:(s + 1) * R] = True
+            ids, last = ids.to(self.device), last.to(self.device)
+            fresh_mask, lengths, fresh_slots = (x.to(self.device) for x in (fresh_mask, lengths, fresh_slots))
+            kv.t0.masked_fill_(fresh_slots, 0)
+            count.masked_fill_(fresh_slots, 0)
+            if seen is not None:
+                seen[fresh_slots] = False
+                for b, x in suffix.items():
+                    enc = job_list[rows[b].job].encoded
+                    seen[b, enc.prefix["input_ids"][0].to(self.device)] = True
+                    seen[b, torch.tensor(x, device=self.device)] = True
+            logits = self._forward(ids, (s0, s1), S, last=last)
+            nxt = select(logits, fresh_mask[sl], sl)
+            kv.t0.copy_(torch.where(fresh_slots, lengths.clamp(max=self.own_len - 1), kv.t0))
             values = nxt.tolist()
-            for r in range(len(questions)):
-                row = rows[slot * R + r]
-                row.tokens.append(values[r])
-                if values[r] in greedy.eos_token_ids:
+            for b in new:
+                row = rows[b]
+                v = values[b - s0 * R]
+                row.tokens.append(v)
+                if v in greedy.eos_token_ids:
                     row.stopped = "eos"
                 elif len(row.tokens) >= row.max_new:
                     row.stopped = "max_new_tokens"
             if seen is not None:
-                seen[torch.arange(slot * R, slot * R + R, device=self.device), nxt] = True
-            count[sl] = 1
-            self.ids[sl, 0] = nxt
+                seen[torch.arange(s0 * R, s1 * R, device=self.device)[fresh_mask[sl]], nxt[fresh_mask[sl]]] = True
+            count.masked_fill_(fresh_slots, 1)
+            self.ids[sl, 0] = torch.where(fresh_mask[sl], nxt, self.ids[sl, 0])
             sync()
             timing.suffix += time.perf_counter() - t
 
@@ -532,6 +550,9 @@ class SharedPrefixEngine:
                     prefix_caches.clear()
                 queue.popleft()
                 load(free[0], job_i, questions)
+            if fresh:
+                prefill(fresh)
+                fresh.clear()
                 finish_rows()
             active_rows = [b for b, row in enumerate(rows) if row is not None]
             if not active_rows:
