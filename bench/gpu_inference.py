@@ -168,7 +168,8 @@ def init_weights(model, std=0.02, seed=0):
                 inv, _ = fn(mod.config, layer_type=lt)
                 getattr(mod, f"{lt}_inv_freq").copy_(inv.to(dev))
                 getattr(mod, f"{lt}_original_inv_freq").copy_(inv.to(dev))
-        elif isinstance(getattr(mod, "inv_freq", None), torch.Tensor) and isinstance(getattr(mod, "rope_type", None), str):
+        elif isinstance(getattr(mod, "inv_freq", None), torch.Tensor) and \
+                isinstance(getattr(mod, "rope_type", None), str):
             fn = getattr(mod, f"compute_{mod.rope_type}_rope_parameters", None) or ROPE_INIT_FUNCTIONS[mod.rope_type]
             inv, _ = fn(mod.config)
             mod.inv_freq.copy_(inv.to(dev))
@@ -211,7 +212,8 @@ def build(kind: str, size: str, dev, dtype):
         if tv:
             from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor as ImageProcessor
         else:
-            from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil as ImageProcessor
+            from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+                Qwen2VLImageProcessorPil as ImageProcessor)
 
         tok = qwen_tokenizer()
         cfg = qwen_config(size, tok)

@@ -172,6 +172,7 @@ class SliceChatAdapter(ModelAdapter):
 
     family: str                                   # key of FAMILIES
     cuda_prefill_attention: str | None = None     # the text model's prefill attention on CUDA (None: as loaded)
+    cuda_compile_vision: bool = False             # torch.compile the vision tower on CUDA (measured to pay)
     model_class: str                              # transformers class name
     hub_id: str
     download_note: str = ""
@@ -222,7 +223,7 @@ class SliceChatAdapter(ModelAdapter):
             "image_backend": o("image_backend", _image_backend()),
             "attn_implementation": o("attn_implementation", "sdpa"),
             "prefill_attention": self.prefill_attention(),
-            "compile_vision": bool(o("compile_vision", False)),
+            "compile_vision": bool(o("compile_vision", self.cuda_compile_vision and self.device.startswith("cuda"))),
             "dtype": self.dtype_name,
             "batching": {"engine": "shared-prefix-kv-v2", **self.engine_settings().__dict__},
         }
@@ -399,8 +400,8 @@ class SliceChatAdapter(ModelAdapter):
             current = self._engine = SharedPrefixEngine(self.model, FAMILIES[self.family], settings)
         return current
 
-    def jobs(self, items: Sequence[tuple[ModelInput, Sequence[Question]]], max_new: Sequence[Sequence[int]] | None = None,
-             workers: int | None = None) -> Iterator[Job]:
+    def jobs(self, items: Sequence[tuple[ModelInput, Sequence[Question]]],
+             max_new: Sequence[Sequence[int]] | None = None, workers: int | None = None) -> Iterator[Job]:
         """Each item's Job, encoded (images -> processor -> ids) in worker threads a few volumes ahead
         of the engine; an item that cannot be encoded becomes a Job with its error."""
         settings = self.greedy_settings()
