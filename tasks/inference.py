@@ -382,6 +382,45 @@ def answer_volume(adapter: ModelAdapter, run_id: str, model_input: ModelInput | 
     return rows
 
 
+def volumes_per_call(adapter: ModelAdapter) -> int:
+    """Volumes per adapter call: more than one only for adapters with `answer_many`."""
+    if not callable(getattr(adapter, "answer_many", None)):
+        return 1
+    return max(1, int(getattr(adapter, "volumes_per_call", 1)))
+
+
+def answer_volumes(adapter: ModelAdapter, run_id: str, items: list[tuple[str, ModelInput | None, list[Question], dict]],
+                   batch_size: int) -> list[list[dict]]:
+    """Several volumes in one `answer_many` call (the adapter decodes them together); each item's
+    rows. If the call raises or returns something else than one answer list per volume, every
+    volume is asked again on its own (`answer_volume`), so one bad volume fails only itself."""
+    t0 = time.perf_counter()
+    failure = None
+    try:
+        out = adapter.answer_many([(mi, questions) for _, mi, questions, _ in items])
+        if not isinstance(out, (list, tuple)) or len(out) != len(items) or \
+                not all(isinstance(a, (list, tuple)) for a in out):
+            failure = f"answer_many returned {type(out).__name__}, not one list of Answer per volume"
+    except Exception as exc:  # noqa: BLE001  (retried volume by volume below)
+        failure = f"adapter raised {type(exc).__name__}: {exc}"
+    seconds = time.perf_counter() - t0
+    if failure is not None:
+        log.warning("%s on %d volumes: %s; answering them one by one", adapter.name, len(items), failure)
+        return [answer_volume(adapter, run_id, mi, questions, batch_size, {**base, "retried_alone_after": failure})
+                for _, mi, questions, base in items]
+    n = sum(len(questions) for _, _, questions, _ in items)
+    rows = []
+    for (_, _, questions, base), answers in zip(items, out):
+        by_qid: dict[str, Answer] = {}
+        for a in answers:
+            if isinstance(a, Answer) and a.qid not in by_qid:
+                by_qid[a.qid] = a
+        prov = {**base, "batch": n, "volumes": len(items), "seconds": round(seconds / max(n, 1), 6),
+                "batch_seconds": round(seconds, 6)}
+        rows.append(_rows(run_id, questions, by_qid, None, prov))
+    return rows
+
+
 def load_adapter(adapter: ModelAdapter, request: InferRequest) -> None:
     try:
         adapter.load()
@@ -429,37 +468,55 @@ def run_inference(db, request: InferRequest, progress: ProgressFn | None = None,
         if progress:
             progress(0, summary.pending)
         volumes = list(plan.pending)
+        per_call = volumes_per_call(adapter)
+        groups = [volumes[i:i + per_call] for i in range(0, len(volumes), per_call)]
+        # a multi-volume adapter reads its inputs itself, a few ahead (all of a group's slices at
+        # once would not fit in memory); otherwise the next volume's input is read while the model
+        # answers this one
+        preload = _load_input if per_call == 1 else (lambda mi: mi)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
-            # the next volume's input is read while the model answers this one
-            nxt = pool.submit(_load_input, inputs.get(plan.input_volume(volumes[0])) if plan.recipe else None)
-            for i, volume in enumerate(volumes):
-                mi = nxt.result()
-                if i + 1 < len(volumes) and plan.recipe:
-                    nxt = pool.submit(_load_input, inputs.get(plan.input_volume(volumes[i + 1])))
-                questions = plan.pending[volume]
-                base = {"session": summary.session_id, "volume": volume, "input_volume": plan.input_volume(volume)
-                        if plan.recipe else None, "recipe": recipe_key}
-                if plan.recipe and not isinstance(mi, ModelInput):
-                    reason = mi or f"no input for volume {plan.input_volume(volume)}"
-                    rows = [_row(plan.run_id, q.qid, None, "error", reason, base) for q in questions]
-                else:
+            def fetch(group):
+                return pool.submit(lambda: [preload(inputs.get(plan.input_volume(v))) if plan.recipe else None
+                                            for v in group])
+            nxt = fetch(groups[0])
+            for g, group in enumerate(groups):
+                mis = nxt.result()
+                if g + 1 < len(groups):
+                    nxt = fetch(groups[g + 1])
+                ready, rows_of = [], {}
+                for volume, mi in zip(group, mis):
+                    questions = plan.pending[volume]
+                    base = {"session": summary.session_id, "volume": volume, "input_volume": plan.input_volume(volume)
+                            if plan.recipe else None, "recipe": recipe_key}
+                    if plan.recipe and not isinstance(mi, ModelInput):
+                        reason = mi or f"no input for volume {plan.input_volume(volume)}"
+                        rows_of[volume] = [_row(plan.run_id, q.qid, None, "error", reason, base) for q in questions]
+                        continue
                     if mi is not None:
                         base["input_volume_sha256"] = Path(mi.path).stem     # inputs are named by it
-                    rows = answer_volume(adapter, plan.run_id, mi, questions, request.batch_size, base)
-                    if mi is not None:
+                    ready.append((volume, mi, questions, base))
+                if per_call > 1 and ready:
+                    rows_of.update(zip([r[0] for r in ready], answer_volumes(adapter, plan.run_id, ready,
+                                                                             request.batch_size)))
+                else:
+                    for volume, mi, questions, base in ready:
+                        rows_of[volume] = answer_volume(adapter, plan.run_id, mi, questions, request.batch_size, base)
+                for volume, mi in zip(group, mis):
+                    if isinstance(mi, ModelInput):
                         mi.release()
-                writer.add(rows)
-                writer.volume_done()
-                for r in rows:
-                    if r["status"] == "ok":
-                        summary.ok += 1
-                    else:
-                        summary.error += 1
-                        reasons[r["reason"]] += 1
-                summary.volumes += 1
-                done += len(questions)
-                if progress:
-                    progress(done, summary.pending)
+                    rows = rows_of[volume]
+                    writer.add(rows)
+                    writer.volume_done()
+                    for r in rows:
+                        if r["status"] == "ok":
+                            summary.ok += 1
+                        else:
+                            summary.error += 1
+                            reasons[r["reason"]] += 1
+                    summary.volumes += 1
+                    done += len(plan.pending[volume])
+                    if progress:
+                        progress(done, summary.pending)
         summary.reasons = dict(reasons.most_common())
     finally:
         summary.seconds = time.perf_counter() - t0

@@ -55,3 +55,24 @@ class EchoModel(ModelAdapter):
                     f.write(q.qid + "\n")
                 f.flush()
         return [Answer(q.qid, f"mean={mean:.4f}", meta={"seen": model_input.volume}) for q in questions]
+
+
+class EchoManyModel(EchoModel):
+    """EchoModel that also answers several volumes per call (`answer_many`), like the native
+    models' shared-prefix engine; option `per_call` sets how many, `fail_many` makes a call that
+    includes that volume raise (the runner then asks each volume alone). ECHO_TEST_CALLS appends
+    one line per call: the volumes it was given."""
+    name = "echo-many-test"
+
+    @property
+    def volumes_per_call(self) -> int:
+        return int(self.settings.options.get("per_call", 2))
+
+    def answer_many(self, items):
+        volumes = [mi.volume for mi, _ in items]
+        if os.environ.get("ECHO_TEST_CALLS"):
+            with open(os.environ["ECHO_TEST_CALLS"], "a") as f:
+                f.write(",".join(volumes) + "\n")
+        if self.settings.options.get("fail_many") in volumes:
+            raise RuntimeError("this group breaks the model")
+        return [self.answer(mi, qs) for mi, qs in items]

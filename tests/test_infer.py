@@ -414,3 +414,26 @@ def test_random_draws_per_qid_from_the_category_in_other_volumes_and_falls_back(
     lone = RandomAnswer()
     lone.prepare([_dq("a::0", "q", "A0", "Laterality")])
     assert lone.answer(None, [Question("a::0", "q")])[0].status == "error"
+
+
+def test_multi_volume_adapter_gets_groups_and_a_failing_group_is_retried_volume_by_volume(pdb, tmp_path,
+                                                                                          monkeypatch):
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setenv("ECHO_TEST_CALLS", str(calls))
+    order = [v for (v,) in rows(pdb, "SELECT volume FROM volumes ORDER BY position")]
+    model = "tests.infer_adapters:EchoManyModel"
+    summary = run_inference(pdb, InferRequest(model=model, options={"per_call": 2}))
+    assert calls.read_text().splitlines() == [",".join(order[:2]), order[2]]
+    grouped = predictions(pdb, "echo-many-test")
+    assert set(grouped) == all_qids(pdb) and summary.ok == len(grouped)
+    for qid, (text, status, _, prov) in grouped.items():
+        assert status == "ok" and prov["volume"] == volume_of(qid)
+        assert prov["volumes"] == (2 if volume_of(qid) in order[:2] else 1)
+    # a group whose call raises: each of its volumes asked alone; only the bad one fails
+    calls.write_text("")
+    run_inference(pdb, InferRequest(model=model, name="bad-group", options={"per_call": 3, "fail_many": order[0]}))
+    assert calls.read_text().splitlines() == [",".join(order)]
+    preds = predictions(pdb, "bad-group")
+    assert all(status == "ok" and "retried_alone_after" in prov for _, status, _, prov in preds.values())
+    assert {p[0] for q, p in preds.items() if volume_of(q) == order[1]} == \
+        {p[0] for q, p in grouped.items() if volume_of(q) == order[1]}

@@ -11,6 +11,10 @@ Life of an adapter in one run:
   4. `answer(model_input, questions)` per volume, with at most `batch_size` questions of that volume;
      returns exactly one `Answer` per question, in any order, matched by qid. Raising fails every
      question of the call (stored as `error` with the message); an `Answer(status="error")` fails one;
+     Optional: `answer_many([(model_input, questions), ...])` -> one answer list per volume, and
+     `volumes_per_call`; the runner then hands it that many volumes at once (models that decode
+     several volumes together) and reads no input itself (the adapter reads them, a few ahead); if
+     the call raises, each volume is asked again through `answer`;
   5. `provenance()` — identity plus what helps to reproduce (package versions, device, dtype).
 """
 

@@ -1,22 +1,14 @@
-"""One volume, many questions: encode the image prefix once, decode all questions as one batch.
+"""One volume, many questions (and many volumes at once): encode each image prefix once, decode
+every question over it.
 
 Every question about a volume shares its prompt up to the question: chat-template start,
-instruction, and all slices with their labels. Here that shared prefix runs through the vision
-tower and the language model once (batch 1, transformers' own forward, so Gemma 3's bidirectional
-image attention comes from `token_type_ids` and Qwen2.5-VL's M-RoPE from its own `get_rope_index`).
-Its KV cache (a transformers `DynamicCache`) is then repeated along the batch dimension and each
-question's suffix (question + end of turn + generation prompt) is prefilled and greedily decoded in
-one batch.
-
-Suffixes differ in length, so they are left-padded *between* the prefix and the suffix. Every cache
-slot carries the index it would have in the unpadded single-question sequence (-1 for a pad); the
-attention masks (causal, and Gemma's sliding window) and the position ids are computed from that
-index, not from the slot, and passed to the model as the per-layer-type mask dict transformers
-accepts. So each row attends to exactly the tokens, at exactly the positions, that plain
-`model.generate` on the full single-question prompt would — the tests check the greedy tokens are
-identical on tiny models in float32. The cache keeps every layer at full length (a
-sliding-window layer would drop slots by count, which pads would skew); that costs memory
-(MedGemma 4B at 22.5k prefix tokens: ~3 GB of bf16 KV per question in the batch).
+instruction, and all slices with their labels. That shared prefix runs through the vision tower and
+the language model once per volume (transformers' own forward, so Gemma 3's bidirectional image
+attention comes from `token_type_ids` and Qwen2.5-VL's M-RoPE from its own `get_rope_index`); the
+questions' suffixes (question + end of turn + generation prompt) are then prefilled and greedily
+decoded as rows of a batch that spans several volumes, attending to one copy of each volume's prefix
+KV (shared_prefix.py: the engine, its attention, slots and CUDA graph). The tests check the greedy
+tokens equal plain `model.generate` on each full single-question prompt, on tiny models in float32.
 
 The exact prompt ids are the processor's: the images are processed once (`processor(...)` on the
 first question's text), and every question's text is expanded with the same image replacement
@@ -28,15 +20,20 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import dataclass, field
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from adapters.models.base import AdapterError, AdapterSettings, Answer, ModelAdapter, ModelInput, Question, Requirement
 from adapters.models.prompts import SlicePrompt
+from adapters.models.shared_prefix import (  # noqa: F401  (Decoded, GreedySettings: part of this module's API)
+    Decoded, EngineSettings, GreedySettings, Job, SharedPrefixEngine, Timing,
+)
 
 # Processor outputs with one entry per token (sliced to the prefix); everything else (pixels,
 # grids) belongs to the images and goes to the prefix forward whole.
@@ -54,26 +51,10 @@ class Encoded:
     """A volume's prompts: the shared prefix (processor outputs, batch 1) and each question's suffix ids."""
     prefix: dict[str, torch.Tensor]
     suffixes: list[list[int]]
-    full: dict[str, torch.Tensor] = field(default_factory=dict)   # the first question's full processor output
 
     @property
     def prefix_len(self) -> int:
         return int(self.prefix["input_ids"].shape[1])
-
-
-@dataclass
-class Decoded:
-    tokens: list[int]             # generated ids, EOS included when it stopped there
-    stopped: str                  # 'eos' | 'max_new_tokens'
-
-
-@dataclass(frozen=True)
-class GreedySettings:
-    max_new_tokens: int
-    min_new_tokens: int = 0
-    repetition_penalty: float = 1.0
-    eos_token_ids: tuple[int, ...] = ()
-    pad_token_id: int = 0
 
 
 def bos_adds_special(processor, text: str) -> bool:
@@ -104,8 +85,7 @@ def encode(processor, texts: Sequence[str], images: list, *, add_special_tokens:
     if any(any(t != 0 for t in row) for row in mm):
         raise RuntimeError("a question's own tokens include image tokens; the image prefix cannot be shared")
     prefix = {k: (v[:, :common] if k in PER_TOKEN else v) for k, v in first.items() if isinstance(v, torch.Tensor)}
-    full = {k: v for k, v in first.items() if isinstance(v, torch.Tensor)}
-    return Encoded(prefix=prefix, suffixes=suffixes, full=full)
+    return Encoded(prefix=prefix, suffixes=suffixes)
 
 
 # -- model families --------------------------------------------------------------------------------
@@ -113,20 +93,22 @@ def encode(processor, texts: Sequence[str], images: list, *, add_special_tokens:
 class Family:
     """How one architecture runs its prefix and places positions."""
 
-    def prefix_forward(self, model, prefix: dict[str, torch.Tensor], cache) -> Any:
+    def prefix_forward(self, model, prefix: dict[str, torch.Tensor], cache) -> int:
+        """The prefix through the whole model (vision tower included) into `cache`; returns the
+        offset of a text token's position id from its sequence index."""
         raise NotImplementedError
 
-    def position_ids(self, state: Any, real: torch.Tensor) -> torch.Tensor:
-        """Position ids for text tokens at unpadded indices `real` (B, S)."""
+    def position_ids(self, offset: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """Position ids for text tokens at sequence indices `real` (B, S); `offset` (B, 1) per row."""
         raise NotImplementedError
 
 
 class Gemma3Family(Family):
     def prefix_forward(self, model, prefix, cache):
         model(**prefix, cache=cache, use_cache=True, logits_to_keep=1)
-        return None
+        return 0
 
-    def position_ids(self, state, real):
+    def position_ids(self, offset, real):
         return real
 
 
@@ -138,39 +120,14 @@ class Qwen25VLFamily(Family):
             prefix["input_ids"], mm_token_type_ids=prefix["mm_token_type_ids"],
             image_grid_thw=prefix.get("image_grid_thw"), attention_mask=prefix.get("attention_mask"))
         model(**prefix, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
-        return deltas.reshape(1, 1)          # text token at unpadded index r sits at r + delta
+        return int(deltas.reshape(-1)[0])     # text token at sequence index r sits at r + delta
 
-    def position_ids(self, delta, real):
-        pos = real + delta.to(real.device)
+    def position_ids(self, offset, real):
+        pos = real + offset
         return pos.unsqueeze(0).expand(3, -1, -1)
 
 
 FAMILIES = {"gemma3": Gemma3Family(), "qwen2_5_vl": Qwen25VLFamily()}
-
-
-# -- masks -----------------------------------------------------------------------------------------
-
-def _masks(model, real: torch.Tensor, q_start: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Per-layer-type masks (B, 1, Q, K) for queries at slots q_start.. over all slots, from each
-    slot's unpadded index `real` (B, K; -1 = pad). A pad query sees only itself (no empty rows)."""
-    text_config = model.config.get_text_config()
-    q_real = real[:, q_start:].unsqueeze(-1)                  # (B, Q, 1)
-    k_real = real.unsqueeze(1)                                # (B, 1, K)
-    k_slots = torch.arange(real.shape[1], device=real.device)
-    q_slots = torch.arange(q_start, real.shape[1], device=real.device).unsqueeze(-1)
-    own = (k_slots.unsqueeze(0) == q_slots).unsqueeze(0)      # (1, Q, K)
-    causal = (k_real >= 0) & (q_real >= 0) & (k_real <= q_real)
-    out = {}
-    for layer_type in set(text_config.layer_types):
-        allowed = causal
-        if layer_type == "sliding_attention" and text_config.sliding_window is not None:
-            allowed = allowed & (k_real > q_real - text_config.sliding_window)
-        allowed = (allowed | own).unsqueeze(1)
-        if model.config._attn_implementation == "eager":
-            allowed = torch.zeros(allowed.shape, dtype=dtype, device=real.device).masked_fill(
-                ~allowed, torch.finfo(dtype).min)
-        out[layer_type] = allowed
-    return out
 
 
 # -- decoding --------------------------------------------------------------------------------------
@@ -182,81 +139,17 @@ def check_generation_config(generation_config) -> None:
                          f"not apply; remove them or extend adapters/models/prefix_batch.py")
 
 
-def _penalize(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """transformers' RepetitionPenaltyLogitsProcessor, on the ids each row has seen."""
-    score = torch.gather(scores, 1, seen)
-    score = torch.where(score < 0, score * penalty, score / penalty)
-    return scores.scatter(1, seen, score)
 
-
-@torch.inference_mode()
-def generate(model, family: Family, encoded: Encoded, settings: GreedySettings) -> tuple[list[Decoded], dict]:
-    """Greedy answers for every suffix of `encoded`, sharing the prefix. Returns the answers and timings."""
-    from transformers import DynamicCache
-
-    device = model.device
-    dtype = model.dtype
-    t0 = time.perf_counter()
-    prefix = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in encoded.prefix.items()}
-    cache = DynamicCache()
-    state = family.prefix_forward(model, prefix, cache)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t_prefix = time.perf_counter() - t0
-
-    batch = len(encoded.suffixes)
-    L = encoded.prefix_len
-    S = max(len(s) for s in encoded.suffixes)
-    cache.batch_repeat_interleave(batch)
-    suffix = torch.full((batch, S), settings.pad_token_id, dtype=torch.long, device=device)
-    real = torch.full((batch, L + S), -1, dtype=torch.long, device=device)
-    real[:, :L] = torch.arange(L, device=device)
-    for i, ids in enumerate(encoded.suffixes):
-        suffix[i, S - len(ids):] = torch.tensor(ids, device=device)
-        real[i, L + S - len(ids):] = torch.arange(L, L + len(ids), device=device)
-    # every id each row has seen (pads replaced by one of the row's own ids: a set, for the penalty)
-    prefix_ids = prefix["input_ids"].expand(batch, -1)
-    seen = torch.cat([prefix_ids, torch.where(real[:, L:] >= 0, suffix, prefix_ids[:, :1])], dim=1)
-
-    eos = torch.tensor(settings.eos_token_ids or [-1], device=device)
-    lengths = real.max(dim=1).values + 1                     # unpadded length of each row
-    q_pos = family.position_ids(state, real[:, L:].clamp(min=0))
-    out = model(input_ids=suffix, attention_mask=_masks(model, real, L, dtype), position_ids=q_pos,
-                cache=cache, use_cache=True, logits_to_keep=1)
-    logits = out.logits[:, -1, :]
-
-    tokens: list[list[int]] = [[] for _ in range(batch)]
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    stopped = ["max_new_tokens"] * batch
-    for step in range(settings.max_new_tokens):
-        scores = logits.float()
-        if settings.repetition_penalty != 1.0:
-            scores = _penalize(scores, seen, settings.repetition_penalty)
-        if step < settings.min_new_tokens and settings.eos_token_ids:
-            scores[:, eos] = -float("inf")
-        nxt = scores.argmax(dim=-1)
-        nxt = torch.where(done, torch.full_like(nxt, settings.pad_token_id), nxt)
-        for i, (t, finished) in enumerate(zip(nxt.tolist(), done.tolist())):   # one device sync per step
-            if not finished:
-                tokens[i].append(t)
-        hit = torch.isin(nxt, eos) & ~done
-        for i in torch.nonzero(hit).flatten().tolist():
-            stopped[i] = "eos"
-        done = done | hit
-        if bool(done.all()) or step == settings.max_new_tokens - 1:
-            break
-        seen = torch.cat([seen, nxt.unsqueeze(1)], dim=1)
-        real = torch.cat([real, lengths.unsqueeze(1)], dim=1)
-        q_pos = family.position_ids(state, lengths.unsqueeze(1))
-        out = model(input_ids=nxt.unsqueeze(1), attention_mask=_masks(model, real, real.shape[1] - 1, dtype),
-                    position_ids=q_pos, cache=cache, use_cache=True)
-        logits = out.logits[:, -1, :]
-        lengths = lengths + 1
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    timing = {"prefix_seconds": round(t_prefix, 4), "decode_seconds": round(time.perf_counter() - t0 - t_prefix, 4),
-              "prefix_tokens": L, "batch": batch}
-    return [Decoded(t, s) for t, s in zip(tokens, stopped)], timing
+def generate(model, family: Family, encoded: Encoded, settings: GreedySettings,
+             engine: EngineSettings | None = None) -> tuple[list[Decoded], dict]:
+    """Greedy answers for every suffix of one volume's `encoded`, sharing its prefix (the engine of
+    shared_prefix.py with one job). Returns the answers and timings."""
+    engine = engine or EngineSettings(slots=1, rows=max(1, len(encoded.suffixes)))
+    runner = SharedPrefixEngine(model, family, engine)
+    timing = Timing()
+    job = Job(0, encoded, [settings.max_new_tokens] * len(encoded.suffixes))
+    decoded = runner.run([job], settings, timing)[0]
+    return decoded, {**timing.as_dict(), "prefix_tokens": encoded.prefix_len, "batch": len(encoded.suffixes)}
 
 
 # -- the adapter both slice-stack models share ------------------------------------------------------
@@ -278,6 +171,8 @@ class SliceChatAdapter(ModelAdapter):
     template: `prompt` per variant, greedy decoding, prefix-shared batches (this module)."""
 
     family: str                                   # key of FAMILIES
+    cuda_prefill_attention: str | None = None     # the text model's prefill attention on CUDA (None: as loaded)
+    cuda_compile_vision: bool = False             # torch.compile the vision tower on CUDA (measured to pay)
     model_class: str                              # transformers class name
     hub_id: str
     download_note: str = ""
@@ -327,9 +222,33 @@ class SliceChatAdapter(ModelAdapter):
             "image_encoding": o("image_encoding", self.image_encoding[self.variant]),
             "image_backend": o("image_backend", _image_backend()),
             "attn_implementation": o("attn_implementation", "sdpa"),
+            "prefill_attention": self.prefill_attention(),
+            "compile_vision": bool(o("compile_vision", self.cuda_compile_vision and self.device.startswith("cuda"))),
             "dtype": self.dtype_name,
-            "batching": "prefix-shared-v1",
+            "batching": {"engine": "shared-prefix-kv-v2", **self.engine_settings().__dict__},
         }
+
+    def prefill_attention(self) -> str:
+        """The language model's attention in the prefix prefill (the vision tower keeps
+        `attn_implementation`): on a GPU, Gemma's image-heavy prefix with its sliding windows
+        runs block-sparse under flex_attention (about 1.6x faster there; compiled on first use)."""
+        default = self.cuda_prefill_attention if self.device.startswith("cuda") else None
+        return str(self._option("prefill_attention", default or self._option("attn_implementation", "sdpa")))
+
+    def engine_settings(self) -> EngineSettings:
+        """Layout of the shared-prefix engine (shared_prefix.py). Exact in float32; on a GPU the
+        batch shapes can move bf16 rounding, so they are part of the identity."""
+        cuda = self.device.startswith("cuda")
+        o = self._option
+        return EngineSettings(slots=int(o("volumes_per_batch", 16 if cuda else 2)),
+                              rows=int(o("rows_per_volume", 6)),
+                              split_k=int(o("split_k", 1024 if cuda else 0)),
+                              cuda_graph=bool(o("cuda_graph", cuda)))
+
+    @property
+    def volumes_per_call(self) -> int:
+        """How many volumes the runner hands to `answer_many` at once (slots refill within a call)."""
+        return int(self._option("volumes_per_call", 4 * self.engine_settings().slots))
 
     @classmethod
     def requirements(cls, settings: AdapterSettings) -> list[Requirement]:
@@ -386,10 +305,27 @@ class SliceChatAdapter(ModelAdapter):
         if self.model.config.model_type != self.family:
             raise AdapterError(f"{self.name}: {path} holds a {self.model.config.model_type!r} model, not "
                                f"{self.family!r}; {self._download_hint()}")
+        self.prepare_model()
         try:
             check_generation_config(self.model.generation_config)
         except ValueError as exc:
             raise AdapterError(f"{self.name}: {path}: {exc}") from exc
+
+    def prepare_model(self) -> None:
+        """Settings applied to a loaded model (benchmarks call it on a model built in memory)."""
+        gen = self.generation()
+        text = gen["prefill_attention"]
+        if text != self.model.config.get_text_config()._attn_implementation:
+            try:
+                self.model.set_attn_implementation({"text_config": text})
+            except Exception as exc:
+                raise AdapterError(f"{self.name}: cannot use {text!r} for the prefill ({type(exc).__name__}: {exc}); "
+                                   f"pass --option prefill_attention=sdpa") from exc
+        inner = self.model.model
+        if gen["compile_vision"] and not getattr(inner, "_ctsvqa_compiled", False):
+            name = "vision_tower" if hasattr(inner, "vision_tower") else "visual"
+            setattr(inner, name, torch.compile(getattr(inner, name)))
+            inner._ctsvqa_compiled = True
 
     def _load_processor(self, path: str, backend: str):
         from transformers import AutoProcessor
@@ -397,6 +333,7 @@ class SliceChatAdapter(ModelAdapter):
         return AutoProcessor.from_pretrained(path, backend=backend)
 
     def close(self) -> None:
+        self._engine = None
         self.model = None
         self.processor = None
         if torch.cuda.is_available():
@@ -447,20 +384,93 @@ class SliceChatAdapter(ModelAdapter):
         return encode(self.processor, texts, images, add_special_tokens=bos_adds_special(self.processor, texts[0]))
 
     def answer(self, model_input: ModelInput | None, questions: Sequence[Question]) -> list[Answer]:
-        if self.model is None:
-            raise AdapterError(f"{self.name}: load() first")
         if model_input is None:
             raise AdapterError(f"{self.name}: needs the volume's '{self.recipe}' input")
-        if not questions:
-            return []
-        t0 = time.perf_counter()
-        encoded = self.encode(model_input, questions)
-        decoded, timing = generate(self.model, FAMILIES[self.family], encoded, self.greedy_settings())
-        seconds = time.perf_counter() - t0
-        answers = []
-        for q, d, suffix in zip(questions, decoded, encoded.suffixes):
-            text = self.processor.tokenizer.decode(d.tokens, skip_special_tokens=True).strip()
-            answers.append(Answer(q.qid, text, meta={
-                "new_tokens": len(d.tokens), "stopped": d.stopped, "suffix_tokens": len(suffix),
-                "seconds": round(seconds / len(questions), 4), "call_seconds": round(seconds, 4), **timing}))
+        answers = self.answer_many([(model_input, questions)])[0]
+        failed = [a for a in answers if a.status == "error"]
+        if failed and len(failed) == len(answers):
+            raise AdapterError(failed[0].reason)
         return answers
+
+    def engine(self) -> SharedPrefixEngine:
+        """The engine, kept between calls (its stores grow to fit; its captured graph is reused)."""
+        settings = self.engine_settings()
+        current = getattr(self, "_engine", None)
+        if current is None or current.settings != settings or current.model is not self.model:
+            current = self._engine = SharedPrefixEngine(self.model, FAMILIES[self.family], settings)
+        return current
+
+    def jobs(self, items: Sequence[tuple[ModelInput, Sequence[Question]]],
+             max_new: Sequence[Sequence[int]] | None = None, workers: int | None = None) -> Iterator[Job]:
+        """Each item's Job, encoded (images -> processor -> ids) in worker threads a few volumes ahead
+        of the engine; an item that cannot be encoded becomes a Job with its error."""
+        settings = self.greedy_settings()
+        workers = workers or int(self._option("encode_workers", 4 if self.device.startswith("cuda") else 2))
+        ahead = max(workers, 2)
+
+        def one(i: int) -> Job:
+            mi, qs = items[i]
+            limits = list(max_new[i]) if max_new is not None else [settings.max_new_tokens] * len(qs)
+            try:
+                return Job(i, self.encode(mi, qs), limits)
+            except Exception as exc:  # noqa: BLE001  (one unreadable volume fails only its own questions)
+                return Job(i, None, limits, error=f"cannot encode {mi.path}: {type(exc).__name__}: {exc}")
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="encode") as pool:
+            futures = deque(pool.submit(one, i) for i in range(min(ahead, len(items))))
+            nxt = len(futures)
+            while futures:
+                job = futures.popleft().result()
+                if nxt < len(items):
+                    futures.append(pool.submit(one, nxt))
+                    nxt += 1
+                yield job
+
+    def answer_many(self, items: Sequence[tuple[ModelInput, Sequence[Question]]],
+                    max_new: Sequence[Sequence[int]] | None = None, timing: Timing | None = None) -> list[list[Answer]]:
+        """Answers for several volumes' questions, decoded together (the runner calls this when
+        present). `max_new` (per item, per question) overrides the token cap (benchmarks)."""
+        if self.model is None:
+            raise AdapterError(f"{self.name}: load() first")
+        t0 = time.perf_counter()
+        timing = timing if timing is not None else Timing()
+        greedy = self.greedy_settings()
+        out: list[list[Answer] | None] = [None] * len(items)
+        errors: dict[int, str] = {}
+        suffix_lens: dict[int, list[int]] = {}
+        prefix_lens: dict[int, int] = {}
+        n_questions = sum(len(qs) for _, qs in items)
+
+        def checked(jobs: Iterator[Job]) -> Iterator[Job]:
+            for job in jobs:
+                if job.error is not None:
+                    errors[job.key] = job.error
+                else:
+                    suffix_lens[job.key] = [len(s) for s in job.encoded.suffixes]
+                    prefix_lens[job.key] = job.encoded.prefix_len
+                yield job
+
+        stream = checked(self.jobs(items, max_new))
+        first = next(stream, None)
+        if first is None:
+            return []
+
+        def all_jobs() -> Iterator[Job]:
+            yield first
+            yield from stream
+
+        done = self.engine().run(all_jobs(), greedy, timing)
+        self.last_decoded = done                    # token ids, for benchmarks that compare paths
+        seconds = time.perf_counter() - t0
+        tok = self.processor.tokenizer
+        for i, (_, qs) in enumerate(items):
+            if i in errors or done[i] is None:
+                reason = errors.get(i, "the engine returned no answer for this volume")
+                out[i] = [Answer(q.qid, None, status="error", reason=reason) for q in qs]
+                continue
+            out[i] = [Answer(q.qid, tok.decode(d.tokens, skip_special_tokens=True).strip(), meta={
+                "new_tokens": len(d.tokens), "stopped": d.stopped, "suffix_tokens": n_suffix,
+                "seconds": round(seconds / max(n_questions, 1), 4), "call_seconds": round(seconds, 4),
+                "batch": n_questions, "volumes": len(items), "prefix_tokens": prefix_lens[i], **timing.as_dict()})
+                for q, d, n_suffix in zip(qs, done[i], suffix_lens[i])]
+        return out

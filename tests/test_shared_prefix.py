@@ -1,0 +1,126 @@
+"""The shared-prefix engine (adapters/models/shared_prefix.py) on the tiny native models, in float32
+on CPU: several volumes decoded together, each volume's prefix KV held once per slot, against plain
+per-question `model.generate` on the full prompt.
+
+The layout is chosen to reach every path: 2 slots x 3 rows for 3 volumes (so slots refill while
+others decode), a volume with more questions than a slot has rows (its prefix copied to a second
+slot), suffixes of different lengths, a token cap per question (rows finish at different steps), a
+first volume with a shorter prefix than the next (the stores grow once the slots drain), and
+split-K over 16-key chunks of the prefix."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from adapters.models import prefix_batch
+from adapters.models.base import AdapterSettings, ModelInput
+from adapters.models.shared_prefix import EngineSettings, SharedPrefixEngine, Timing
+from tests.test_native_models import (  # noqa: F401  (fixtures)
+    ADAPTERS, checkpoints, model_input, one_thread, phantom, questions, reference,
+)
+
+LAYOUT = {"volumes_per_batch": 2, "rows_per_volume": 3, "split_k": 16}
+
+
+def volumes(phantom, recipe: str) -> list[ModelInput]:
+    """Three different volumes from the phantom's recipe input: its first half of the slices (shorter
+    prefix), all slices, and all slices upside down."""
+    whole = model_input(phantom, recipe)
+    with np.load(whole.path) as z:
+        slices = z["slices"]
+    out = []
+    flipped = slices[::-1, ::-1].copy()
+    for name, arr in (("short", slices[:len(slices) // 2]), ("whole", slices), ("flipped", flipped)):
+        path = phantom[2] / f"{recipe}-{name}.npz"
+        np.savez(path, slices=arr)
+        out.append(ModelInput(name, recipe, whole.version, path, arr.shape, "uint8", ""))
+    return out
+
+
+@pytest.fixture(scope="module")
+def adapters(checkpoints):
+    out = {}
+    for name, (cls, _) in ADAPTERS.items():
+        adapter = cls(AdapterSettings(checkpoint=str(checkpoints[name]), options=LAYOUT))
+        adapter.load()
+        out[name] = adapter
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTERS))
+def test_many_volumes_in_shared_slots_equal_per_question_generate(name, adapters, phantom):
+    adapter = adapters[name]
+    qs = questions(phantom)
+    mis = volumes(phantom, adapter.recipe)
+    items = [(mis[0], qs[:2]), (mis[1], qs[:5]), (mis[2], qs[2:6])]
+    caps = [[3, 9], [12, 1, 7, 4, 10], [6, 11, 2, 8]]
+    timing = Timing()
+    engine = adapter.engine()
+    assert engine.settings == EngineSettings(slots=2, rows=3, split_k=16, cuda_graph=False)
+    results = engine.run(adapter.jobs(items, caps), adapter.greedy_settings(), timing)
+    prefix_lens = [adapter.encode(mi, q[:1]).prefix_len for mi, q in items]
+    assert prefix_lens[0] < prefix_lens[1]                     # the stores had to grow after the first volume
+    assert engine.prefix_len >= prefix_lens[1] and engine.kv.lengths["full"] % 16 == 0
+    base = adapter.greedy_settings()
+    for (mi, vqs), vcaps, decoded in zip(items, caps, results):
+        images = adapter.images(mi)
+        for q, cap, d in zip(vqs, vcaps, decoded):
+            settings = dataclasses.replace(base, max_new_tokens=cap)
+            assert d.tokens == reference(adapter, images, q, settings)[1], (mi.volume, q.qid)
+            assert len(d.tokens) == cap or d.stopped == "eos"
+    assert timing.steps >= 12 and timing.prefix > 0 and timing.decode > 0
+    # the same volume and question in two calls (other neighbours, other slots) answers the same
+    again = adapter.answer_many([(mis[2], qs[3:4]), (mis[0], qs[:1])], max_new=[[11], [3]])
+    assert [a.meta["new_tokens"] for a, in again] == [len(results[2][1].tokens), len(results[0][0].tokens)]
+    tok = adapter.processor.tokenizer
+    assert again[0][0].text == tok.decode(results[2][1].tokens, skip_special_tokens=True).strip()
+
+
+def test_empty_slots_and_repetition_penalty_stay_exact(adapters, phantom):
+    """One volume in a 2-slot engine (the other slot empty: its rows see no prefix key at all) with
+    min_new_tokens, a repetition penalty and an early EOS."""
+    adapter = adapters["medgemma"]
+    mi = volumes(phantom, adapter.recipe)[2]
+    qs = questions(phantom)[:2]
+    images = adapter.images(mi)
+    first = reference(adapter, images, qs[0], dataclasses.replace(adapter.greedy_settings(), max_new_tokens=6))[1]
+    settings = prefix_batch.GreedySettings(max_new_tokens=10, min_new_tokens=2, repetition_penalty=1.3,
+                                           eos_token_ids=(first[3],), pad_token_id=0)
+    engine = SharedPrefixEngine(adapter.model, prefix_batch.FAMILIES["gemma3"], EngineSettings(slots=2, rows=2))
+    decoded = engine.run(adapter.jobs([(mi, qs)], [[10, 10]]), settings)[0]
+    for q, d in zip(qs, decoded):
+        assert d.tokens == reference(adapter, images, q, settings)[1]
+    assert any(d.stopped == "eos" for d in decoded)
+
+
+def test_a_volume_that_cannot_be_read_fails_only_its_questions(adapters, phantom, tmp_path):
+    adapter = adapters["lingshu"]
+    good = volumes(phantom, adapter.recipe)[0]
+    bad = dataclasses.replace(good, volume="bad", path=tmp_path / "gone.npz")
+    qs = questions(phantom)[:2]
+    out = adapter.answer_many([(bad, qs), (good, qs)])
+    assert [a.status for a in out[0]] == ["error", "error"] and "gone.npz" in out[0][0].reason
+    assert [a.status for a in out[1]] == ["ok", "ok"] and out[1][0].meta["volumes"] == 2
+    ids = {str(adapter.identity()), str(type(adapter)(AdapterSettings(checkpoint=adapter.settings.checkpoint))
+                                          .identity())}
+    assert len(ids) == 2                                        # the engine layout is part of the identity
+
+
+def test_refilled_slots_around_a_busy_one_stay_exact(adapters, phantom):
+    """Slots 0 and 2 free up while slot 1 still decodes: the next two volumes' suffixes run in one
+    forward over slots 0-2, slot 1's row riding along on pad tokens; every answer stays exact."""
+    adapter = adapters["medgemma"]
+    mis = volumes(phantom, adapter.recipe)
+    qs = questions(phantom)
+    items = [(mis[1], qs[0:1]), (mis[2], qs[1:2]), (mis[1], qs[2:3]), (mis[2], qs[3:4]), (mis[1], qs[5:6])]
+    caps = [[2], [12], [2], [5], [6]]
+    engine = SharedPrefixEngine(adapter.model, prefix_batch.FAMILIES["gemma3"], EngineSettings(slots=3, rows=1))
+    results = engine.run(adapter.jobs(items, caps), adapter.greedy_settings())
+    base = adapter.greedy_settings()
+    for (mi, (q,)), (cap,), (d,) in zip(items, caps, results):
+        settings = dataclasses.replace(base, max_new_tokens=cap)
+        assert d.tokens == reference(adapter, adapter.images(mi), q, settings)[1], (mi.volume, q.qid)
