@@ -291,7 +291,8 @@ class PredictionWriter:
         self.rows = []
 
 
-def register_run(db, plan: RunPlan, adapter: ModelAdapter, session_id: str, flow_run_id: str | None) -> None:
+def register_run(db, plan: RunPlan, adapter: ModelAdapter, session_id: str, flow_run_id: str | None,
+                 extra: dict[str, Any] | None = None) -> None:
     with warehouse.writer(db) as con, warehouse.transaction(con):
         taken = con.execute("SELECT run_id FROM runs WHERE dataset_id = ? AND name = ? AND run_id <> ?",
                             [plan.dataset_id, plan.name, plan.run_id]).fetchone()
@@ -306,7 +307,8 @@ def register_run(db, plan: RunPlan, adapter: ModelAdapter, session_id: str, flow
                                model_id=adapter.name, source=SOURCE, config=plan.config)
         con.execute("INSERT INTO inference_sessions (session_id, run_id, flow_run_id, provenance, pending) "
                     "VALUES (?, ?, ?, ?, ?)", [session_id, plan.run_id, flow_run_id,
-                                                json.dumps(adapter.provenance(), default=str), plan.n_pending])
+                                                json.dumps({**adapter.provenance(), **(extra or {})}, default=str),
+                                                plan.n_pending])
 
 
 def close_session(db, summary: InferSummary) -> None:
@@ -403,10 +405,62 @@ def _load_input(mi: ModelInput | str | None) -> ModelInput | str | None:
     return mi
 
 
+@dataclass
+class WorkItem:
+    """One volume's share of a run: its pending questions, the input they are shown (referenced by
+    path; a string says why there is none; None when the adapter reads no image) and the provenance
+    every row of the volume carries. Small: it crosses process boundaries (tasks/sharding.py)."""
+    volume: str
+    questions: list[Question]
+    model_input: ModelInput | str | None
+    base: dict[str, Any]
+
+
+def work_items(plan: RunPlan, inputs: dict[str, ModelInput | str], session_id: str) -> list[WorkItem]:
+    recipe_key = RECIPES[plan.recipe].key if plan.recipe else None
+    items = []
+    for volume, questions in plan.pending.items():
+        base = {"session": session_id, "volume": volume,
+                "input_volume": plan.input_volume(volume) if plan.recipe else None, "recipe": recipe_key}
+        mi: ModelInput | str | None = None
+        if plan.recipe:
+            mi = inputs.get(plan.input_volume(volume)) or f"no input for volume {plan.input_volume(volume)}"
+        items.append(WorkItem(volume, questions, mi, base))
+    return items
+
+
+def answer_item(adapter: ModelAdapter, run_id: str, item: WorkItem, mi: ModelInput | str | None,
+                batch_size: int, extra: dict[str, Any] | None = None) -> list[dict]:
+    """Every question of the item as one row; `mi` is the item's input once read (or why not)."""
+    base = {**item.base, **(extra or {})}
+    if isinstance(mi, str):
+        return [_row(run_id, q.qid, None, "error", mi, base) for q in item.questions]
+    if mi is not None:
+        base["input_volume_sha256"] = Path(mi.path).stem     # inputs are named by it
+    rows = answer_volume(adapter, run_id, mi, item.questions, batch_size, base)
+    if mi is not None:
+        mi.release()
+    return rows
+
+
+def _answer_here(adapter: ModelAdapter, run_id: str, items: list[WorkItem], batch_size: int):
+    """In this process, in dataset order; the next volume's input is read while the model answers
+    this one."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
+        nxt = pool.submit(_load_input, items[0].model_input)
+        for i, item in enumerate(items):
+            mi = nxt.result()
+            if i + 1 < len(items):
+                nxt = pool.submit(_load_input, items[i + 1].model_input)
+            yield item.volume, answer_item(adapter, run_id, item, mi, batch_size)
+
+
 def run_inference(db, request: InferRequest, progress: ProgressFn | None = None, flow_run_id: str | None = None,
-                  build_missing: bool = True, flush_seconds: float = 1.0) -> InferSummary:
-    """The whole run in one process: plan, build missing inputs (without Prefect when `build_missing`),
-    load the model once, answer volume by volume, store as volumes finish."""
+                  build_missing: bool = True, flush_seconds: float = 1.0, sharding=None) -> InferSummary:
+    """The whole run: plan, build missing inputs (without Prefect when `build_missing`), load the
+    model once, answer volume by volume, store as volumes finish. Without `sharding` everything runs
+    in this process; with a `tasks.sharding.Sharding` the volumes go to one model replica per GPU
+    (Ray actors) and come back here as rows, so this process alone writes the warehouse."""
     t0 = time.perf_counter()
     adapter = make_adapter(request)
     plan = plan_run(db, request, adapter)
@@ -416,63 +470,59 @@ def run_inference(db, request: InferRequest, progress: ProgressFn | None = None,
         build_inputs(db, plan.dataset_id, plan.recipe, missing)
     if not plan.pending:
         return summary
-    load_adapter(adapter, request)
+    if sharding is None:
+        load_adapter(adapter, request)
     writer = PredictionWriter(db, seconds=flush_seconds)
+    results = None
     try:
-        adapter.prepare(dataset_questions(db, plan.dataset_id))
+        dataset = dataset_questions(db, plan.dataset_id)
+        if sharding is None:
+            adapter.prepare(dataset)
         summary.session_id = str(uuid.uuid4())
-        register_run(db, plan, adapter, summary.session_id, flow_run_id)
-        inputs = model_inputs_for(db, plan)
-        recipe_key = RECIPES[plan.recipe].key if plan.recipe else None
+        register_run(db, plan, adapter, summary.session_id, flow_run_id,
+                     extra={"sharding": sharding.describe()} if sharding is not None else None)
+        items = work_items(plan, model_inputs_for(db, plan), summary.session_id)
+        if sharding is None:
+            results = _answer_here(adapter, plan.run_id, items, request.batch_size)
+        else:
+            from tasks.sharding import answer_sharded
+
+            results = answer_sharded(request, items, sharding.replicas, sharding.address, run_id=plan.run_id,
+                                     dataset=dataset, init_kwargs=sharding.init_kwargs)
         reasons: Counter[str] = Counter()
         done = 0
         if progress:
             progress(0, summary.pending)
-        volumes = list(plan.pending)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
-            # the next volume's input is read while the model answers this one
-            nxt = pool.submit(_load_input, inputs.get(plan.input_volume(volumes[0])) if plan.recipe else None)
-            for i, volume in enumerate(volumes):
-                mi = nxt.result()
-                if i + 1 < len(volumes) and plan.recipe:
-                    nxt = pool.submit(_load_input, inputs.get(plan.input_volume(volumes[i + 1])))
-                questions = plan.pending[volume]
-                base = {"session": summary.session_id, "volume": volume, "input_volume": plan.input_volume(volume)
-                        if plan.recipe else None, "recipe": recipe_key}
-                if plan.recipe and not isinstance(mi, ModelInput):
-                    reason = mi or f"no input for volume {plan.input_volume(volume)}"
-                    rows = [_row(plan.run_id, q.qid, None, "error", reason, base) for q in questions]
+        for _volume, rows in results:
+            writer.add(rows)
+            writer.volume_done()
+            for r in rows:
+                if r["status"] == "ok":
+                    summary.ok += 1
                 else:
-                    if mi is not None:
-                        base["input_volume_sha256"] = Path(mi.path).stem     # inputs are named by it
-                    rows = answer_volume(adapter, plan.run_id, mi, questions, request.batch_size, base)
-                    if mi is not None:
-                        mi.release()
-                writer.add(rows)
-                writer.volume_done()
-                for r in rows:
-                    if r["status"] == "ok":
-                        summary.ok += 1
-                    else:
-                        summary.error += 1
-                        reasons[r["reason"]] += 1
-                summary.volumes += 1
-                done += len(questions)
-                if progress:
-                    progress(done, summary.pending)
+                    summary.error += 1
+                    reasons[r["reason"]] += 1
+            summary.volumes += 1
+            done += len(rows)
+            if progress:
+                progress(done, summary.pending)
         summary.reasons = dict(reasons.most_common())
     finally:
         summary.seconds = time.perf_counter() - t0
         try:
-            writer.flush()                        # what was answered before a failure is kept
-            adapter.close()
+            if results is not None:
+                results.close()                   # the sharded path stops its replicas (and its Ray) here
         finally:
-            if summary.session_id:
-                try:
-                    close_session(db, summary)
-                    summaries.refresh(db)        # the metric views read summary tables: bring this run's up to date
-                except Exception:  # noqa: BLE001  (bookkeeping must not mask the real error)
-                    log.exception("could not close inference session %s", summary.session_id)
+            try:
+                writer.flush()                    # what was answered before a failure is kept
+                adapter.close()
+            finally:
+                if summary.session_id:
+                    try:
+                        close_session(db, summary)
+                        summaries.refresh(db)    # the metric views read summary tables: bring this run's up to date
+                    except Exception:  # noqa: BLE001  (bookkeeping must not mask the real error)
+                        log.exception("could not close inference session %s", summary.session_id)
     return summary
 
 
