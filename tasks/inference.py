@@ -394,7 +394,7 @@ def load_adapter(adapter: ModelAdapter, request: InferRequest) -> None:
         raise AdapterError(f"model {request.model!r} could not be loaded{where}: {type(exc).__name__}: {exc}") from exc
 
 
-def _load_input(mi: ModelInput | str | None) -> ModelInput | str | None:
+def read_input(mi: ModelInput | str | None) -> ModelInput | str | None:
     """Read the input file now (off the model's thread); a string says why there is none."""
     if mi is None or isinstance(mi, str):
         return mi
@@ -429,12 +429,17 @@ def work_items(plan: RunPlan, inputs: dict[str, ModelInput | str], session_id: s
     return items
 
 
+def failed_rows(run_id: str, item: WorkItem, reason: str, extra: dict[str, Any] | None = None) -> list[dict]:
+    base = {**item.base, **(extra or {})}
+    return [_row(run_id, q.qid, None, "error", reason, base) for q in item.questions]
+
+
 def answer_item(adapter: ModelAdapter, run_id: str, item: WorkItem, mi: ModelInput | str | None,
                 batch_size: int, extra: dict[str, Any] | None = None) -> list[dict]:
     """Every question of the item as one row; `mi` is the item's input once read (or why not)."""
-    base = {**item.base, **(extra or {})}
     if isinstance(mi, str):
-        return [_row(run_id, q.qid, None, "error", mi, base) for q in item.questions]
+        return failed_rows(run_id, item, mi, extra)
+    base = {**item.base, **(extra or {})}
     if mi is not None:
         base["input_volume_sha256"] = Path(mi.path).stem     # inputs are named by it
     rows = answer_volume(adapter, run_id, mi, item.questions, batch_size, base)
@@ -447,11 +452,11 @@ def _answer_here(adapter: ModelAdapter, run_id: str, items: list[WorkItem], batc
     """In this process, in dataset order; the next volume's input is read while the model answers
     this one."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
-        nxt = pool.submit(_load_input, items[0].model_input)
+        nxt = pool.submit(read_input, items[0].model_input)
         for i, item in enumerate(items):
             mi = nxt.result()
             if i + 1 < len(items):
-                nxt = pool.submit(_load_input, items[i + 1].model_input)
+                nxt = pool.submit(read_input, items[i + 1].model_input)
             yield item.volume, answer_item(adapter, run_id, item, mi, batch_size)
 
 

@@ -1,0 +1,28 @@
+"""The phantom expert with two test hooks, for tests/test_sharding.py (loaded as
+`tests.sharding_adapters:ShardProbe` inside Ray's replica processes). Options (part of the identity,
+like any option): `load_log` — a file each load() appends "pid CUDA_VISIBLE_DEVICES" to;
+`die_on` — the volume whose question kills the process (os._exit, as a CUDA abort or the OOM killer
+would) instead of answering."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from adapters.models.base import Answer, ModelInput, Question
+from adapters.models.phantom_expert import PhantomExpert
+
+
+class ShardProbe(PhantomExpert):
+    name = "shard-probe"
+
+    def load(self) -> None:
+        super().load()
+        if log := self.settings.options.get("load_log"):
+            with open(log, "a") as f:
+                f.write(f"{os.getpid()} {os.environ.get('CUDA_VISIBLE_DEVICES')}\n")
+
+    def answer(self, model_input: ModelInput | None, questions: Sequence[Question]) -> list[Answer]:
+        if model_input is not None and model_input.volume == self.settings.options.get("die_on"):
+            os._exit(3)
+        return super().answer(model_input, questions)
