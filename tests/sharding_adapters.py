@@ -2,11 +2,12 @@
 `tests.sharding_adapters:ShardProbe` inside Ray's replica processes). Options (part of the identity,
 like any option): `load_log` — a file each load() appends "pid CUDA_VISIBLE_DEVICES" to;
 `die_on` — the volume whose question kills the process (os._exit, as a CUDA abort or the OOM killer
-would) instead of answering."""
+would) instead of answering; `delay` — seconds to sleep per call (a slow model)."""
 
 from __future__ import annotations
 
 import os
+import time
 from typing import Sequence
 
 from adapters.models.base import Answer, ModelInput, Question
@@ -25,4 +26,5 @@ class ShardProbe(PhantomExpert):
     def answer(self, model_input: ModelInput | None, questions: Sequence[Question]) -> list[Answer]:
         if model_input is not None and model_input.volume == self.settings.options.get("die_on"):
             os._exit(3)
+        time.sleep(float(self.settings.options.get("delay", 0)))
         return super().answer(model_input, questions)
