@@ -28,7 +28,8 @@ Rows are `inference.PREDICTION_SCHEMA` dicts, one per question; their provenance
 and the others go on; that volume is not tried on another replica (what killed one would kill the
 next; `--retry-failed` asks again). When every replica is gone the iterator raises `InferenceError`
 after yielding what finished. Closing the iterator, an exception or Ctrl-C stops the replicas and a
-Ray this call started: no Ray process outlives it. Ray's processes are started with SIGINT blocked,
+Ray this call started: no Ray process outlives it (a watchdog process, tasks/ray_reaper.py, stops
+them also when the caller is killed with `kill -9`). Ray's processes are started with SIGINT blocked,
 so a terminal's Ctrl-C reaches only the caller, which stops them itself; a replica is never killed
 by the Ctrl-C and so never stored as failed because of it.
 
@@ -51,14 +52,18 @@ import logging
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
+import uuid
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from adapters.models.base import AdapterError, DatasetQuestion, ModelInput
-from tasks import inference
+from tasks import inference, ray_reaper
 from tasks.inference import InferenceError, InferRequest, WorkItem
 
 log = logging.getLogger("ctsvqa.sharding")
@@ -155,13 +160,20 @@ def ray_session(address: str | None, devices: Sequence[str], init_kwargs: dict[s
             kwargs["num_gpus"] = len(devices)
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(_physical_ids(devices))   # Ray hands out these
         kwargs.update(init_kwargs)
+        mark = uuid.uuid4().hex
+        pipe = _start_reaper(mark)
+        os.environ[ray_reaper.ENV] = mark                  # Ray's processes inherit it: the reaper finds them
         # The terminal's Ctrl-C goes to the whole process group: with SIGINT blocked (the mask is
         # inherited across exec) Ray's processes ignore it, and we stop them ourselves.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             ray.init(address="local", **kwargs)
+        except BaseException:
+            os.close(pipe)
+            raise
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            os.environ.pop(ray_reaper.ENV, None)
             if saved is None:
                 os.environ.pop("CUDA_VISIBLE_DEVICES", None)
             else:
@@ -169,7 +181,28 @@ def ray_session(address: str | None, devices: Sequence[str], init_kwargs: dict[s
     try:
         yield True
     finally:
-        ray.shutdown()
+        try:
+            ray.shutdown()
+        finally:
+            if not address:
+                os.close(pipe)                             # the reaper stops what shutdown left, and exits
+
+
+_reapers: list[subprocess.Popen] = []
+
+
+def _start_reaper(mark: str) -> int:
+    """A watchdog (tasks/ray_reaper.py) that stops this Ray's processes once the write end of its
+    pipe closes: at the end of the session, or when this process dies, `kill -9` included."""
+    _reapers[:] = [r for r in _reapers if r.poll() is None]
+    read_end, write_end = os.pipe()
+    try:
+        _reapers.append(subprocess.Popen([sys.executable, "-m", "tasks.ray_reaper", mark], stdin=read_end,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                         cwd=Path(__file__).resolve().parent.parent, start_new_session=True))
+    finally:
+        os.close(read_end)
+    return write_end                                       # not inherited by children: os.pipe fds never are
 
 
 # -- the replica --------------------------------------------------------------------------------
