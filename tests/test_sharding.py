@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -186,6 +187,31 @@ def test_cli_joins_a_ray_cluster_and_shards_over_two_gpus(template_db, single, r
         (prov,) = con.execute("SELECT provenance FROM inference_sessions").fetchone()
     assert json.loads(prov)["sharding"] == {"replicas": 2, "address": ray_cluster}
     assert ray.is_initialized() and gpus_freed()            # the cluster stays; the command's replicas went
+
+
+def test_the_reaper_stops_a_killed_runs_processes(tmp_path):
+    """What `kill -9` of a sharded run leaves (Ray's agents survive their raylet) is stopped by the
+    watchdog: every process carrying the run's mark, one that ignores SIGTERM included."""
+    mark = uuid.uuid4().hex
+    parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import os, subprocess, sys, time
+        from tasks import sharding
+        sharding._start_reaper(sys.argv[1])
+        env = dict(os.environ, CTSVQA_RAY_RUN=sys.argv[1])
+        stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); time.sleep(300)"
+        kids = [subprocess.Popen([sys.executable, "-c", stubborn], env=env, stdout=subprocess.PIPE),
+                subprocess.Popen(["sleep", "300"], env=env)]
+        kids[0].stdout.readline()
+        print(" ".join(str(k.pid) for k in kids), flush=True)
+        time.sleep(300)
+        """), mark], cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        kids = [int(p) for p in parent.stdout.readline().split()]
+        assert len(kids) == 2 and not any(process_gone(k, timeout=0) for k in kids)
+    finally:
+        parent.kill()
+        parent.wait()
+    assert all(process_gone(k, timeout=20) for k in kids)
 
 
 @pytest.mark.parametrize("devices, gpus, address, message", [
