@@ -220,7 +220,7 @@ class Replica:
         self.adapter = None
         self.info: dict[str, Any] = {}
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
-        self.next: tuple[str, Future] | None = None
+        self.prefetched: dict[str, Future] = {}
 
     def load(self, dataset: list[DatasetQuestion]) -> dict[str, Any]:
         import ray
@@ -237,16 +237,19 @@ class Replica:
 
     def prefetch(self, mi: ModelInput) -> None:
         """Read the input of the volume this replica will probably answer next, while it answers this one."""
-        self.next = (str(mi.path), self.pool.submit(inference.read_input, mi))
+        # the last two: this call may overtake the answer call that takes the previous one; older
+        # ones (a reservation another replica took) are dropped, not kept in memory
+        self.prefetched[str(mi.path)] = self.pool.submit(inference.read_input, mi)
+        while len(self.prefetched) > 2:
+            self.prefetched.pop(next(iter(self.prefetched)))
 
     def answer(self, item: WorkItem) -> list[dict]:
-        nxt, self.next = self.next, None
-        if nxt is not None and isinstance(item.model_input, ModelInput) and nxt[0] == str(item.model_input.path):
-            mi = nxt[1].result()
-        else:
-            mi = inference.read_input(item.model_input)
+        # this call and the next volume's prefetch may run in either order (two threads)
+        mi = item.model_input
+        ready = self.prefetched.pop(str(mi.path), None) if isinstance(mi, ModelInput) else None
+        mi = ready.result() if ready is not None else inference.read_input(mi)
         return inference.answer_item(self.adapter, self.run_id, item, mi, self.request.batch_size,
-                                     {"replica": self.info})
+                                     {"replica": self.info, "input_prefetched": ready is not None})
 
 
 # -- the scheduler ------------------------------------------------------------------------------

@@ -127,6 +127,9 @@ def test_two_replicas_answer_as_one_device_does_each_loading_once(template_db, s
         r = prov["replica"]
         by_replica.setdefault((r["index"], r["pid"], r["cuda_visible_devices"]), set()).add(prov["volume"])
     assert {(i, cvd) for i, _, cvd in by_replica} == {(0, "0"), (1, "1")}     # both took volumes
+    # a replica's next volume is read while it answers this one (the first of each is not)
+    prefetched = {prov["volume"] for *_, prov in got.values() if prov["input_prefetched"]}
+    assert 1 <= len(prefetched) <= N_VOLUMES - 2
     # each replica loaded the model once, in the process that answered
     lines = loads.read_text().split()
     assert sorted(zip(lines[::2], lines[1::2])) == sorted((str(pid), cvd) for _, pid, cvd in by_replica)
