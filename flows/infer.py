@@ -42,15 +42,18 @@ def answer_task(db: str | None, request: InferRequest, sharding: dict | None = N
             step[0] = decile
             log.info("%s: %d/%d questions answered", request.model, done, total)
 
-    try:
-        shards = None
-        if sharding:
-            from tasks.sharding import sharding_from
+    shards = None
+    if sharding:
+        from tasks.sharding import sharding_from
 
+        try:
             shards = sharding_from(sharding.get("devices"), sharding.get("gpus"), sharding.get("ray_address"))
+        except ValueError as exc:
+            return Failed(message=str(exc))
+    try:
         return inference.run_inference(db, request, progress=report, flow_run_id=str(flow_run.get_id() or ""),
                                        build_missing=False, sharding=shards)
-    except (AdapterError, InferenceError, ValueError) as exc:
+    except (AdapterError, InferenceError) as exc:
         # a configuration problem (e.g. a checkpoint that does not load): a failed state with one
         # clear line, no traceback, since there is no bug to debug
         return Failed(message=str(exc))
@@ -78,7 +81,7 @@ def infer(model: str, checkpoint: str | None = None, name: str | None = None, da
         log.info("building the %s input of %d volume(s) first", info["recipe"], len(info["missing_inputs"]))
         preprocess(recipes=info["recipe"], db=db, dataset=info["dataset_id"], only_volumes=info["missing_inputs"])
     sharding = ({"devices": devices, "gpus": gpus, "ray_address": ray_address}
-                if devices is not None or gpus is not None else None)
+                if devices is not None or gpus is not None or ray_address else None)
     state = answer_task(db, request, sharding, return_state=True)
     if state.is_failed():
         return Failed(message=state.message)
