@@ -237,8 +237,17 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from adapters.models.base import AdapterError
     from tasks.inference import InferenceError, InferRequest, plan_run
 
+    shard = {}
+    if args.devices is not None or args.gpus is not None or args.ray_address:
+        from tasks.sharding import sharding_from
+
+        sharding = sharding_from(args.devices, args.gpus, args.ray_address)     # refused here, before Prefect
+        shard = dict(devices=list(sharding.replicas) if isinstance(sharding.replicas, tuple) else None,
+                     gpus=sharding.replicas if isinstance(sharding.replicas, int) else None,
+                     ray_address=args.ray_address)
+    device = args.device or ("cuda" if shard else "cpu")
     params = dict(model=args.model, checkpoint=args.checkpoint, name=args.name, dataset=args.dataset,
-                  device=args.device, dtype=args.dtype, batch_size=args.batch_size, limit_volumes=args.limit_volumes,
+                  device=device, dtype=args.dtype, batch_size=args.batch_size, limit_volumes=args.limit_volumes,
                   seed=args.seed, options=_options(args.option), ablate=args.ablate, retry_failed=args.retry_failed,
                   code_dir=args.code_dir)
     try:
@@ -259,7 +268,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         bar = progress.add_task(plan.name, total=plan.n_pending)
         infer_flow.progress_hook = lambda done, total: progress.update(bar, completed=done, total=total)
         try:
-            state = infer_flow.infer(**params, db=args.db, return_state=True)
+            state = infer_flow.infer(**params, **shard, db=args.db, return_state=True)
         finally:
             infer_flow.progress_hook = None
     if not state.is_completed():
@@ -459,7 +468,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--code-dir", metavar="DIR", help="a checkout of the model's own repository (see `ctsvqa models`)")
     p.add_argument("--name", help="run name (default: the model name, plus -shuffled under the ablation)")
     p.add_argument("--dataset", help="dataset id (required when the warehouse has several)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--device", help="cpu | cuda | cuda:N (default: cpu; cuda with --devices/--gpus)")
+    p.add_argument("--devices", metavar="cuda:0,cuda:1",
+                   help="one model replica per GPU of this host, volumes shared out as replicas free up (Ray)")
+    p.add_argument("--gpus", type=int, metavar="N", help="N one-GPU model replicas on a local Ray or --ray-address")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="join this Ray cluster (default: $RAY_ADDRESS, else a local Ray just for the run)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: the adapter's")
     p.add_argument("--batch-size", type=int, default=8, help="questions of one volume per adapter call")
     p.add_argument("--limit-volumes", type=int, metavar="N", help="only the first N volumes of the dataset")

@@ -27,9 +27,11 @@ def plan_task(db: str | None, request: InferRequest) -> dict:
 
 
 @task(name="answer", cache_policy=NO_CACHE, task_run_name="answer-{request.model}")
-def answer_task(db: str | None, request: InferRequest) -> inference.InferSummary:
+def answer_task(db: str | None, request: InferRequest, sharding: dict | None = None) -> inference.InferSummary:
     """Loads the model and answers every pending question in this one task, so the model object
-    never crosses a task boundary."""
+    never crosses a task boundary. With `sharding` (devices / gpus / ray_address) the model loads
+    once per GPU in Ray actors (tasks/sharding.py) and their rows come back to this task, which alone
+    writes the warehouse."""
     log = get_run_logger()
     step = [-1]
 
@@ -41,9 +43,17 @@ def answer_task(db: str | None, request: InferRequest) -> inference.InferSummary
             step[0] = decile
             log.info("%s: %d/%d questions answered", request.model, done, total)
 
+    shards = None
+    if sharding:
+        from tasks.sharding import sharding_from
+
+        try:
+            shards = sharding_from(sharding.get("devices"), sharding.get("gpus"), sharding.get("ray_address"))
+        except ValueError as exc:
+            return Failed(message=str(exc))
     try:
         return inference.run_inference(db, request, progress=report, flow_run_id=str(flow_run.get_id() or ""),
-                                       build_missing=False)
+                                       build_missing=False, sharding=shards)
     except (AdapterError, InferenceError) as exc:
         # a configuration problem (e.g. a checkpoint that does not load): a failed state with one
         # clear line, no traceback, since there is no bug to debug
@@ -54,10 +64,13 @@ def answer_task(db: str | None, request: InferRequest) -> inference.InferSummary
 def infer(model: str, checkpoint: str | None = None, name: str | None = None, dataset: str | None = None,
           device: str = "cpu", dtype: str | None = None, batch_size: int = 8, limit_volumes: int | None = None,
           seed: int = 0, options: dict | None = None, ablate: str | None = None, retry_failed: bool = False,
-          db: str | None = None, code_dir: str | None = None) -> dict:
+          db: str | None = None, code_dir: str | None = None, devices: list[str] | str | None = None,
+          gpus: int | None = None, ray_address: str | None = None) -> dict:
     """Same configuration: resumes the stored run; a missing model input is built first (that recipe,
     those volumes only). Ends Failed (with a one-line message) when the model cannot be loaded or every
-    question of this session failed; otherwise returns the summary row."""
+    question of this session failed; otherwise returns the summary row. `devices` (cuda:0,cuda:1 of
+    this host) or `gpus` (N, on `ray_address`/$RAY_ADDRESS or a local Ray) shard the volumes over one
+    model replica per GPU."""
     log = get_run_logger()
     request = InferRequest(model=model, checkpoint=checkpoint, name=name, dataset=dataset, device=device, dtype=dtype,
                            batch_size=batch_size, limit_volumes=limit_volumes, seed=seed, options=dict(options or {}),
@@ -68,7 +81,9 @@ def infer(model: str, checkpoint: str | None = None, name: str | None = None, da
     if info["missing_inputs"]:
         log.info("building the %s input of %d volume(s) first", info["recipe"], len(info["missing_inputs"]))
         preprocess(recipes=info["recipe"], db=db, dataset=info["dataset_id"], only_volumes=info["missing_inputs"])
-    state = answer_task(db, request, return_state=True)
+    sharding = ({"devices": devices, "gpus": gpus, "ray_address": ray_address}
+                if devices is not None or gpus is not None or ray_address else None)
+    state = answer_task(db, request, sharding, return_state=True)
     if state.is_failed():
         return Failed(message=state.message)
     summary = state.result()

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/pip install --quiet torch==2.13.0
-.venv/bin/pip install --quiet -e '.[test]'
+.venv/bin/pip install --quiet -e '.[test,ray]'     # ray: the sharding tests (~15 s, ~240 MB)
 # Debian packages: WordNet 3.0 for METEOR (ctsvqa score; nothing is downloaded at run time) and headless
 # Chromium, which the report test opens the HTML report in. Installed when we are root; else we say how.
 missing=()

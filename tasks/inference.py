@@ -291,7 +291,8 @@ class PredictionWriter:
         self.rows = []
 
 
-def register_run(db, plan: RunPlan, adapter: ModelAdapter, session_id: str, flow_run_id: str | None) -> None:
+def register_run(db, plan: RunPlan, adapter: ModelAdapter, session_id: str, flow_run_id: str | None,
+                 extra: dict[str, Any] | None = None) -> None:
     with warehouse.writer(db) as con, warehouse.transaction(con):
         taken = con.execute("SELECT run_id FROM runs WHERE dataset_id = ? AND name = ? AND run_id <> ?",
                             [plan.dataset_id, plan.name, plan.run_id]).fetchone()
@@ -306,7 +307,8 @@ def register_run(db, plan: RunPlan, adapter: ModelAdapter, session_id: str, flow
                                model_id=adapter.name, source=SOURCE, config=plan.config)
         con.execute("INSERT INTO inference_sessions (session_id, run_id, flow_run_id, provenance, pending) "
                     "VALUES (?, ?, ?, ?, ?)", [session_id, plan.run_id, flow_run_id,
-                                                json.dumps(adapter.provenance(), default=str), plan.n_pending])
+                                                json.dumps({**adapter.provenance(), **(extra or {})}, default=str),
+                                                plan.n_pending])
 
 
 def close_session(db, summary: InferSummary) -> None:
@@ -431,7 +433,7 @@ def load_adapter(adapter: ModelAdapter, request: InferRequest) -> None:
         raise AdapterError(f"model {request.model!r} could not be loaded{where}: {type(exc).__name__}: {exc}") from exc
 
 
-def _load_input(mi: ModelInput | str | None) -> ModelInput | str | None:
+def read_input(mi: ModelInput | str | None) -> ModelInput | str | None:
     """Read the input file now (off the model's thread); a string says why there is none."""
     if mi is None or isinstance(mi, str):
         return mi
@@ -442,10 +444,96 @@ def _load_input(mi: ModelInput | str | None) -> ModelInput | str | None:
     return mi
 
 
+@dataclass
+class WorkItem:
+    """One volume's share of a run: its pending questions, the input they are shown (referenced by
+    path; a string says why there is none; None when the adapter reads no image) and the provenance
+    every row of the volume carries. Small: it crosses process boundaries (tasks/sharding.py)."""
+    volume: str
+    questions: list[Question]
+    model_input: ModelInput | str | None
+    base: dict[str, Any]
+
+
+def work_items(plan: RunPlan, inputs: dict[str, ModelInput | str], session_id: str) -> list[WorkItem]:
+    recipe_key = RECIPES[plan.recipe].key if plan.recipe else None
+    items = []
+    for volume, questions in plan.pending.items():
+        base = {"session": session_id, "volume": volume,
+                "input_volume": plan.input_volume(volume) if plan.recipe else None, "recipe": recipe_key}
+        mi: ModelInput | str | None = None
+        if plan.recipe:
+            mi = inputs.get(plan.input_volume(volume)) or f"no input for volume {plan.input_volume(volume)}"
+        items.append(WorkItem(volume, questions, mi, base))
+    return items
+
+
+def failed_rows(run_id: str, item: WorkItem, reason: str, extra: dict[str, Any] | None = None) -> list[dict]:
+    base = {**item.base, **(extra or {})}
+    return [_row(run_id, q.qid, None, "error", reason, base) for q in item.questions]
+
+
+def answer_item(adapter: ModelAdapter, run_id: str, item: WorkItem, mi: ModelInput | str | None,
+                batch_size: int, extra: dict[str, Any] | None = None) -> list[dict]:
+    """Every question of the item as one row; `mi` is the item's input once read (or why not)."""
+    if isinstance(mi, str):
+        return failed_rows(run_id, item, mi, extra)
+    base = {**item.base, **(extra or {})}
+    if mi is not None:
+        base["input_volume_sha256"] = Path(mi.path).stem     # inputs are named by it
+    rows = answer_volume(adapter, run_id, mi, item.questions, batch_size, base)
+    if mi is not None:
+        mi.release()
+    return rows
+
+
+def answer_group(adapter: ModelAdapter, run_id: str, items: list[WorkItem], mis: list[ModelInput | str | None],
+                 batch_size: int, extra: dict[str, Any] | None = None) -> list[list[dict]]:
+    """Several volumes in one `answer_many` call (inputs not read yet: the adapter reads them itself,
+    a few ahead); a volume without an input fails alone. Each item's rows, in order."""
+    ready, rows_of = [], {}
+    for item, mi in zip(items, mis):
+        if isinstance(mi, str):
+            rows_of[item.volume] = failed_rows(run_id, item, mi, extra)
+            continue
+        base = {**item.base, **(extra or {})}
+        if mi is not None:
+            base["input_volume_sha256"] = Path(mi.path).stem     # inputs are named by it
+        ready.append((item.volume, mi, item.questions, base))
+    if ready:
+        rows_of.update(zip([r[0] for r in ready], answer_volumes(adapter, run_id, ready, batch_size)))
+    for mi in mis:
+        if isinstance(mi, ModelInput):
+            mi.release()
+    return [rows_of[item.volume] for item in items]
+
+
+def _answer_here(adapter: ModelAdapter, run_id: str, items: list[WorkItem], batch_size: int):
+    """In this process, in dataset order. One volume per call: the next volume's input is read while
+    the model answers this one. An adapter with `answer_many` gets `volumes_per_call` volumes at once
+    and reads their inputs itself (all of a group's slices at once would not fit in memory)."""
+    per_call = volumes_per_call(adapter)
+    if per_call > 1:
+        for start in range(0, len(items), per_call):
+            group = items[start:start + per_call]
+            yield from zip([i.volume for i in group],
+                           answer_group(adapter, run_id, group, [i.model_input for i in group], batch_size))
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
+        nxt = pool.submit(read_input, items[0].model_input)
+        for i, item in enumerate(items):
+            mi = nxt.result()
+            if i + 1 < len(items):
+                nxt = pool.submit(read_input, items[i + 1].model_input)
+            yield item.volume, answer_item(adapter, run_id, item, mi, batch_size)
+
+
 def run_inference(db, request: InferRequest, progress: ProgressFn | None = None, flow_run_id: str | None = None,
-                  build_missing: bool = True, flush_seconds: float = 1.0) -> InferSummary:
-    """The whole run in one process: plan, build missing inputs (without Prefect when `build_missing`),
-    load the model once, answer volume by volume, store as volumes finish."""
+                  build_missing: bool = True, flush_seconds: float = 1.0, sharding=None) -> InferSummary:
+    """The whole run: plan, build missing inputs (without Prefect when `build_missing`), load the
+    model once, answer volume by volume, store as volumes finish. Without `sharding` everything runs
+    in this process; with a `tasks.sharding.Sharding` the volumes go to one model replica per GPU
+    (Ray actors) and come back here as rows, so this process alone writes the warehouse."""
     t0 = time.perf_counter()
     adapter = make_adapter(request)
     plan = plan_run(db, request, adapter)
@@ -455,81 +543,59 @@ def run_inference(db, request: InferRequest, progress: ProgressFn | None = None,
         build_inputs(db, plan.dataset_id, plan.recipe, missing)
     if not plan.pending:
         return summary
-    load_adapter(adapter, request)
+    if sharding is None:
+        load_adapter(adapter, request)
     writer = PredictionWriter(db, seconds=flush_seconds)
+    results = None
     try:
-        adapter.prepare(dataset_questions(db, plan.dataset_id))
+        dataset = dataset_questions(db, plan.dataset_id)
+        if sharding is None:
+            adapter.prepare(dataset)
         summary.session_id = str(uuid.uuid4())
-        register_run(db, plan, adapter, summary.session_id, flow_run_id)
-        inputs = model_inputs_for(db, plan)
-        recipe_key = RECIPES[plan.recipe].key if plan.recipe else None
+        register_run(db, plan, adapter, summary.session_id, flow_run_id,
+                     extra={"sharding": sharding.describe()} if sharding is not None else None)
+        items = work_items(plan, model_inputs_for(db, plan), summary.session_id)
+        if sharding is None:
+            results = _answer_here(adapter, plan.run_id, items, request.batch_size)
+        else:
+            from tasks.sharding import answer_sharded
+
+            results = answer_sharded(request, items, sharding.replicas, sharding.address, run_id=plan.run_id,
+                                     dataset=dataset, init_kwargs=sharding.init_kwargs)
         reasons: Counter[str] = Counter()
         done = 0
         if progress:
             progress(0, summary.pending)
-        volumes = list(plan.pending)
-        per_call = volumes_per_call(adapter)
-        groups = [volumes[i:i + per_call] for i in range(0, len(volumes), per_call)]
-        # a multi-volume adapter reads its inputs itself, a few ahead (all of a group's slices at
-        # once would not fit in memory); otherwise the next volume's input is read while the model
-        # answers this one
-        preload = _load_input if per_call == 1 else (lambda mi: mi)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
-            def fetch(group):
-                return pool.submit(lambda: [preload(inputs.get(plan.input_volume(v))) if plan.recipe else None
-                                            for v in group])
-            nxt = fetch(groups[0])
-            for g, group in enumerate(groups):
-                mis = nxt.result()
-                if g + 1 < len(groups):
-                    nxt = fetch(groups[g + 1])
-                ready, rows_of = [], {}
-                for volume, mi in zip(group, mis):
-                    questions = plan.pending[volume]
-                    base = {"session": summary.session_id, "volume": volume, "input_volume": plan.input_volume(volume)
-                            if plan.recipe else None, "recipe": recipe_key}
-                    if plan.recipe and not isinstance(mi, ModelInput):
-                        reason = mi or f"no input for volume {plan.input_volume(volume)}"
-                        rows_of[volume] = [_row(plan.run_id, q.qid, None, "error", reason, base) for q in questions]
-                        continue
-                    if mi is not None:
-                        base["input_volume_sha256"] = Path(mi.path).stem     # inputs are named by it
-                    ready.append((volume, mi, questions, base))
-                if per_call > 1 and ready:
-                    rows_of.update(zip([r[0] for r in ready], answer_volumes(adapter, plan.run_id, ready,
-                                                                             request.batch_size)))
+        for _volume, rows in results:
+            writer.add(rows)
+            writer.volume_done()
+            for r in rows:
+                if r["status"] == "ok":
+                    summary.ok += 1
                 else:
-                    for volume, mi, questions, base in ready:
-                        rows_of[volume] = answer_volume(adapter, plan.run_id, mi, questions, request.batch_size, base)
-                for volume, mi in zip(group, mis):
-                    if isinstance(mi, ModelInput):
-                        mi.release()
-                    rows = rows_of[volume]
-                    writer.add(rows)
-                    writer.volume_done()
-                    for r in rows:
-                        if r["status"] == "ok":
-                            summary.ok += 1
-                        else:
-                            summary.error += 1
-                            reasons[r["reason"]] += 1
-                    summary.volumes += 1
-                    done += len(plan.pending[volume])
-                    if progress:
-                        progress(done, summary.pending)
+                    summary.error += 1
+                    reasons[r["reason"]] += 1
+            summary.volumes += 1
+            done += len(rows)
+            if progress:
+                progress(done, summary.pending)
         summary.reasons = dict(reasons.most_common())
     finally:
         summary.seconds = time.perf_counter() - t0
         try:
-            writer.flush()                        # what was answered before a failure is kept
-            adapter.close()
+            if results is not None:
+                results.close()                   # the sharded path stops its replicas (and its Ray) here
         finally:
-            if summary.session_id:
-                try:
-                    close_session(db, summary)
-                    summaries.refresh(db)        # the metric views read summary tables: bring this run's up to date
-                except Exception:  # noqa: BLE001  (bookkeeping must not mask the real error)
-                    log.exception("could not close inference session %s", summary.session_id)
+            try:
+                writer.flush()                    # what was answered before a failure is kept
+                adapter.close()
+            finally:
+                if summary.session_id:
+                    try:
+                        close_session(db, summary)
+                        summaries.refresh(db)    # the metric views read summary tables: bring this run's up to date
+                    except Exception:  # noqa: BLE001  (bookkeeping must not mask the real error)
+                        log.exception("could not close inference session %s", summary.session_id)
     return summary
 
 
