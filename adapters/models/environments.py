@@ -211,15 +211,19 @@ def status(family: str) -> EnvStatus:
     fam = canonical_family(family)
     path = env_dir(fam)
     marker = _read_marker(path)
-    built_from = marker.get("requirements") if marker else None
+    if marker is None:
+        if path.exists():
+            return EnvStatus(fam, path, False, "half-built (no ready marker): `ctsvqa env create` repairs it")
+        try:
+            spec(fam)
+        except EnvError as exc:
+            return EnvStatus(fam, path, False, str(exc))
+        return EnvStatus(fam, path, False, "not built")
+    built_from = marker.get("requirements")
     try:    # checked against the file it was built from (tests build from their own), else the shipped one
         want = spec(fam, built_from if built_from and Path(built_from).is_file() else None)
     except EnvError as exc:
         return EnvStatus(fam, path, False, str(exc))
-    if not path.exists():
-        return EnvStatus(fam, path, False, "not built")
-    if marker is None:
-        return EnvStatus(fam, path, False, "half-built (no ready marker): run `ctsvqa env create` again to repair it")
     if not _env_python(path).exists():
         return EnvStatus(fam, path, False, f"its interpreter {_env_python(path)} is gone", marker=marker)
     dists = installed(path)
