@@ -328,3 +328,11 @@ def test_env_create_merlin_from_pypi(tmp_path):
                           "as m; print(m.version('merlin-vlm'))"], cwd=tmp_path, capture_output=True, text=True,
                          timeout=300)
     assert out.stdout.strip() == "0.0.7", out.stderr[-2000:]
+
+
+def test_models_lists_the_environment_as_a_requirement(envs_root, tmp_path, monkeypatch):
+    found = registry.environment_requirement(FAMILY)
+    assert found.found and found.what == "environment testfam" and str(envs_root / FAMILY) in found.detail
+    monkeypatch.setenv("CTSVQA_ENVS", str(tmp_path))
+    missing = registry.environment_requirement("merlin")
+    assert not missing.found and "not built" in missing.detail and "ctsvqa env create merlin" in missing.detail

@@ -85,8 +85,8 @@ def create(name: str, settings: AdapterSettings | None = None, env: str | None =
         raise AdapterError(f"{name}: the adapter class must set a `name`")
     settings = settings or AdapterSettings()
     target = env if env is not None else cls.environment
-    if target is None:
-        return cls(settings)
+    if target is None or (target == "current" and cls.environment is None):
+        return cls(settings)              # an adapter for our own stack: in-process, identity unchanged
     from adapters.models import environments, worker_client
 
     try:
