@@ -280,8 +280,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     from adapters.models.base import AdapterSettings
     from adapters.models.registry import describe
 
+    from adapters.models import models_config
+
     settings = AdapterSettings(checkpoint=args.checkpoint)
-    for info in describe(settings):
+    per_model = {name: (AdapterSettings(checkpoint=args.checkpoint or sec.get("checkpoint"), code_dir=sec.get("code_dir"),
+                                        options=dict(sec.get("options") or {})), sec.get("env"))
+                 for name, sec in models_config.load(args.models_config).items()}
+    for info in describe(settings, per_model):
         if args.model and info.name != args.model:
             continue
         state = "ready" if info.ready else ("not importable" if not info.importable else "missing requirements")
@@ -509,6 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the model adapters, their recipes and whether what they need is found")
     p.add_argument("--model", metavar="NAME", help="only this adapter")
     p.add_argument("--checkpoint", metavar="PATH", help="check this checkpoint instead of the adapters' defaults")
+    p.add_argument("--models-config", metavar="FILE",
+                   help="YAML: per model checkpoint, code_dir, env, options (default: $CTSVQA_MODELS_CONFIG)")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("env", help="the family environments that remote-code models run in (create|list)")

@@ -139,11 +139,14 @@ class AdapterInfo:
         return self.importable and self.error is None and all(r.found for r in self.requirements or [])
 
 
-def describe(settings: AdapterSettings | None = None) -> list[AdapterInfo]:
-    """What `ctsvqa models` shows: every adapter, its recipe, and whether what it needs is found."""
-    settings = settings or AdapterSettings()
+def describe(settings: AdapterSettings | None = None, per_model: dict[str, tuple[AdapterSettings, str | None]] | None
+             = None) -> list[AdapterInfo]:
+    """What `ctsvqa models` shows: every adapter, its recipe, and whether what it needs is found.
+    `per_model`: name -> (settings, env) from a models config, instead of `settings` for that adapter."""
+    default = settings or AdapterSettings()
     rows = []
     for entry in entries().values():
+        settings, env = (per_model or {}).get(entry.name, (default, None))
         info = AdapterInfo(entry.name, entry.origin, entry.target, importable=False)
         try:
             cls = _import(entry)
@@ -156,8 +159,8 @@ def describe(settings: AdapterSettings | None = None) -> list[AdapterInfo]:
         try:
             info.recipe = cls(settings).recipe
             info.requirements = list(cls.requirements(settings))
-            if cls.environment:
-                info.requirements.append(environment_requirement(cls.environment))
+            if cls.environment or env:
+                info.requirements.append(environment_requirement(env or cls.environment))
         except Exception as exc:  # noqa: BLE001  (a third party's bug must not hide the other adapters)
             info.error = f"{type(exc).__name__}: {exc}"
         rows.append(info)
@@ -168,6 +171,12 @@ def environment_requirement(family: str) -> Requirement:
     """Whether the family environment a remote-code adapter runs in is built (`ctsvqa models`)."""
     from adapters.models import environments
 
+    if family == "current":
+        return Requirement("environment", True, "runs in this process, with this environment (env: current)")
+    if "/" in family:
+        found = Path(family).expanduser().is_file()
+        return Requirement("environment", found, f"{family} (your own interpreter)" if found else
+                           f"{family}: no such interpreter")
     st = environments.status(family)
     if st.ready:
         versions = ", ".join(f"{k} {v}" for k, v in st.packages.items())

@@ -179,6 +179,7 @@ class WorkerAdapter(ModelAdapter):
                     replies.put(msg)
                 else:                                   # cannot happen (fd 1 is stderr there); kept as log
                     tail.append("[stdout] " + line.rstrip())
+            proc.stdout.close()
             replies.put(None)
 
         def read_stderr() -> None:
@@ -188,6 +189,7 @@ class WorkerAdapter(ModelAdapter):
                     tail.append(line.rstrip())
                     log.write(line)
                     log.flush()
+            proc.stderr.close()
 
         threading.Thread(target=read_stdout, name=f"worker-{proc.pid}-out", daemon=True).start()
         threading.Thread(target=read_stderr, name=f"worker-{proc.pid}-err", daemon=True).start()
@@ -253,11 +255,10 @@ class WorkerAdapter(ModelAdapter):
             except (OSError, subprocess.TimeoutExpired):
                 pass
         _kill(proc)
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            try:
-                stream.close()
-            except OSError:
-                pass
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass                            # stdout/stderr: their reader threads close them at EOF
 
     def _start(self) -> None:
         self._spawn()
