@@ -292,6 +292,14 @@ def test_half_built_env_is_not_ready_and_create_repairs_it(tmp_path, monkeypatch
     assert not st.ready and "half-built" in st.reason
     with pytest.raises(environments.EnvError, match=r"not ready .*half-built.*ctsvqa env create halffam"):
         environments.python_for("halffam")
+    import fcntl
+
+    with open(root / ".halffam.lock", "a+") as held:      # another `env create halffam` at work
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("4242")
+        held.flush()
+        with pytest.raises(environments.EnvError, match=r"another `ctsvqa env create halffam` is building .*4242"):
+            environments.create("halffam", requirements=root / "halffam.requirements.txt")
     make_family_env(root, "halffam", inherit=True)        # create again: repaired in place
     assert environments.status("halffam").ready
     req = root / "halffam.requirements.txt"

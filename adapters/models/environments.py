@@ -20,6 +20,7 @@ constraints); uv (when on PATH) is used only to find an interpreter of the versi
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -326,6 +327,23 @@ def create(family: str, python: str | None = None, torch: str | None = None, req
     without installing torch again)."""
     sp = spec(family, requirements).with_torch(torch)
     path = env_dir(sp.family)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{sp.family}.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            raise EnvError(f"another `ctsvqa env create {sp.family}` is building {path} (pid "
+                           f"{lock.read().strip() or '?'}); wait for it to end") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        return _create(sp, path, python, inherit_site_packages, log)
+
+
+def _create(sp: EnvSpec, path: Path, python: str | None, inherit_site_packages: bool,
+            log: Callable[[str], None]) -> EnvStatus:
     if python:
         base, version = python, _check_python(python, sp.python, sp.family)
     else:
