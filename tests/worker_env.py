@@ -7,22 +7,25 @@ $CTSVQA_ENVS, so the real worker runs in an interpreter prefix of its own.
   its own (a .pth file), for fakes that need torch/transformers (the six families' fakes in
   tests/fake_models/<family>/): its own prefix and interpreter, no multi-GB install.
 
-Parametrize over families like this:
+Adapters whose class sets `environment` run through the worker by default, so their end-to-end tests
+need the family env (or `--env current`). With the `family_envs` fixture (import it into the test module):
 
-    @pytest.fixture(scope="session")
-    def envs_root(tmp_path_factory):
-        return tmp_path_factory.mktemp("envs")
+    from tests.worker_env import family_envs  # noqa: F401  (a fixture)
 
-    def test_family_through_worker(envs_root, monkeypatch, family):
-        make_family_env(envs_root, family, inherit=True)
-        monkeypatch.setenv("CTSVQA_ENVS", str(envs_root))
-        ...  # ctsvqa infer --model <name> ... with CTSVQA_ENVS in the subprocess env
+    def test_ctchat_answers_through_ctsvqa_infer(prefect_server, family_envs, ...):
+        family_envs("ctchat")              # $CTSVQA_ENVS -> a session root holding an inherit env for ctchat
+        assert main(["infer", "--model", "ctchat", ...]) == 0      # runs in a worker in that env
+
+CTSVQA_FAKE_FAULT=crash|hang (the fakes honour it in generate) then exercises the crash/hang paths.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
+
+import pytest
 
 from adapters.models import environments
 
@@ -49,3 +52,20 @@ def make_family_env(root: Path, family: str, inherit: bool = False, requirements
             os.environ["CTSVQA_ENVS"] = saved
     assert st.ready, st.reason
     return st.path
+
+
+@pytest.fixture(scope="session")
+def family_envs_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("family-envs")
+
+
+@pytest.fixture
+def family_envs(family_envs_root, monkeypatch) -> Callable[[str], Path]:
+    """Call with a family name: builds its inherit env once per session under one root and points
+    $CTSVQA_ENVS there for this test (subprocesses started with os.environ see it too)."""
+    monkeypatch.setenv("CTSVQA_ENVS", str(family_envs_root))
+
+    def make(family: str) -> Path:
+        return make_family_env(family_envs_root, family, inherit=True)
+
+    return make

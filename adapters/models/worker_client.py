@@ -186,7 +186,7 @@ class WorkerAdapter(ModelAdapter):
             with log:
                 for raw in proc.stderr:
                     line = raw.decode("utf-8", "replace")
-                    tail.append(line.rstrip())
+                    tail.append(line.rstrip().split("\r")[-1])      # a progress bar's last state
                     log.write(line)
                     log.flush()
             proc.stderr.close()
