@@ -54,18 +54,14 @@ def make_family_env(root: Path, family: str, inherit: bool = False, requirements
     return st.path
 
 
-@pytest.fixture(scope="session")
-def family_envs_root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("family-envs")
-
-
 @pytest.fixture
-def family_envs(family_envs_root, monkeypatch) -> Callable[[str], Path]:
-    """Call with a family name: builds its inherit env once per session under one root and points
-    $CTSVQA_ENVS there for this test (subprocesses started with os.environ see it too)."""
-    monkeypatch.setenv("CTSVQA_ENVS", str(family_envs_root))
+def family_envs(tmp_path_factory, monkeypatch) -> Callable[[str], Path]:
+    """Call with a family name: builds its inherit env once per session under one root (in the session's
+    base temp folder) and points $CTSVQA_ENVS there for this test (subprocesses inherit it)."""
+    root = tmp_path_factory.getbasetemp() / "family-envs"
+    monkeypatch.setenv("CTSVQA_ENVS", str(root))
 
     def make(family: str) -> Path:
-        return make_family_env(family_envs_root, family, inherit=True)
+        return make_family_env(root, family, inherit=True)
 
     return make
