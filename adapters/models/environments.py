@@ -365,7 +365,9 @@ def _create(sp: EnvSpec, path: Path, python: str | None, inherit_site_packages: 
         ours = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
         for target in site_packages(path):
             (target / "_ctsvqa_inherit.pth").write_text("\n".join(ours) + "\n")
-    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    # nothing of the caller's interpreter may leak in (an import check passing on our packages)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     pip = [py, "-m", "pip", "install", "--quiet"]
     if sp.torch:
         _run(pip + list(sp.torch), log, f"installing {' '.join(sp.torch)}", env)
