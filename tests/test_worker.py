@@ -344,3 +344,10 @@ def test_models_lists_the_environment_as_a_requirement(envs_root, tmp_path, monk
     monkeypatch.setenv("CTSVQA_ENVS", str(tmp_path))
     missing = registry.environment_requirement("merlin")
     assert not missing.found and "not built" in missing.detail and "ctsvqa env create merlin" in missing.detail
+
+
+def test_bad_worker_timeout_is_one_clear_error():
+    from adapters.models.base import AdapterSettings
+
+    with pytest.raises(AdapterError, match=r"worker_timeout .* positive number of seconds, not 'abc'"):
+        registry.create(MODEL, AdapterSettings(options={"worker_timeout": "abc"}))

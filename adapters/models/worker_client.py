@@ -92,10 +92,14 @@ class WorkerAdapter(ModelAdapter):
                  environment: dict[str, Any] | None = None, label: str = "") -> None:
         settings = settings or AdapterSettings()
         opts = dict(settings.options)
-        self.timeout = float(opts.pop("worker_timeout", DEFAULT_TIMEOUT))
-        self.load_timeout = float(opts.pop("worker_load_timeout", DEFAULT_LOAD_TIMEOUT))
-        if self.timeout <= 0 or self.load_timeout <= 0:
-            raise AdapterError("--option worker_timeout / worker_load_timeout must be a positive number of seconds")
+        try:
+            self.timeout = float(opts.pop("worker_timeout", DEFAULT_TIMEOUT))
+            self.load_timeout = float(opts.pop("worker_load_timeout", DEFAULT_LOAD_TIMEOUT))
+        except (TypeError, ValueError):
+            self.timeout = self.load_timeout = -1.0
+        if not (self.timeout > 0 and self.load_timeout > 0):
+            raise AdapterError("--option worker_timeout / worker_load_timeout must be a positive number of seconds, "
+                               f"not {settings.options.get('worker_timeout', settings.options.get('worker_load_timeout'))!r}")
         super().__init__(replace(settings, options=opts))
         self.inner = self.inner_class(self.settings)
         self.python = python or sys.executable
