@@ -237,6 +237,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from adapters.models.base import AdapterError
     from tasks.inference import InferenceError, InferRequest, plan_run
 
+    from adapters.models import models_config
+
+    cfg = models_config.for_model(args.model, args.models_config)      # the lab's paths; flags win
     shard = {}
     if args.devices is not None or args.gpus is not None or args.ray_address:
         from tasks.sharding import sharding_from
@@ -245,11 +248,13 @@ def cmd_infer(args: argparse.Namespace) -> int:
         shard = dict(devices=list(sharding.replicas) if isinstance(sharding.replicas, tuple) else None,
                      gpus=sharding.replicas if isinstance(sharding.replicas, int) else None,
                      ray_address=args.ray_address)
-    device = args.device or ("cuda" if shard else "cpu")
-    params = dict(model=args.model, checkpoint=args.checkpoint, name=args.name, dataset=args.dataset,
-                  device=device, dtype=args.dtype, batch_size=args.batch_size, limit_volumes=args.limit_volumes,
-                  seed=args.seed, options=_options(args.option), ablate=args.ablate, retry_failed=args.retry_failed,
-                  code_dir=args.code_dir)
+    device = args.device or cfg.get("device") or ("cuda" if shard else "cpu")
+    params = dict(model=args.model, checkpoint=args.checkpoint or cfg.get("checkpoint"), name=args.name,
+                  dataset=args.dataset, device=device, dtype=args.dtype or cfg.get("dtype"), batch_size=args.batch_size,
+                  limit_volumes=args.limit_volumes, seed=args.seed,
+                  options={**(cfg.get("options") or {}), **_options(args.option)}, ablate=args.ablate,
+                  retry_failed=args.retry_failed, code_dir=args.code_dir or cfg.get("code_dir"),
+                  env=args.env or cfg.get("env"))
     try:
         plan = plan_run(args.db, InferRequest(**params))      # a bad model, dataset or name fails before Prefect starts
     except (AdapterError, InferenceError) as exc:
@@ -284,8 +289,14 @@ def cmd_models(args: argparse.Namespace) -> int:
     from adapters.models.base import AdapterSettings
     from adapters.models.registry import describe
 
+    from adapters.models import models_config
+
     settings = AdapterSettings(checkpoint=args.checkpoint, code_dir=args.code_dir)
-    for info in describe(settings):
+    per_model = {name: (AdapterSettings(checkpoint=args.checkpoint or sec.get("checkpoint"),
+                                        code_dir=args.code_dir or sec.get("code_dir"),
+                                        options=dict(sec.get("options") or {})), sec.get("env"))
+                 for name, sec in models_config.load(args.models_config).items()}
+    for info in describe(settings, per_model):
         if args.model and info.name != args.model:
             continue
         state = "ready" if info.ready else ("not importable" if not info.importable else "missing requirements")
@@ -296,6 +307,32 @@ def cmd_models(args: argparse.Namespace) -> int:
             print(f"    [{'found' if r.found else 'MISSING'}] {r.what}: {r.detail}")
         if info.error:
             print(f"    error: {info.error}")
+def cmd_env(args: argparse.Namespace) -> int:
+    import time
+
+    from adapters.models import environments as envs
+
+    try:
+        if args.env_command == "create":
+            t0 = time.monotonic()
+            st = envs.create(args.family, python=args.python, torch=args.torch,
+                             log=lambda line: print(line, file=sys.stderr, flush=True))
+            print(f"{st.family}: ready at {st.path} (Python {st.python_version}, "
+                  + ", ".join(f"{k} {v}" for k, v in st.packages.items()) + f") in {time.monotonic() - t0:.0f} s")
+            return 0
+        print(f"family environments in {envs.root()} ($CTSVQA_ENVS):")
+        for st in envs.list_envs():
+            state = "ready" if st.ready else f"NOT READY ({st.reason})"
+            print(f"{st.family:<10} {state}  {st.path}")
+            if st.ready:
+                print(f"    Python {st.python_version}; " + ", ".join(f"{k} {v}" for k, v in st.packages.items())
+                      + f"; fingerprint {st.fingerprint[:12]}")
+        return 0
+    except envs.EnvError as exc:
+        print(f"ctsvqa: error: {exc}", file=sys.stderr)
+        return 2
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     ensure_server(args.db)
     from flows.score import score
@@ -482,13 +519,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablate", choices=("shuffle-volumes",),
                    help="shuffle-volumes: show every question another patient's volume (a seeded derangement)")
     p.add_argument("--retry-failed", action="store_true", help="also answer again the questions stored as errors")
+    p.add_argument("--env", metavar="FAMILY|current|PYTHON",
+                   help="where a remote-code model runs: its family environment (default, a worker process; "
+                        "`ctsvqa env create FAMILY`), `current` (in this process), or PATH/TO/python (your own env)")
+    p.add_argument("--models-config", metavar="FILE",
+                   help="YAML: per model checkpoint, code_dir, env, options, dtype (default: $CTSVQA_MODELS_CONFIG)")
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("models", help="list the model adapters, their recipes and whether what they need is found")
     p.add_argument("--model", metavar="NAME", help="only this adapter")
     p.add_argument("--checkpoint", metavar="PATH", help="check this checkpoint instead of the adapters' defaults")
     p.add_argument("--code-dir", metavar="DIR", help="check this checkout of the model's own code")
+    p.add_argument("--models-config", metavar="FILE",
+                   help="YAML: per model checkpoint, code_dir, env, options (default: $CTSVQA_MODELS_CONFIG)")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("env", help="the family environments that remote-code models run in (create|list)")
+    envsub = p.add_subparsers(dest="env_command", required=True)
+    s = envsub.add_parser("create", help="build (or repair) a family's environment from adapters/models/envs/")
+    s.add_argument("family", help="m3d, med3dvlm, ctchat, radfm, vila-m3, merlin")
+    s.add_argument("--python", metavar="PATH", help="base interpreter (default: one that fits the family's # python:)")
+    s.add_argument("--torch", metavar="REQS", help="replace the torch line, e.g. 'torch==2.13.0' or "
+                   "'torch==2.14.1 torchvision==0.29.1' (a package named here is dropped from the rest)")
+    s.set_defaults(func=cmd_env)
+    s = envsub.add_parser("list", help="each family: path, ready or not, Python and key package versions")
+    s.set_defaults(func=cmd_env)
 
     p = sub.add_parser("score", parents=[db], help="text metrics (BLEU, ROUGE, METEOR, SBERT, exact match) per run")
     p.add_argument("--run", action="append", metavar="NAME", help="only this run (repeatable; default: all runs)")

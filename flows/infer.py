@@ -65,7 +65,7 @@ def infer(model: str, checkpoint: str | None = None, name: str | None = None, da
           device: str = "cpu", dtype: str | None = None, batch_size: int = 8, limit_volumes: int | None = None,
           seed: int = 0, options: dict | None = None, ablate: str | None = None, retry_failed: bool = False,
           db: str | None = None, code_dir: str | None = None, devices: list[str] | str | None = None,
-          gpus: int | None = None, ray_address: str | None = None) -> dict:
+          gpus: int | None = None, ray_address: str | None = None, env: str | None = None) -> dict:
     """Same configuration: resumes the stored run; a missing model input is built first (that recipe,
     those volumes only). Ends Failed (with a one-line message) when the model cannot be loaded or every
     question of this session failed; otherwise returns the summary row. `devices` (cuda:0,cuda:1 of
@@ -74,7 +74,7 @@ def infer(model: str, checkpoint: str | None = None, name: str | None = None, da
     log = get_run_logger()
     request = InferRequest(model=model, checkpoint=checkpoint, name=name, dataset=dataset, device=device, dtype=dtype,
                            batch_size=batch_size, limit_volumes=limit_volumes, seed=seed, options=dict(options or {}),
-                           ablate=ablate, retry_failed=retry_failed, code_dir=code_dir)
+                           ablate=ablate, retry_failed=retry_failed, code_dir=code_dir, env=env)
     info = plan_task(db, request)
     log.info("run %s (%s) on %s: %d question(s) to answer%s", info["name"], info["run_id"], info["dataset_id"],
              info["pending"], " (resuming)" if info["resumed"] else "")

@@ -55,6 +55,8 @@ class InferRequest:
     ablate: str | None = None
     retry_failed: bool = False
     code_dir: str | None = None
+    env: str | None = None                 # None: the adapter's family env (worker) or in-process; 'current';
+    #                                        a family name; a path to a python (adapters/models/registry.create)
 
     def settings(self) -> AdapterSettings:
         return AdapterSettings(checkpoint=self.checkpoint, device=self.device, dtype=self.dtype, seed=self.seed,
@@ -113,7 +115,7 @@ def make_adapter(request: InferRequest) -> ModelAdapter:
         raise ValueError(f"--batch-size must be at least 1, not {request.batch_size}")
     if request.ablate is not None and request.ablate not in ABLATIONS:
         raise ValueError(f"unknown ablation {request.ablate!r}; known: {', '.join(ABLATIONS)}")
-    adapter = registry.create(request.model, request.settings())
+    adapter = registry.create(request.model, request.settings(), env=request.env)
     recipe = adapter.recipe
     if recipe is not None and recipe not in RECIPES:
         raise AdapterError(f"model {request.model!r} asks for recipe {recipe!r}, which is not in "

@@ -24,6 +24,7 @@ from tasks.volumes import decode
 from tests.test_recipes import half_of
 from tests.tiny_llava import CTCHAT_CODE, build_tiny_ctchat
 from tests.volume_factory import left_lesion_ras, save
+from tests.worker_env import crash_hang_then_retry, family_envs  # noqa: F401  (family_envs: a fixture)
 
 QUESTIONS = [Question("q1", "Is the lesion in the left or the right lung?"), Question("q2", "Which lobe contains the nodule?")]
 
@@ -187,7 +188,8 @@ def test_missing_code_or_weights_is_one_clear_line(ckpt, tmp_path):
     assert not reqs["weights base/"].found and "Meta-Llama-3.1-8B-Instruct" in reqs["weights base/"].detail
 
 
-def test_ctchat_answers_through_ctsvqa_infer(prefect_server, ckpt, tmp_path, capsys):
+def test_ctchat_answers_through_ctsvqa_infer(prefect_server, family_envs, ckpt, tmp_path, capsys):
+    family_envs("ctchat")      # runs in a worker in the family env, as a user's run does
     from adapters.datasets.phantom import generate
     from flows.cli import main
     from tasks.upstream_import import import_upstream
@@ -240,3 +242,8 @@ def test_fakes_honour_the_injected_crash(root):
             "s.loader.exec_module(m); m.fault()" % str(path))
     env = {"CTSVQA_FAKE_FAULT": "crash", "PATH": "/usr/bin:/bin"}
     assert subprocess.run([sys.executable, "-c", code], env=env, timeout=60).returncode == 3
+
+
+def test_a_crash_and_a_hang_in_the_worker_fail_only_those_questions(family_envs, ckpt, tmp_path, monkeypatch):
+    family_envs("ctchat")
+    crash_hang_then_retry(tmp_path, monkeypatch, "ctchat", CTCHAT_CODE, ckpt, {"max_new_tokens": 3})

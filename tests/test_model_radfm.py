@@ -24,6 +24,7 @@ from adapters.models.recipes import RECIPES
 from tasks.volumes import decode
 from tests.radfm_checkpoint import FAKE, build_checkpoint
 from tests.volume_factory import left_lesion_ras, save
+from tests.worker_env import crash_hang_then_retry, family_envs  # noqa: F401  (family_envs: a fixture)
 
 QUESTIONS = [Question("v.nii.gz::0", "Is the lesion in the left or the right lung?"),
              Question("v.nii.gz::1", "Which lobe contains the nodule?")]
@@ -179,9 +180,11 @@ def test_the_fake_refuses_to_download_med_kebert(checkpoint):
         drop_import_root(entry, ("Model",))
 
 
-def test_through_ctsvqa_infer(prefect_server, tmp_path, capsys, checkpoint):
+def test_through_ctsvqa_infer(prefect_server, family_envs, tmp_path, capsys, checkpoint):
     """`ctsvqa infer --model radfm --code-dir tests/fake_models/radfm`: preprocess (recipe radfm),
-    the runner, the warehouse; the same command again has nothing to do."""
+    the runner, the warehouse, through a worker in the family env; the same command again has nothing
+    to do."""
+    family_envs("radfm")
     import duckdb
 
     from adapters.datasets.phantom import generate
@@ -254,3 +257,8 @@ def test_language_files_come_from_the_checkpoint_else_the_checkout(checkpoint, t
     assert RadFM(fallback).checkpoint_identity()["sha256"] == RadFM(both).checkpoint_identity()["sha256"]
     chosen = AdapterSettings(checkpoint=str(weights_only), code_dir=str(FAKE), options={"language_files": str(tmp_path)})
     assert RadFM._language_files(chosen) is None and not all(r.found for r in RadFM.requirements(chosen))
+
+
+def test_a_crash_and_a_hang_in_the_worker_fail_only_those_questions(family_envs, checkpoint, tmp_path, monkeypatch):
+    family_envs("radfm")
+    crash_hang_then_retry(tmp_path, monkeypatch, "radfm", FAKE, checkpoint)

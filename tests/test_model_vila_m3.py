@@ -25,6 +25,7 @@ from tasks.volumes import decode
 from tests.test_recipes import half_of
 from tests.tiny_llava import VILA_CODE, build_tiny_vila_m3
 from tests.volume_factory import left_lesion_ras, save
+from tests.worker_env import crash_hang_then_retry, family_envs  # noqa: F401  (family_envs: a fixture)
 
 QUESTIONS = [Question("q1", "Is the lesion in the left or the right lung?"), Question("q2", "Which lobe contains the nodule?")]
 # the fake checkout's llama_3 template (tests/fake_models/vila-m3/VILA/llava/conversation.py)
@@ -169,7 +170,8 @@ def test_missing_code_or_weights_is_one_clear_line(tmp_path):
         VilaM3(AdapterSettings(options={"variant": "expert"}))
 
 
-def test_vila_m3_answers_through_ctsvqa_infer(prefect_server, ckpt, tmp_path, capsys):
+def test_vila_m3_answers_through_ctsvqa_infer(prefect_server, family_envs, ckpt, tmp_path, capsys):
+    family_envs("vila-m3")      # runs in a worker in the family env, as a user's run does
     from adapters.datasets.phantom import generate
     from flows.cli import main
     from tasks.upstream_import import import_upstream
@@ -201,3 +203,8 @@ def test_options_are_checked_and_checkout_paths_stay_out_of_the_identity(ckpt):
     b = VilaM3(AdapterSettings(checkpoint=str(ckpt), code_dir=str(VILA_CODE)))
     assert a.identity() == b.identity() and a.identity()["code"]["vila"]["sha256"]
     assert all(r.found for r in VilaM3.requirements(a.settings))
+
+
+def test_a_crash_and_a_hang_in_the_worker_fail_only_those_questions(family_envs, ckpt, tmp_path, monkeypatch):
+    family_envs("vila-m3")
+    crash_hang_then_retry(tmp_path, monkeypatch, "vila-m3", VILA_CODE, ckpt, {"max_new_tokens": 3})

@@ -9,8 +9,10 @@ A name of the form `module:Class` is imported directly (handy while writing an a
 from __future__ import annotations
 
 import importlib
+import platform
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 
 from adapters.models.base import AdapterError, AdapterSettings, ModelAdapter, Requirement
 
@@ -78,12 +80,51 @@ def adapter_class(name: str) -> type[ModelAdapter]:
                        f"(or register one in the {ENTRY_POINT_GROUP!r} entry-point group, or pass module:Class)")
 
 
-def create(name: str, settings: AdapterSettings | None = None) -> ModelAdapter:
+def create(name: str, settings: AdapterSettings | None = None, env: str | None = None) -> ModelAdapter:
+    """The adapter, in-process; or, when its class names a family `environment` (or `env` names an
+    interpreter), the proxy that runs it in a worker process there (adapters/models/worker_client.py).
+    `env`: None = the class's choice; 'current' = in-process, here; a family name; a path to a python."""
     cls = adapter_class(name)
-    adapter = cls(settings or AdapterSettings())
     if ":" in name and getattr(cls, "name", None) is None:
         raise AdapterError(f"{name}: the adapter class must set a `name`")
-    return adapter
+    settings = settings or AdapterSettings()
+    target = env if env is not None else cls.environment
+    if target is None or (target == "current" and cls.environment is None):
+        return cls(settings)              # an adapter for our own stack: in-process, identity unchanged
+    from adapters.models import environments, worker_client
+
+    try:
+        if target == "current":
+            return _in_process(cls)(settings)
+        if "/" in target or target.startswith("python"):
+            python = environments.shutil.which(target) or target
+            if not Path(python).is_file():
+                raise environments.EnvError(f"--env {target}: no such interpreter")
+            identity = {"python": environments.python_version(python),
+                        "fingerprint": environments.fingerprint_of(environments.interpreter_distributions(python))}
+            label = f"--env {target}"
+        else:
+            python = str(environments.python_for(target))
+            st = environments.status(target)
+            identity = {"family": st.family, "python": st.python_version, "fingerprint": st.fingerprint}
+            label = f"family environment {st.family}"
+    except environments.EnvError as exc:
+        raise AdapterError(f"model {name!r}: {exc}") from None
+    return worker_client.worker_adapter_class(cls)(settings, python=python, environment=identity, label=label)
+
+
+def _in_process(cls: type[ModelAdapter]) -> type[ModelAdapter]:
+    """`--env current` for an adapter that names a family environment: it runs here, and the identity
+    says so with this interpreter's package set (a different stack can change an answer)."""
+    from adapters.models import environments
+
+    def identity(self) -> dict:
+        dists = {d.metadata["Name"]: d.version for d in metadata.distributions() if d.metadata["Name"]}
+        return {**cls.identity(self), "environment": {
+            "current": True, "python": platform.python_version(),
+            "fingerprint": environments.fingerprint_of({environments._canon(k): v for k, v in dists.items()})}}
+
+    return type(cls.__name__, (cls,), {"identity": identity, "__module__": cls.__module__})
 
 
 @dataclass
@@ -102,11 +143,14 @@ class AdapterInfo:
         return self.importable and self.error is None and all(r.found for r in self.requirements or [])
 
 
-def describe(settings: AdapterSettings | None = None) -> list[AdapterInfo]:
-    """What `ctsvqa models` shows: every adapter, its recipe, and whether what it needs is found."""
-    settings = settings or AdapterSettings()
+def describe(settings: AdapterSettings | None = None, per_model: dict[str, tuple[AdapterSettings, str | None]] | None
+             = None) -> list[AdapterInfo]:
+    """What `ctsvqa models` shows: every adapter, its recipe, and whether what it needs is found.
+    `per_model`: name -> (settings, env) from a models config, instead of `settings` for that adapter."""
+    default = settings or AdapterSettings()
     rows = []
     for entry in entries().values():
+        settings, env = (per_model or {}).get(entry.name, (default, None))
         info = AdapterInfo(entry.name, entry.origin, entry.target, importable=False)
         try:
             cls = _import(entry)
@@ -119,7 +163,27 @@ def describe(settings: AdapterSettings | None = None) -> list[AdapterInfo]:
         try:
             info.recipe = cls(settings).recipe
             info.requirements = list(cls.requirements(settings))
+            if cls.environment or env:
+                info.requirements.append(environment_requirement(env or cls.environment))
         except Exception as exc:  # noqa: BLE001  (a third party's bug must not hide the other adapters)
             info.error = f"{type(exc).__name__}: {exc}"
         rows.append(info)
     return rows
+
+
+def environment_requirement(family: str) -> Requirement:
+    """Whether the family environment a remote-code adapter runs in is built (`ctsvqa models`)."""
+    from adapters.models import environments
+
+    if family == "current":
+        return Requirement("environment", True, "runs in this process, with this environment (env: current)")
+    if "/" in family:
+        found = Path(family).expanduser().is_file()
+        return Requirement("environment", found, f"{family} (your own interpreter)" if found else
+                           f"{family}: no such interpreter")
+    st = environments.status(family)
+    if st.ready:
+        versions = ", ".join(f"{k} {v}" for k, v in st.packages.items())
+        return Requirement(f"environment {st.family}", True, f"{st.path} (Python {st.python_version}; {versions})")
+    return Requirement(f"environment {st.family}", False, f"{st.path}: {st.reason}; run `ctsvqa env create "
+                                                          f"{st.family}` (or run it with --env current / --env PYTHON)")
