@@ -75,13 +75,7 @@ def test_deployments_run_through_a_real_worker_as_the_readme_says(resident_serve
     target = tmp_path / "deployed.duckdb"
     run("deployment", "run", "import-upstream/import-upstream-nightly", "--param", f"path={MINI}",
         "--param", f"db={target}")
-    worker = subprocess.Popen(prefect + ["worker", "start", "--pool", "ctsvqa-cpu", "--run-once"], cwd="/",
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        log, _ = worker.communicate(timeout=400)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-        pytest.fail("the worker did not finish its run")
+    worker, log = _worker_run_once(prefect, env, timeout=400)
     runs = [r for r in _api(state.url, "/flow_runs/filter") if r["name"] == "import-upstream/upstream-mini"
             and r.get("deployment_id")]
     assert runs and runs[0]["state_type"] == "COMPLETED", log[-3000:]
@@ -96,13 +90,7 @@ def test_deployments_run_through_a_real_worker_as_the_readme_says(resident_serve
     config.write_text(BENCHMARK_CONFIG)
     run("deployment", "run", "benchmark/benchmark-nightly", "--param", f"config={config}", "--param", f"db={bench_db}",
         "--param", f"out={out}")
-    worker = subprocess.Popen(prefect + ["worker", "start", "--pool", "ctsvqa-cpu", "--run-once"], cwd="/",
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        log, _ = worker.communicate(timeout=600)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-        pytest.fail("the worker did not finish the benchmark run")
+    worker, log = _worker_run_once(prefect, env, timeout=600)
     runs = [r for r in _api(state.url, "/flow_runs/filter") if r["name"] == "benchmark" and r.get("deployment_id")]
     assert runs and runs[0]["state_type"] == "COMPLETED", log[-3000:]
     children = [r for r in _api(state.url, "/flow_runs/filter") if r.get("parent_task_run_id")]
@@ -115,6 +103,23 @@ def test_deployments_run_through_a_real_worker_as_the_readme_says(resident_serve
     assert (out / "report" / "report.html").is_file() and bench_db.with_name("bench-snapshot.duckdb").is_file()
     assert worker.returncode == 0 and process_gone(worker.pid, timeout=0)
     assert not _processes_of_flow_run(runs[0]["id"])
+
+
+def _worker_run_once(prefect: list[str], env: dict, timeout: int):
+    """`prefect worker start --run-once` from outside the project (as a user's worker): the process
+    once it has exited, and its log."""
+    import subprocess
+
+    import pytest
+
+    worker = subprocess.Popen(prefect + ["worker", "start", "--pool", "ctsvqa-cpu", "--run-once"], cwd="/",
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        log, _ = worker.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        pytest.fail("the worker did not finish its run")
+    return worker, log
 
 
 def _flow_name(url: str, flow_id: str) -> str:

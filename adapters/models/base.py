@@ -220,6 +220,28 @@ def checkpoint_fingerprint(checkpoint: str) -> dict[str, Any]:
     return {"name": path.name, "sha256": digest.hexdigest()}
 
 
+def check_choice(adapter: str, option: str, value: Any, choices: Sequence[Any]) -> None:
+    if value not in choices:
+        raise AdapterError(f"{adapter}: option {option} must be one of {tuple(choices)}, not {value!r}")
+
+
+def check_known_options(adapter: str, options: dict[str, Any], known: Sequence[str]) -> None:
+    """Refuse a misspelt option rather than run (and store) a configuration the user did not mean."""
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise AdapterError(f"{adapter}: unknown option(s) {unknown}; known: {', '.join(known)}")
+
+
+def release_gpu_memory() -> None:
+    """After a model's references are dropped: hand its cached GPU memory back (nothing without CUDA)."""
+    try:
+        import torch
+    except ImportError:
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def code_fingerprint(code_dir: str) -> dict[str, Any]:
     """sha256 over a code checkout's Python files (relative path and bytes), plus its git HEAD when it
     is a git checkout: the same code on two machines gives the same identity, an edited file another."""

@@ -41,6 +41,7 @@ import numpy as np
 
 from adapters.models.base import (AdapterError, AdapterSettings, Answer, ModelAdapter, ModelInput, Question,
                                   Requirement, checkpoint_fingerprint, code_fingerprint)
+from adapters.models.base import check_choice, check_known_options, release_gpu_memory
 from adapters.models.code_roots import ImportRoots, stub_module
 from adapters.models.prompts.llava import CTCHAT_HARNESS, CTCHAT_OFFICIAL
 
@@ -128,11 +129,8 @@ class CTChat(ModelAdapter):
 
     def __init__(self, settings: AdapterSettings | None = None) -> None:
         super().__init__(settings)
-        if self.variant not in self.VARIANTS:
-            raise AdapterError(f"{self.name}: option variant must be one of {self.VARIANTS}, not {self.variant!r}")
-        unknown = sorted(set(self.settings.options) - set(self.OPTIONS))
-        if unknown:
-            raise AdapterError(f"{self.name}: unknown option(s) {unknown}; known: {', '.join(self.OPTIONS)}")
+        check_choice(self.name, "variant", self.variant, self.VARIANTS)
+        check_known_options(self.name, self.settings.options, self.OPTIONS)
         self.model = self.tokenizer = self.ctvit = None
         self._roots: ImportRoots | None = None
         self._shims: list[str] = []
@@ -302,13 +300,7 @@ class CTChat(ModelAdapter):
         if self._roots is not None:
             self._roots.leave()
             self._roots = None
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:
-            pass
+        release_gpu_memory()
 
     def provenance(self) -> dict[str, Any]:
         return {**super().provenance(), "shims": list(self._shims)}

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from adapters.models.base import AdapterError, AdapterSettings, Answer, ModelAdapter, ModelInput, Question, Requirement
+from adapters.models.base import check_choice, release_gpu_memory
 from adapters.models.offline_patch import has_weights, patched, prints_to_stderr
 from adapters.models.prompts.text_prompt import MERLIN_CTSVQA_HARNESS, MERLIN_REPORT_STYLE
 
@@ -74,8 +75,7 @@ class Merlin(ModelAdapter):
 
     def __init__(self, settings: AdapterSettings | None = None) -> None:
         super().__init__(settings)
-        if self.variant not in self.VARIANTS:
-            raise AdapterError(f"{self.name}: option variant must be one of {self.VARIANTS}, not {self.variant!r}")
+        check_choice(self.name, "variant", self.variant, self.VARIANTS)
         if self.task not in CHECKPOINTS:
             raise AdapterError(f"{self.name}: option task must be one of {tuple(CHECKPOINTS)}, not {self.task!r}")
         self.model = None
@@ -235,13 +235,7 @@ class Merlin(ModelAdapter):
 
     def close(self) -> None:
         self.model = None
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:
-            pass
+        release_gpu_memory()
 
     def provenance(self) -> dict[str, Any]:
         return {**super().provenance(), "load": dict(self._load_info)}

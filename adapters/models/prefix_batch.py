@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from adapters.models.base import AdapterError, AdapterSettings, Answer, ModelAdapter, ModelInput, Question, Requirement
+from adapters.models.base import check_choice
 from adapters.models.prompts import SlicePrompt
 from adapters.models.shared_prefix import (  # noqa: F401  (Decoded, GreedySettings: part of this module's API)
     Decoded, EngineSettings, GreedySettings, Job, SharedPrefixEngine, Timing,
@@ -185,8 +186,7 @@ class SliceChatAdapter(ModelAdapter):
 
     def __init__(self, settings: AdapterSettings | None = None) -> None:
         super().__init__(settings)
-        if self.variant not in self.VARIANTS:
-            raise AdapterError(f"{self.name}: option variant must be one of {self.VARIANTS}, not {self.variant!r}")
+        check_choice(self.name, "variant", self.variant, self.VARIANTS)
         self.model = None
         self.processor = None
 

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from adapters.models.base import AdapterError, AdapterSettings, Answer, ModelAdapter, ModelInput, Question, Requirement
+from adapters.models.base import check_choice, release_gpu_memory
 from adapters.models.offline_patch import add_import_root, drop_import_root, has_weights, patched
 from adapters.models.prompts.text_prompt import RADFM_IMAGE_FIRST
 
@@ -123,8 +124,7 @@ class RadFM(ModelAdapter):
 
     def __init__(self, settings: AdapterSettings | None = None) -> None:
         super().__init__(settings)
-        if self.variant not in self.VARIANTS:
-            raise AdapterError(f"{self.name}: option variant must be one of {self.VARIANTS}, not {self.variant!r}")
+        check_choice(self.name, "variant", self.variant, self.VARIANTS)
         if self.stop not in self.STOPS:
             raise AdapterError(f"{self.name}: option stop must be one of {self.STOPS}, not {self.stop!r}")
         self.model = None
@@ -333,13 +333,7 @@ class RadFM(ModelAdapter):
         if self._root_entry:
             drop_import_root(self._root_entry, ("Model",))
             self._root_entry = None
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:
-            pass
+        release_gpu_memory()
 
     def provenance(self) -> dict[str, Any]:
         return {**super().provenance(), "load": dict(self._load_info), "code_repository": f"{REPO}@{COMMIT}"}

@@ -38,6 +38,7 @@ import numpy as np
 
 from adapters.models.base import (AdapterError, AdapterSettings, Answer, ModelAdapter, ModelInput, Question,
                                   Requirement, checkpoint_fingerprint, code_fingerprint)
+from adapters.models.base import check_choice, check_known_options
 from adapters.models.code_roots import ImportRoots, importable, stub_module
 from adapters.models.prompts.llava import VILA_M3_HARNESS, VILA_M3_OFFICIAL
 
@@ -135,11 +136,8 @@ class VilaM3(ModelAdapter):
 
     def __init__(self, settings: AdapterSettings | None = None) -> None:
         super().__init__(settings)
-        if self.variant not in self.VARIANTS:
-            raise AdapterError(f"{self.name}: option variant must be one of {self.VARIANTS}, not {self.variant!r}")
-        unknown = sorted(set(self.settings.options) - set(self.OPTIONS))
-        if unknown:
-            raise AdapterError(f"{self.name}: unknown option(s) {unknown}; known: {', '.join(self.OPTIONS)}")
+        check_choice(self.name, "variant", self.variant, self.VARIANTS)
+        check_known_options(self.name, self.settings.options, self.OPTIONS)
         self.model = self.tokenizer = self.image_processor = None
         self._roots: ImportRoots | None = None
         self._shims: list[str] = []
