@@ -22,6 +22,8 @@ SHIPPED: dict[str, str] = {
     "phantom-expert": "adapters.models.phantom_expert:PhantomExpert",
     "medgemma": "adapters.models.medgemma:MedGemma",
     "lingshu": "adapters.models.lingshu:Lingshu",
+    "m3d": "adapters.models.m3d:M3D",
+    "med3dvlm": "adapters.models.med3dvlm:Med3DVLM",
 }
 
 
