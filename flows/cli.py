@@ -275,7 +275,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     from adapters.models.base import AdapterSettings
     from adapters.models.registry import describe
 
-    settings = AdapterSettings(checkpoint=args.checkpoint)
+    settings = AdapterSettings(checkpoint=args.checkpoint, code_dir=args.code_dir)
     for info in describe(settings):
         if args.model and info.name != args.model:
             continue
@@ -473,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the model adapters, their recipes and whether what they need is found")
     p.add_argument("--model", metavar="NAME", help="only this adapter")
     p.add_argument("--checkpoint", metavar="PATH", help="check this checkpoint instead of the adapters' defaults")
+    p.add_argument("--code-dir", metavar="DIR", help="check this checkout of a model's own repository")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("score", parents=[db], help="text metrics (BLEU, ROUGE, METEOR, SBERT, exact match) per run")
