@@ -211,7 +211,7 @@ class ImPatchAdapter(ModelAdapter):
             "generate_kwargs": kwargs,
             "decoding": "sampling" if kwargs.get("do_sample") else "greedy",
             "seeding": "torch.manual_seed(question_seed(seed, qid)) before each question's generate",
-            "tokenizer": "the checkpoint's, add_special_tokens=True (hashed in checkpoint identity)",
+            "tokenizer": "the checkpoint's (hashed in checkpoint identity), use_fast=False, add_special_tokens=True",
             "decode": "skip_special_tokens=True, stripped",
             "dtype": self.dtype_name,
             "batching": "per-question-generate-v1 (image encoded once per call)",
@@ -308,7 +308,9 @@ class ImPatchAdapter(ModelAdapter):
         try:
             model = cls.from_pretrained(str(ckpt), local_files_only=True,
                                         **{dtype_arg: getattr(torch, self.dtype_name)}).eval()
-            tokenizer = AutoTokenizer.from_pretrained(str(ckpt), local_files_only=True)
+            # the slow tokenizer, as the README/demo and the harness load it (transformers 5 ignores this
+            # and always builds the fast one; under 4.x M3D's slow Llama tokenizer needs sentencepiece)
+            tokenizer = AutoTokenizer.from_pretrained(str(ckpt), local_files_only=True, use_fast=False)
         except Exception as exc:
             raise AdapterError(f"{self.name}: cannot load {self.code_class} and its tokenizer from {ckpt} "
                                f"({type(exc).__name__}: {exc}); {self._weights_hint()}") from exc
