@@ -86,7 +86,9 @@ def check_generate_compat(model) -> None:
     knows `past_key_values` would fail, or, with **kwargs, silently decode without its cache), and
     every argument the base class's `prepare_inputs_for_generation` always passes (Phi-3 in
     transformers 5 passes `logits_to_keep=0`)."""
-    base = next(c for c in type(model).__mro__ if c.__module__.startswith("transformers.models."))
+    base = next((c for c in type(model).__mro__ if c.__module__.startswith("transformers.models.")), None)
+    if base is None:
+        return
     own = inspect.signature(type(model).forward).parameters
     base_forward = inspect.signature(base.forward).parameters
     cache_name = "cache" if "cache" in base_forward else "past_key_values"

@@ -35,4 +35,4 @@ class M3D(ImPatchAdapter):
     gpu_dtype = {"official": "bfloat16", "upstream-harness": "float16"}
     sources = {"official": "M3D README quick start (prompt, bf16); Bench/eval/eval_vqa.py (greedy, 256 tokens)",
                "upstream-harness": "CT-SpatialVQA benchmarking/inference/m3d/run_custom_eval.py"}
-    packages = ImPatchAdapter.packages + ("monai", "einops")
+    packages = ImPatchAdapter.packages + ("monai", "einops", "sentencepiece")
