@@ -28,6 +28,8 @@ SHIPPED: dict[str, str] = {
     "vila-m3": "adapters.models.vila_m3:VilaM3",
     "radfm": "adapters.models.radfm:RadFM",
     "merlin": "adapters.models.merlin:Merlin",
+    "m3d": "adapters.models.m3d:M3D",
+    "med3dvlm": "adapters.models.med3dvlm:Med3DVLM",
 }
 
 

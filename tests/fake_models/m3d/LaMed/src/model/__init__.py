@@ -1,0 +1,1 @@
+from .language_model import LamedPhi3Config, LamedPhi3ForCausalLM  # noqa: F401

@@ -1,0 +1,1 @@
+from .qwen import VLMQwenConfig, VLMQwenForCausalLM  # noqa: F401
