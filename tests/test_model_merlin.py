@@ -28,19 +28,9 @@ from adapters.models.preprocess import build, left_side
 from adapters.models.recipes import RECIPES
 from tasks.volumes import decode
 from tests.volume_factory import left_lesion_ras, save
+from tests.worker_env import merlin_python  # noqa: F401  (a fixture)
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def merlin_python() -> Path | None:
-    """The Merlin environment's python: CTSVQA_MERLIN_PYTHON, else the family environment that
-    `ctsvqa env create merlin` builds (under CTSVQA_ENVS or ~/.cache/ctsvqa/envs)."""
-    explicit = os.environ.get("CTSVQA_MERLIN_PYTHON")
-    if explicit:
-        return Path(explicit)
-    envs = Path(os.environ.get("CTSVQA_ENVS", Path.home() / ".cache" / "ctsvqa" / "envs"))
-    python = envs / "merlin" / "bin" / "python"
-    return python if python.exists() else None
 
 
 def fake_checkpoint(folder: Path) -> Path:
@@ -126,11 +116,8 @@ def test_the_image_is_the_recipe_array_as_stored(tmp_path, recipe, shape, left_a
 
 
 @pytest.fixture(scope="module")
-def real_run(tmp_path_factory):
-    python = merlin_python()
-    if python is None or not python.exists():
-        pytest.skip("no Merlin environment: run `ctsvqa env create merlin` or set CTSVQA_MERLIN_PYTHON to a python "
-                    "with merlin-vlm==0.0.7 (and torchvision) installed")
+def real_run(tmp_path_factory, merlin_python):
+    python = merlin_python
     work = tmp_path_factory.mktemp("merlin")
     arr = np.zeros((1, 32, 32, 16), np.float32)             # (1, X, Y, Z): a bright block at low X
     arr[0, 4:8, 10:20, :] = 1.0
