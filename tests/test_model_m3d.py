@@ -31,13 +31,7 @@ from tasks.volumes import decode
 from tests.tiny_impatch import M3D_CODE, MED3DVLM_CODE, build_tiny_m3d, build_tiny_med3dvlm, phi3_tokenizer
 from tests.volume_factory import left_lesion_ras, save
 
-try:        # the worker helper's family environments (not merged yet on this branch)
-    from tests.worker_env import family_envs  # noqa: F401  (a fixture)
-except ImportError:
-    @pytest.fixture
-    def family_envs():
-        """Until the worker runs family environments, adapters run in-process: nothing to build."""
-        return lambda family: None
+from tests.worker_env import crash_hang_then_retry, family_envs  # noqa: F401  (family_envs: a fixture)
 
 N_NEW = 6
 QUESTIONS = [Question("q1", "Is the lesion in the left lung?"), Question("q2", "Where is the nodule?"),
@@ -364,3 +358,11 @@ def torch_decode(ckpt, ids) -> str:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(ckpt)).decode(ids, skip_special_tokens=True).strip()
+
+
+@pytest.mark.parametrize("name", ["m3d", "med3dvlm"])
+def test_a_crash_and_a_hang_in_the_worker_fail_only_those_questions(name, family_envs, checkpoints, tmp_path,
+                                                                     monkeypatch):
+    family_envs(name)
+    crash_hang_then_retry(tmp_path, monkeypatch, name, M3D_CODE if name == "m3d" else MED3DVLM_CODE,
+                          checkpoints[name], {"max_new_tokens": 3})
