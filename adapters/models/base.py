@@ -199,6 +199,31 @@ class ModelAdapter:
                 "python": platform.python_version(), "packages": versions}
 
 
+
+class VariantAdapter(ModelAdapter):
+    """A model run its own way ('official': its recipe, prompt and generation) or as the CT-SpatialVQA
+    harness ran it (`--option variant=upstream-harness`: the recipe `<default_recipe>-upstream-harness`
+    and the harness's prompt and settings)."""
+
+    VARIANTS: ClassVar[tuple[str, ...]] = ("official", "upstream-harness")
+
+    def __init__(self, settings: AdapterSettings | None = None) -> None:
+        super().__init__(settings)
+        check_choice(self.name, "variant", self.variant, self.VARIANTS)
+
+    @property
+    def variant(self) -> str:
+        return str(self.settings.options.get("variant", "official"))
+
+    @property
+    def harness(self) -> bool:
+        return self.variant == "upstream-harness"
+
+    @property
+    def recipe(self) -> str:
+        return self.default_recipe + ("-upstream-harness" if self.harness else "")
+
+
 CHECKPOINT_METADATA = ("config.json", "generation_config.json", "model.safetensors.index.json",
                        "pytorch_model.bin.index.json", "preprocessor_config.json", "processor_config.json",
                        "tokenizer_config.json", "chat_template.jinja", "chat_template.json")

@@ -39,9 +39,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from adapters.models.base import (AdapterError, AdapterSettings, Answer, ModelAdapter, ModelInput, Question,
+from adapters.models.base import (AdapterError, AdapterSettings, Answer, ModelInput, Question,
                                   Requirement, checkpoint_fingerprint, code_fingerprint)
-from adapters.models.base import check_choice, check_known_options, release_gpu_memory
+from adapters.models.base import VariantAdapter, check_known_options, release_gpu_memory
 from adapters.models.code_roots import ImportRoots, stub_module
 from adapters.models.prompts.llava import CTCHAT_HARNESS, CTCHAT_OFFICIAL
 
@@ -116,34 +116,24 @@ class _TorchOnDevice(types.ModuleType):
         return getattr(self._torch, name)
 
 
-class CTChat(ModelAdapter):
+class CTChat(VariantAdapter):
     name = "ctchat"
     version = "1"
     default_recipe = "ctchat"
     environment = "ctchat"
     description = "CT-CHAT Llama 3.1 8B (LLaVA fork) + CT-CLIP CTViT, from their own checkouts (--code-dir)"
     packages = ("einops", "einops-exts", "vector-quantize-pytorch", "peft", "tokenizers", "safetensors")
-    VARIANTS = ("official", "upstream-harness")
     CODE_OPTIONS = ("ctchat_code", "ctclip_code")      # checkout paths: fingerprinted as code, not kept as paths
     OPTIONS = ("variant", "max_new_tokens") + CODE_OPTIONS
 
     def __init__(self, settings: AdapterSettings | None = None) -> None:
         super().__init__(settings)
-        check_choice(self.name, "variant", self.variant, self.VARIANTS)
         check_known_options(self.name, self.settings.options, self.OPTIONS)
         self.model = self.tokenizer = self.ctvit = None
         self._roots: ImportRoots | None = None
         self._shims: list[str] = []
 
     # -- configuration --------------------------------------------------------------------------
-    @property
-    def variant(self) -> str:
-        return str(self.settings.options.get("variant", "official"))
-
-    @property
-    def recipe(self) -> str:
-        return "ctchat-upstream-harness" if self.variant == "upstream-harness" else "ctchat"
-
     @property
     def dtype_name(self) -> str:
         # CT-CHAT's builder loads float16 and its scripts run float16 on a GPU; casting those weights

@@ -40,7 +40,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from adapters.models.base import AdapterError, AdapterSettings, Answer, ModelAdapter, ModelInput, Question, Requirement
+from adapters.models.base import AdapterError, AdapterSettings, Answer, ModelInput, Question, Requirement
+from adapters.models.base import VariantAdapter
 from adapters.models.prompts.impatch import ImPatchPrompt
 
 WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
@@ -154,7 +155,7 @@ def drop_package(top: str, keep_from: Path | None = None) -> None:
         del sys.modules[name]
 
 
-class ImPatchAdapter(ModelAdapter):
+class ImPatchAdapter(VariantAdapter):
     """One family of `<im_patch>` model; subclasses set the class attributes."""
 
     hub_id: str
@@ -171,12 +172,9 @@ class ImPatchAdapter(ModelAdapter):
     gpu_dtype: dict[str, str]           # variant -> dtype on a GPU (CPU: float32)
     sources: dict[str, str]             # variant -> where its settings come from
     packages = ("tokenizers", "safetensors")
-    VARIANTS = ("official", "upstream-harness")
 
     def __init__(self, settings: AdapterSettings | None = None) -> None:
         super().__init__(settings)
-        if self.variant not in self.VARIANTS:
-            raise AdapterError(f"{self.name}: option variant must be one of {self.VARIANTS}, not {self.variant!r}")
         unknown = sorted(set(self.settings.options) - {"variant", "max_new_tokens"})
         if unknown:
             raise AdapterError(f"{self.name}: unknown option(s) {unknown}; known: variant, max_new_tokens")
@@ -185,14 +183,6 @@ class ImPatchAdapter(ModelAdapter):
         self._sys_path: str | None = None
 
     # -- configuration ------------------------------------------------------------------------------
-    @property
-    def variant(self) -> str:
-        return str(self.settings.options.get("variant", "official"))
-
-    @property
-    def recipe(self) -> str:
-        return self.default_recipe + ("-upstream-harness" if self.variant == "upstream-harness" else "")
-
     @property
     def dtype_name(self) -> str:
         return self.settings.dtype or (self.gpu_dtype[self.variant] if self.settings.device.startswith("cuda")

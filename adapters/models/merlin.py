@@ -45,8 +45,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from adapters.models.base import AdapterError, AdapterSettings, Answer, ModelAdapter, ModelInput, Question, Requirement
-from adapters.models.base import check_choice, release_gpu_memory
+from adapters.models.base import AdapterError, AdapterSettings, Answer, ModelInput, Question, Requirement
+from adapters.models.base import VariantAdapter, release_gpu_memory
 from adapters.models.offline_patch import has_weights, patched, prints_to_stderr
 from adapters.models.prompts.text_prompt import MERLIN_CTSVQA_HARNESS, MERLIN_REPORT_STYLE
 
@@ -64,36 +64,22 @@ RADLLAMA_METADATA = ("config.json", "generation_config.json", "tokenizer_config.
                      "tokenizer.model", "tokenizer.json", "tokenization_chexagent.py")
 
 
-class Merlin(ModelAdapter):
+class Merlin(VariantAdapter):
     name = "merlin"
     version = "1"
     default_recipe = "merlin"
     environment = "merlin"
     description = "Merlin report generator (merlin-vlm Clip3DForTextGeneration: I3D ResNet-152 + RadLLaMA-7b LoRA)"
     packages = (PACKAGE, "peft", "torchvision", "monai")
-    VARIANTS = ("official", "upstream-harness")
 
     def __init__(self, settings: AdapterSettings | None = None) -> None:
         super().__init__(settings)
-        check_choice(self.name, "variant", self.variant, self.VARIANTS)
         if self.task not in CHECKPOINTS:
             raise AdapterError(f"{self.name}: option task must be one of {tuple(CHECKPOINTS)}, not {self.task!r}")
         self.model = None
         self._load_info: dict[str, Any] = {}
 
     # -- configuration --------------------------------------------------------------------------
-    @property
-    def variant(self) -> str:
-        return str(self.settings.options.get("variant", "official"))
-
-    @property
-    def harness(self) -> bool:
-        return self.variant == "upstream-harness"
-
-    @property
-    def recipe(self) -> str:
-        return "merlin-upstream-harness" if self.harness else "merlin"
-
     @property
     def task(self) -> str:
         default = "report_generation_stage1_stage2" if self.harness else "report_generation"

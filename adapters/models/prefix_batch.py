@@ -29,8 +29,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from adapters.models.base import AdapterError, AdapterSettings, Answer, ModelAdapter, ModelInput, Question, Requirement
-from adapters.models.base import check_choice
+from adapters.models.base import AdapterError, AdapterSettings, Answer, ModelInput, Question, Requirement
+from adapters.models.base import VariantAdapter
 from adapters.models.prompts import SlicePrompt
 from adapters.models.shared_prefix import (  # noqa: F401  (Decoded, GreedySettings: part of this module's API)
     Decoded, EngineSettings, GreedySettings, Job, SharedPrefixEngine, Timing,
@@ -167,7 +167,7 @@ def _image_backend() -> str:
     return "torchvision" if is_torchvision_available() else "pil"
 
 
-class SliceChatAdapter(ModelAdapter):
+class SliceChatAdapter(VariantAdapter):
     """A transformers image-text-to-text model reading a recipe's RGB slice stack through its chat
     template: `prompt` per variant, greedy decoding, prefix-shared batches (this module)."""
 
@@ -182,23 +182,13 @@ class SliceChatAdapter(ModelAdapter):
     min_new_tokens: dict[str, int] = {"official": 0, "upstream-harness": 0}
     image_encoding: dict[str, str] = {"official": "none", "upstream-harness": "none"}
     packages = ("pillow", "tokenizers", "safetensors")
-    VARIANTS = ("official", "upstream-harness")
 
     def __init__(self, settings: AdapterSettings | None = None) -> None:
         super().__init__(settings)
-        check_choice(self.name, "variant", self.variant, self.VARIANTS)
         self.model = None
         self.processor = None
 
     # -- configuration --------------------------------------------------------------------------
-    @property
-    def variant(self) -> str:
-        return str(self.settings.options.get("variant", "official"))
-
-    @property
-    def recipe(self) -> str:
-        return self.default_recipe + ("-upstream-harness" if self.variant == "upstream-harness" else "")
-
     @property
     def device(self) -> str:
         return self.settings.device

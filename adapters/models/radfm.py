@@ -44,8 +44,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from adapters.models.base import AdapterError, AdapterSettings, Answer, ModelAdapter, ModelInput, Question, Requirement
-from adapters.models.base import check_choice, release_gpu_memory
+from adapters.models.base import AdapterError, AdapterSettings, Answer, ModelInput, Question, Requirement
+from adapters.models.base import VariantAdapter, release_gpu_memory
 from adapters.models.offline_patch import add_import_root, drop_import_root, has_weights, patched
 from adapters.models.prompts.text_prompt import RADFM_IMAGE_FIRST
 
@@ -112,19 +112,17 @@ class _LlamaFromLanguageFiles:
         return LlamaForCausalLM._from_config(LlamaConfig.from_pretrained(path), dtype=self.dtype)
 
 
-class RadFM(ModelAdapter):
+class RadFM(VariantAdapter):
     name = "radfm"
     version = "1"
     default_recipe = "radfm"
     environment = "radfm"
     description = "RadFM (LLaMA-13B + 3D ViT/perceiver) through its own MultiLLaMAForCausalLM (--code-dir: RadFM checkout)"
     packages = ("einops", "einops-exts", "torchvision", "sentencepiece")
-    VARIANTS = ("official", "upstream-harness")
     STOPS = ("tokenizer-eos", "config-eos")
 
     def __init__(self, settings: AdapterSettings | None = None) -> None:
         super().__init__(settings)
-        check_choice(self.name, "variant", self.variant, self.VARIANTS)
         if self.stop not in self.STOPS:
             raise AdapterError(f"{self.name}: option stop must be one of {self.STOPS}, not {self.stop!r}")
         self.model = None
@@ -133,18 +131,6 @@ class RadFM(ModelAdapter):
         self._load_info: dict[str, Any] = {}
 
     # -- configuration --------------------------------------------------------------------------
-    @property
-    def variant(self) -> str:
-        return str(self.settings.options.get("variant", "official"))
-
-    @property
-    def harness(self) -> bool:
-        return self.variant == "upstream-harness"
-
-    @property
-    def recipe(self) -> str:
-        return "radfm-upstream-harness" if self.harness else "radfm"
-
     @property
     def stop(self) -> str:
         return str(self.settings.options.get("stop", "config-eos" if self.harness else "tokenizer-eos"))

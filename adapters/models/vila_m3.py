@@ -36,9 +36,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from adapters.models.base import (AdapterError, AdapterSettings, Answer, ModelAdapter, ModelInput, Question,
+from adapters.models.base import (AdapterError, AdapterSettings, Answer, ModelInput, Question,
                                   Requirement, checkpoint_fingerprint, code_fingerprint)
-from adapters.models.base import check_choice, check_known_options
+from adapters.models.base import VariantAdapter, check_known_options
 from adapters.models.code_roots import ImportRoots, importable, stub_module
 from adapters.models.prompts.llava import VILA_M3_HARNESS, VILA_M3_OFFICIAL
 
@@ -123,34 +123,24 @@ class _SuffixStop:
         return torch.tensor(done, device=input_ids.device)
 
 
-class VilaM3(ModelAdapter):
+class VilaM3(VariantAdapter):
     name = "vila-m3"
     version = "1"
     default_recipe = "vila-m3"
     environment = "vila-m3"
     description = "VILA-M3 8B (VILA 1.5 llava_llama, one axial slice; no VISTA3D expert), from NVlabs/VILA (--code-dir)"
     packages = ("pillow", "tokenizers", "safetensors", "accelerate")
-    VARIANTS = ("official", "upstream-harness")
     CODE_OPTIONS = ("vila_code", "s2wrapper_code")      # checkout paths: fingerprinted as code, not kept as paths
     OPTIONS = ("variant", "max_new_tokens", "temperature", "top_p") + CODE_OPTIONS
 
     def __init__(self, settings: AdapterSettings | None = None) -> None:
         super().__init__(settings)
-        check_choice(self.name, "variant", self.variant, self.VARIANTS)
         check_known_options(self.name, self.settings.options, self.OPTIONS)
         self.model = self.tokenizer = self.image_processor = None
         self._roots: ImportRoots | None = None
         self._shims: list[str] = []
 
     # -- configuration --------------------------------------------------------------------------
-    @property
-    def variant(self) -> str:
-        return str(self.settings.options.get("variant", "official"))
-
-    @property
-    def recipe(self) -> str:
-        return "vila-m3-upstream-harness" if self.variant == "upstream-harness" else "vila-m3"
-
     @property
     def dtype_name(self) -> str:
         # M3Generator: float16 on the GPU (builder and image tensors)
