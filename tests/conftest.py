@@ -119,3 +119,15 @@ def resident_server(tmp_path_factory):
     finally:
         server.stop(db)
         assert state.pid is None or process_gone(state.pid), f"Prefect server {state.pid} left running"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny torch models (`pytestmark = pytest.mark.usefixtures("one_thread")`): they gain
+    nothing from threads, and on a shared machine torch's thread pool spins (20x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -38,12 +38,7 @@ QUESTIONS = [Question("q1", "Is the lesion in the left lung?"), Question("q2", "
              Question("q3", "Which side of the patient is the largest nodule on?")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

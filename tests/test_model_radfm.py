@@ -30,12 +30,7 @@ QUESTIONS = [Question("v.nii.gz::0", "Is the lesion in the left or the right lun
              Question("v.nii.gz::1", "Which lobe contains the nodule?")]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

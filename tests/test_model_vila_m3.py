@@ -15,7 +15,6 @@ import sys
 import duckdb
 import numpy as np
 import pytest
-import torch
 
 from adapters.models.base import AdapterError, AdapterSettings, ModelInput, Question
 from adapters.models.preprocess import build, left_side
@@ -34,12 +33,7 @@ HEAD = ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nFake VIL
 TAIL = "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

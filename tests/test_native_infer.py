@@ -8,7 +8,6 @@ import json
 
 import duckdb
 import pytest
-import torch
 
 from adapters.datasets.phantom import generate
 from flows.cli import main
@@ -16,12 +15,7 @@ from tasks.upstream_import import import_upstream
 from tests.tiny_vlms import build_tiny_lingshu, build_tiny_medgemma
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)          # tiny models: threads only add contention
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 @pytest.mark.parametrize("model,builder,recipe", [("medgemma", build_tiny_medgemma, "medgemma@1"),

@@ -25,13 +25,7 @@ from tests.tiny_vlms import build_tiny_lingshu, build_tiny_medgemma
 ADAPTERS = {"medgemma": (MedGemma, build_tiny_medgemma), "lingshu": (Lingshu, build_tiny_lingshu)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared machine torch's thread pool spins (20x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,10 @@ from adapters.models import prefix_batch
 from adapters.models.base import AdapterSettings, ModelInput
 from adapters.models.shared_prefix import EngineSettings, SharedPrefixEngine, Timing
 from tests.test_native_models import (  # noqa: F401  (fixtures)
-    ADAPTERS, checkpoints, model_input, one_thread, phantom, questions, reference,
+    ADAPTERS, checkpoints, model_input, phantom, questions, reference,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 LAYOUT = {"volumes_per_batch": 2, "rows_per_volume": 3, "split_k": 16}
 
