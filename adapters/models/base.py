@@ -126,6 +126,8 @@ class ModelAdapter:
     default_recipe: ClassVar[str | None] = None   # a name in adapters/models/recipes.py; None: reads no image
     description: ClassVar[str] = ""
     packages: ClassVar[tuple[str, ...]] = ()      # distributions whose versions go into provenance
+    CODE_OPTIONS: ClassVar[tuple[str, ...]] = ()  # options naming checkouts of the model's code: fingerprinted
+    #                                               by code_identity(), so their paths stay out of the identity
     environment: ClassVar[str | None] = None      # family environment (adapters/models/envs/<name>.txt) whose
     #                                               stack the model's code needs; None: runs in ours, in-process
 
@@ -167,7 +169,7 @@ class ModelAdapter:
             "recipe": RECIPES[recipe].key if recipe else None,
             "generation": self.generation(),
             "seed": self.settings.seed,
-            "options": dict(sorted(self.settings.options.items())),
+            "options": dict(sorted((k, v) for k, v in self.settings.options.items() if k not in self.CODE_OPTIONS)),
         }
 
     @classmethod

@@ -172,11 +172,6 @@ class VilaM3(VariantAdapter):
     def _paths(self) -> dict[str, Path | None]:
         return paths(self.settings)
 
-    def identity(self) -> dict[str, Any]:
-        ident = super().identity()
-        ident["options"] = {k: v for k, v in ident["options"].items() if k not in self.CODE_OPTIONS}
-        return ident
-
     def code_identity(self) -> dict[str, Any] | None:
         p = self._paths()
         if p["vila"] is None and p["s2"] is None:
