@@ -126,3 +126,94 @@ def test_refilled_slots_around_a_busy_one_stay_exact(adapters, phantom):
     for (mi, (q,)), (cap,), (d,) in zip(items, caps, results):
         settings = dataclasses.replace(base, max_new_tokens=cap)
         assert d.tokens == reference(adapter, adapter.images(mi), q, settings)[1], (mi.volume, q.qid)
+
+
+def test_compiled_prefill_layers_answer_the_same_and_leave_the_layers_eager(adapters, phantom):
+    """compile_prefill (MedGemma's default on CUDA): the prefix runs through torch.compile'd decoder
+    layers (inductor's CPU code here); the answers equal per-question generate, and outside the
+    prefix the layers are the eager ones again."""
+    from torch._dynamo.utils import counters
+
+    adapter = adapters["medgemma"]
+    lm = adapter.model.model.language_model
+    mi = volumes(phantom, adapter.recipe)[1]
+    qs = questions(phantom)[:3]
+    adapter.settings.options["compile_prefill"] = True
+    try:
+        adapter.prepare_model()
+        assert adapter.generation()["compile_prefill"] is True
+        assert all("_ctsvqa_prefill_forward" in layer.__dict__ for layer in lm.layers)
+        graphs = counters["stats"]["unique_graphs"]
+        decoded = adapter.engine().run(adapter.jobs([(mi, qs)], [[7, 7, 7]]), adapter.greedy_settings())[0]
+        assert counters["stats"]["unique_graphs"] > graphs                     # the compiled forwards ran
+        assert not any("forward" in layer.__dict__ for layer in lm.layers)      # and were swapped out again
+        base = adapter.greedy_settings()
+        images = adapter.images(mi)
+        for q, d in zip(qs, decoded):
+            assert d.tokens == reference(adapter, images, q, dataclasses.replace(base, max_new_tokens=7))[1], q.qid
+    finally:
+        adapter.settings.options.pop("compile_prefill")
+        adapter.prepare_model()
+    assert not any("_ctsvqa_prefill_forward" in layer.__dict__ for layer in lm.layers)
+
+
+def test_gpu_image_processing_needs_a_gpu(adapters):
+    adapter = adapters["medgemma"]
+    adapter.settings.options["image_device"] = "gpu"
+    try:
+        with pytest.raises(Exception, match="image_device=gpu needs --device cuda"):
+            adapter.generation()
+    finally:
+        adapter.settings.options.pop("image_device")
+    assert adapter.generation()["image_device"] == "cpu"
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTERS))
+def test_slices_as_one_uint8_tensor_give_the_processor_the_same_pixels(name, adapters, phantom):
+    """image_device=gpu hands the processor the slices as uint8 (3, H, W) tensors cut from one stack
+    (copied to the GPU at once) instead of PIL images; on CPU the two inputs give identical prefixes."""
+    adapter = adapters[name]
+    mi = volumes(phantom, adapter.recipe)[1]
+    qs = questions(phantom)[:2]
+    images = adapter.images(mi)
+    texts = adapter.prompts_for(len(images), qs)
+    special = prefix_batch.bos_adds_special(adapter.processor, texts[0])
+    stack = torch.from_numpy(np.stack([np.asarray(im) for im in images])).permute(0, 3, 1, 2)
+    from_pil = prefix_batch.encode(adapter.processor, texts, images, add_special_tokens=special)
+    from_tensors = prefix_batch.encode(adapter.processor, texts, list(stack), add_special_tokens=special)
+    assert from_pil.suffixes == from_tensors.suffixes
+    assert from_pil.prefix.keys() == from_tensors.prefix.keys()
+    for k, v in from_pil.prefix.items():
+        assert torch.equal(v, from_tensors.prefix[k]), k
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTERS))
+def test_only_the_question_tails_are_tokenized_and_the_ids_equal_whole_prompts(name, adapters, phantom):
+    """prefix_batch.question_ids tokenizes each prompt's text after the shared head's last added
+    token (the image tokens are in the head); the ids equal tokenizing every prompt whole, and a
+    first prompt whose ids do not match that split makes it tokenize everything whole."""
+    adapter = adapters[name]
+    processor = adapter.processor
+    mi = volumes(phantom, adapter.recipe)[1]
+    images = adapter.images(mi)
+    texts = adapter.prompts_for(len(images), questions(phantom)[:4])
+    special = prefix_batch.bos_adds_special(processor, texts[0])
+    first = processor(text=[texts[0]], images=[images], return_tensors="pt", add_special_tokens=special,
+                      return_text_replacement_offsets=True)
+    replacements = [o["replacement"] for o in first.pop("text_replacement_offsets")[0] if o["type"] == "image"]
+    whole = [list(processor.tokenizer(processor.get_text_with_replacements([t], replacements)[0][0],
+                                      add_special_tokens=special)["input_ids"]) for t in texts]
+    seen: list[int] = []
+
+    class Recording:
+        tokenizer = type("Tok", (), {
+            "__call__": lambda self, text, **kw: (seen.append(len(text)), processor.tokenizer(text, **kw))[1],
+            "get_added_vocab": lambda self: processor.tokenizer.get_added_vocab()})()
+        get_text_with_replacements = staticmethod(processor.get_text_with_replacements)
+
+    ids = prefix_batch.question_ids(Recording(), texts, replacements, special, first["input_ids"][0].tolist())
+    assert ids == whole
+    assert len(seen) == len(texts) and 4 * max(seen) < min(map(len, texts))     # tails only
+    seen.clear()
+    assert prefix_batch.question_ids(Recording(), texts, replacements, special, [0]) == whole
+    assert len(seen) == 2 * len(texts)                           # the split did not check out: whole prompts

@@ -18,7 +18,9 @@ question's ids are checked against the processor's own.
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -30,10 +32,10 @@ import numpy as np
 import torch
 
 from adapters.models.base import AdapterError, AdapterSettings, Answer, ModelInput, Question, Requirement
-from adapters.models.base import VariantAdapter
+from adapters.models.base import VariantAdapter, check_choice
 from adapters.models.prompts import SlicePrompt
 from adapters.models.shared_prefix import (  # noqa: F401  (Decoded, GreedySettings: part of this module's API)
-    Decoded, EngineSettings, GreedySettings, Job, SharedPrefixEngine, Timing,
+    Decoded, EngineSettings, GreedySettings, Job, SharedPrefixEngine, Timing, compile_prefill,
 )
 
 # Processor outputs with one entry per token (sliced to the prefix); everything else (pixels,
@@ -52,6 +54,7 @@ class Encoded:
     """A volume's prompts: the shared prefix (processor outputs, batch 1) and each question's suffix ids."""
     prefix: dict[str, torch.Tensor]
     suffixes: list[list[int]]
+    ready: Any = None             # a CUDA event the prefix tensors are ready after (made on another stream)
 
     @property
     def prefix_len(self) -> int:
@@ -65,16 +68,15 @@ def bos_adds_special(processor, text: str) -> bool:
     return not (bos is not None and text.startswith(bos))
 
 
-def encode(processor, texts: Sequence[str], images: list, *, add_special_tokens: bool) -> Encoded:
-    """Processor outputs for the prompts `texts` (one per question, all with the same images)."""
+def encode(processor, texts: Sequence[str], images: list, *, add_special_tokens: bool,
+           image_kwargs: dict | None = None) -> Encoded:
+    """Processor outputs for the prompts `texts` (one per question, all with the same images).
+    `image_kwargs` go to the image processor (`device`: where a torchvision processor normalizes)."""
     first = processor(text=[texts[0]], images=[images], return_tensors="pt", add_special_tokens=add_special_tokens,
-                      return_text_replacement_offsets=True)
+                      return_text_replacement_offsets=True, **(image_kwargs or {}))
     offsets = first.pop("text_replacement_offsets")[0]
     replacements = [o["replacement"] for o in offsets if o["type"] == "image"]
-    ids: list[list[int]] = []
-    for text in texts:
-        expanded, _ = processor.get_text_with_replacements([text], replacements)
-        ids.append(list(processor.tokenizer(expanded[0], add_special_tokens=add_special_tokens)["input_ids"]))
+    ids = question_ids(processor, texts, replacements, add_special_tokens, first["input_ids"][0].tolist())
     if ids[0] != first["input_ids"][0].tolist():
         raise RuntimeError("prompt tokenization differs from the processor's own; the prefix cannot be shared")
     n = min(len(x) for x in ids)
@@ -87,6 +89,26 @@ def encode(processor, texts: Sequence[str], images: list, *, add_special_tokens:
         raise RuntimeError("a question's own tokens include image tokens; the image prefix cannot be shared")
     prefix = {k: (v[:, :common] if k in PER_TOKEN else v) for k, v in first.items() if isinstance(v, torch.Tensor)}
     return Encoded(prefix=prefix, suffixes=suffixes)
+
+
+def question_ids(processor, texts: Sequence[str], replacements: list, add_special_tokens: bool,
+                 first_ids: list[int]) -> list[list[int]]:
+    """Each prompt's token ids, its images' tokens expanded. The prompts share a long head (the
+    instruction and ~22k image tokens) and differ in a short tail. Tokenizers split their added
+    tokens out before anything else, so the text after the head's last added token tokenizes on its
+    own: only the tails are tokenized here (a volume's CPU time is what keeps the GPU fed), and the
+    first prompt's ids, the processor's own, check that split. Where they disagree every prompt is
+    tokenized whole."""
+    tok = processor.tokenizer
+    expanded = [processor.get_text_with_replacements([t], replacements)[0][0] for t in texts]
+    head = os.path.commonprefix(expanded)
+    cut = max((head.rfind(t) + len(t) for t in tok.get_added_vocab() if t and head.rfind(t) >= 0), default=0)
+    if cut > 0:
+        tails = [list(tok(e[cut:], add_special_tokens=False)["input_ids"]) for e in expanded]
+        n = len(first_ids) - len(tails[0])
+        if n > 0 and first_ids[n:] == tails[0]:
+            return [first_ids[:n] + t for t in tails]
+    return [list(tok(e, add_special_tokens=add_special_tokens)["input_ids"]) for e in expanded]
 
 
 # -- model families --------------------------------------------------------------------------------
@@ -174,6 +196,8 @@ class SliceChatAdapter(VariantAdapter):
     family: str                                   # key of FAMILIES
     cuda_prefill_attention: str | None = None     # the text model's prefill attention on CUDA (None: as loaded)
     cuda_compile_vision: bool = False             # torch.compile the vision tower on CUDA (measured to pay)
+    cuda_compile_prefill: bool = False            # torch.compile the text layers for the prefix prefill on CUDA
+    cuda_image_device: str = "cpu"                # where the image processor normalizes on CUDA (torchvision)
     model_class: str                              # transformers class name
     hub_id: str
     download_note: str = ""
@@ -211,12 +235,27 @@ class SliceChatAdapter(VariantAdapter):
             "repetition_penalty": o("repetition_penalty", "checkpoint generation_config"),
             "image_encoding": o("image_encoding", self.image_encoding[self.variant]),
             "image_backend": o("image_backend", _image_backend()),
+            "image_device": self.image_device(),
             "attn_implementation": o("attn_implementation", "sdpa"),
             "prefill_attention": self.prefill_attention(),
             "compile_vision": bool(o("compile_vision", self.cuda_compile_vision and self.device.startswith("cuda"))),
+            "compile_prefill": bool(o("compile_prefill", self.cuda_compile_prefill and self.device.startswith("cuda"))),
             "dtype": self.dtype_name,
             "batching": {"engine": "shared-prefix-kv-v2", **self.engine_settings().__dict__},
         }
+
+    def image_device(self) -> str:
+        """Where the image processor resizes and normalizes: 'cpu', or 'gpu' (the model's device;
+        torchvision backend only). On one H200 host a MedGemma volume's preparation took 0.66 s of
+        CPU with the processor on the host and 0.17 s with it on the GPU (bench/gpu_inference.py)."""
+        backend = str(self._option("image_backend", _image_backend()))
+        default = self.cuda_image_device if self.device.startswith("cuda") and backend == "torchvision" else "cpu"
+        where = str(self._option("image_device", default))
+        check_choice(self.name, "image_device", where, ("cpu", "gpu"))
+        if where == "gpu" and (not self.device.startswith("cuda") or backend != "torchvision"):
+            raise AdapterError(f"{self.name}: image_device=gpu needs --device cuda and the torchvision image "
+                               f"backend (install torchvision); pass --option image_device=cpu")
+        return where
 
     def prefill_attention(self) -> str:
         """The language model's attention in the prefix prefill (the vision tower keeps
@@ -316,6 +355,7 @@ class SliceChatAdapter(VariantAdapter):
             name = "vision_tower" if hasattr(inner, "vision_tower") else "visual"
             setattr(inner, name, torch.compile(getattr(inner, name)))
             inner._ctsvqa_compiled = True
+        compile_prefill(inner.language_model, gen["compile_prefill"])
 
     def _load_processor(self, path: str, backend: str):
         from transformers import AutoProcessor
@@ -342,15 +382,19 @@ class SliceChatAdapter(VariantAdapter):
         return GreedySettings(max_new_tokens=gen["max_new_tokens"], min_new_tokens=gen["min_new_tokens"],
                               repetition_penalty=float(penalty), eos_token_ids=eos, pad_token_id=int(pad))
 
+    def slices(self, model_input: ModelInput) -> np.ndarray:
+        """The recipe's slices, uint8 (N, H, W, 3)."""
+        slices = model_input.load().get("slices")
+        if slices is None or slices.ndim != 4 or slices.shape[-1] != 3 or slices.dtype != np.uint8:
+            raise AdapterError(f"{self.name}: {model_input.path} is not a recipe '{self.recipe}' input: expected "
+                               f"'slices' uint8 (N, H, W, 3), got {None if slices is None else (slices.shape, slices.dtype)}")
+        return slices
+
     def images(self, model_input: ModelInput) -> list:
         """The recipe's slices as the PIL images the published scripts hand to the processor."""
         from PIL import Image
 
-        arrays = model_input.load()
-        slices = arrays.get("slices")
-        if slices is None or slices.ndim != 4 or slices.shape[-1] != 3 or slices.dtype != np.uint8:
-            raise AdapterError(f"{self.name}: {model_input.path} is not a recipe '{self.recipe}' input: expected "
-                               f"'slices' uint8 (N, H, W, 3), got {None if slices is None else (slices.shape, slices.dtype)}")
+        slices = self.slices(model_input)
         encoding = self.generation()["image_encoding"]
         out = []
         for s in slices:
@@ -372,6 +416,43 @@ class SliceChatAdapter(VariantAdapter):
         images = self.images(model_input)
         texts = self.prompts_for(len(images), questions)
         return encode(self.processor, texts, images, add_special_tokens=bos_adds_special(self.processor, texts[0]))
+
+    def prepare_job(self, model_input: ModelInput, questions: Sequence[Question]) -> Encoded:
+        """`encode`, laid out for the engine on a GPU (a producer thread calls it a few volumes
+        ahead): the prefix's float tensors in the model's dtype; host tensors pinned, so the engine's
+        copy does not block (a volume's float32 slices are 0.8 GB: ~95 ms from pageable memory, ~7 ms
+        as pinned bf16 on one H200, bench/gpu_prefill_levers.py). Float32 rounds to bf16 the same on
+        either side. With image_device=gpu the slices go to the GPU once, as uint8, and the processor
+        resizes and normalizes them there, on a stream of its own; `ready` marks when that is done."""
+        if not self.device.startswith("cuda"):
+            return self.encode(model_input, questions)
+        dtype = getattr(torch, self.dtype_name)
+        if self.image_device() == "gpu":
+            if self.generation()["image_encoding"] == "none":          # the PIL images would hold these pixels
+                stack = self.slices(model_input)
+            else:
+                stack = np.stack([np.asarray(im) for im in self.images(model_input)])
+            texts = self.prompts_for(len(stack), questions)
+            stream = self._image_stream()
+            with torch.cuda.stream(stream):
+                stack = torch.from_numpy(np.ascontiguousarray(stack)).pin_memory()
+                on_gpu = stack.to(self.device, non_blocking=True).permute(0, 3, 1, 2)      # (N, 3, H, W)
+                encoded = encode(self.processor, texts, list(on_gpu),
+                                 add_special_tokens=bos_adds_special(self.processor, texts[0]),
+                                 image_kwargs={"device": self.device})
+                prefix = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in encoded.prefix.items()}
+                ready = torch.cuda.Event()
+                ready.record(stream)
+            prefix = {k: (v.pin_memory() if v.device.type == "cpu" else v) for k, v in prefix.items()}
+            return dataclasses.replace(encoded, prefix=prefix, ready=ready)
+        encoded = self.encode(model_input, questions)
+        prefix = {k: (v.to(dtype) if v.is_floating_point() else v).pin_memory() for k, v in encoded.prefix.items()}
+        return dataclasses.replace(encoded, prefix=prefix)
+
+    def _image_stream(self):
+        if getattr(self, "_stream", None) is None:
+            self._stream = torch.cuda.Stream(torch.device(self.device))
+        return self._stream
 
     def answer(self, model_input: ModelInput | None, questions: Sequence[Question]) -> list[Answer]:
         if model_input is None:
@@ -402,16 +483,18 @@ class SliceChatAdapter(VariantAdapter):
             mi, qs = items[i]
             limits = list(max_new[i]) if max_new is not None else [settings.max_new_tokens] * len(qs)
             try:
-                return Job(i, self.encode(mi, qs), limits)
+                return Job(i, self.prepare_job(mi, qs), limits)
             except Exception as exc:  # noqa: BLE001  (one unreadable volume fails only its own questions)
                 return Job(i, None, limits, error=f"cannot encode {mi.path}: {type(exc).__name__}: {exc}")
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="encode") as pool:
-            futures = deque(pool.submit(one, i) for i in range(min(ahead, len(items))))
+            # The first two volumes start alone: with all workers at once they share the CPU (and the
+            # GIL) and the GPU waits for the slowest start; the rest fill in once the first is done.
+            futures = deque(pool.submit(one, i) for i in range(min(2, len(items))))
             nxt = len(futures)
             while futures:
                 job = futures.popleft().result()
-                if nxt < len(items):
+                while nxt < len(items) and len(futures) < ahead:
                     futures.append(pool.submit(one, nxt))
                     nxt += 1
                 yield job
@@ -441,7 +524,9 @@ class SliceChatAdapter(VariantAdapter):
                 yield job
 
         stream = checked(self.jobs(items, max_new))
+        t = time.perf_counter()
         first = next(stream, None)
+        timing.wait += time.perf_counter() - t
         if first is None:
             return []
 
