@@ -21,7 +21,7 @@ share of greedy tokens on which (a) and (b) agree (with the top-2 logit gap of (
 first differ: bf16 near-ties flip).
 
     python bench/gpu_inference.py --size tiny --device cpu          # this machine: the code paths
-    python bench/gpu_inference.py --size full                       # one H200 (see bench/README.md)
+    python bench/gpu_inference.py --size full                       # one H200 (README, "Benchmarks")
 """
 
 from __future__ import annotations
@@ -339,8 +339,32 @@ def product_path(adapter, items, caps, dev) -> dict:
         raise RuntimeError(f"(b) failed: {bad[0]}")
     return {"seconds": seconds, "qa": n, "qa_s": n / seconds, "peak_gib": peak_gib(dev), "vision_s": clock.seconds,
             "prefix_s": timing.prefix, "suffix_s": timing.suffix, "decode_s": timing.decode, "steps": timing.steps,
+            "wait_s": timing.wait,
             "cuda_graph": timing.graph, "graph_error": getattr(adapter.engine(), "graph_failed", None),
             "tokens": adapter.last_decoded, "new_tokens": sum(a.meta["new_tokens"] for per in answers for a in per)}
+
+
+def encode_probe(adapter, mi, qs, dev) -> None:
+    """One volume's CPU-side preparation (slices -> processor -> pinned or GPU tensors), alone in one
+    thread, with the image processor on the CPU and on the GPU: what the producer threads must keep
+    up with."""
+    saved = adapter.settings.options.get("image_device")
+    for where in ("cpu", "gpu"):
+        adapter.settings.options["image_device"] = where
+        try:
+            adapter.prepare_job(mi, qs)
+            sync(dev)
+            t = time.perf_counter()
+            adapter.prepare_job(mi, qs)
+            sync(dev)
+            log(f"[{adapter.name}] one volume's preparation, image processor on the {where}: "
+                f"{time.perf_counter() - t:.3f}s (one thread)")
+        except Exception as exc:  # noqa: BLE001  (a probe)
+            log(f"[{adapter.name}] preparation with image_device={where} failed: {type(exc).__name__}: {exc}")
+    if saved is None:
+        adapter.settings.options.pop("image_device", None)
+    else:
+        adapter.settings.options["image_device"] = saved
 
 
 def agreement(a_runs, b_tokens) -> dict:
@@ -355,6 +379,14 @@ def agreement(a_runs, b_tokens) -> dict:
         if first is not None:
             flips.append({"question": q, "step": first, "a_top2_gap": round(run["top2_gap"][first], 4)})
     return {"same": same, "total": total, "share": same / max(total, 1), "first_differences": flips}
+
+
+def option_value(text: str):
+    """As `ctsvqa infer --option` reads a value: JSON where it parses, else the text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 # -- main ----------------------------------------------------------------------------------------------
@@ -404,6 +436,8 @@ def run_model(kind: str, args, dev, dtype, rows: list[dict]) -> None:
         a_prefill = upstream_loop(adapter, timed[0], qs[:1], [1], dev)[0]["seconds"]
         # (b)
         adapter.prepare_model()
+        if label == "48" and dev.type == "cuda":
+            encode_probe(adapter, timed[0], qs, dev)
         caps = [lengths[:len(qs)] for _ in timed]
         t = time.perf_counter()
         try:
@@ -416,30 +450,44 @@ def run_model(kind: str, args, dev, dtype, rows: list[dict]) -> None:
             adapter.prepare_model()
             product_path(adapter, [(mi, qs) for mi in warm], [lengths] * len(warm), dev)
         log(f"[{kind} {label}] (b) warm-up (compiles, graph capture) {time.perf_counter() - t:.1f}s")
-        b = product_path(adapter, [(mi, qs) for mi in timed], caps, dev)
-        b_settings = adapter.generation()
-        agree = agreement(a_runs, b["tokens"][0])
-        vols = len(timed)
-        row = {
-            "model": kind, "answers": label, "new_tokens_mean": float(np.mean(lengths)),
-            "a_s_per_qa": a_per_q, "a_qa_s": 1 / a_per_q, "a_peak_gib": a_peak,
-            "a_vision_s": clock.seconds, "a_prefill_s": a_prefill,
-            "a_decode_ms_step": (a_per_q - a_prefill) / max(np.mean(lengths[:a_q]) - 1, 1) * 1e3,
-            "b_volumes": vols, "b_qa": b["qa"], "b_seconds": b["seconds"], "b_qa_s": b["qa_s"],
-            "b_peak_gib": b["peak_gib"], "b_vision_s_per_vol": b["vision_s"] / vols,
-            "b_prefix_s_per_vol": b["prefix_s"] / vols, "b_suffix_s": b["suffix_s"], "b_decode_s": b["decode_s"],
-            "b_steps": b["steps"], "b_decode_ms_step": b["decode_s"] / max(b["steps"], 1) * 1e3,
-            "b_cuda_graph": b["cuda_graph"], "b_graph_error": b["graph_error"],
-            "ratio": b["qa_s"] * a_per_q, "a_hours": BENCHMARK_QA * a_per_q / 3600,
-            "b_hours": BENCHMARK_QA / b["qa_s"] / 3600, "agreement": agree,
-            "settings": b_settings,
-        }
-        rows.append(row)
-        log(f"[{kind} {label}] (b) {b['qa']} QA over {vols} volumes in {b['seconds']:.2f}s = {b['qa_s']:.3f} QA/s; "
-            f"vision {row['b_vision_s_per_vol']:.3f} s/vol, vision+prefix {row['b_prefix_s_per_vol']:.3f} s/vol, "
-            f"suffix {b['suffix_s']:.2f}s, decode {b['decode_s']:.2f}s ({row['b_decode_ms_step']:.1f} ms/step, "
-            f"graph {b['cuda_graph']}); peak {b['peak_gib']:.1f} GiB; (b)/(a) {row['ratio']:.1f}x; "
-            f"tokens agree {agree['same']}/{agree['total']} {agree['first_differences']}")
+        for variant in [""] + list(args.b_variant):
+            extra = {k: option_value(v) for k, v in (kv.split("=", 1) for kv in variant.split(",") if kv)}
+            saved = dict(adapter.settings.options)
+            adapter.settings.options.update(extra)
+            adapter.prepare_model()
+            if extra:                                   # a compile or capture the variant needs
+                product_path(adapter, [(mi, qs) for mi in warm], [lengths] * len(warm), dev)
+            b = product_path(adapter, [(mi, qs) for mi in timed], caps, dev)
+            b_settings = adapter.generation()
+            adapter.settings.options.clear()
+            adapter.settings.options.update(saved)
+            adapter.prepare_model()
+            agree = agreement(a_runs, b["tokens"][0])
+            vols = len(timed)
+            name = label + (f" [{variant}]" if variant else "")
+            row = {
+                "model": kind, "answers": name, "new_tokens_mean": float(np.mean(lengths)),
+                "a_s_per_qa": a_per_q, "a_qa_s": 1 / a_per_q, "a_peak_gib": a_peak,
+                "a_vision_s": clock.seconds, "a_prefill_s": a_prefill,
+                "a_decode_ms_step": (a_per_q - a_prefill) / max(np.mean(lengths[:a_q]) - 1, 1) * 1e3,
+                "b_volumes": vols, "b_qa": b["qa"], "b_seconds": b["seconds"], "b_qa_s": b["qa_s"],
+                "b_peak_gib": b["peak_gib"], "b_vision_s_per_vol": b["vision_s"] / vols,
+                "b_prefix_s_per_vol": b["prefix_s"] / vols, "b_suffix_s": b["suffix_s"], "b_decode_s": b["decode_s"],
+                "b_wait_s": b["wait_s"],
+                "b_steps": b["steps"], "b_decode_ms_step": b["decode_s"] / max(b["steps"], 1) * 1e3,
+                "b_cuda_graph": b["cuda_graph"], "b_graph_error": b["graph_error"],
+                "ratio": b["qa_s"] * a_per_q, "a_hours": BENCHMARK_QA * a_per_q / 3600,
+                "b_hours": BENCHMARK_QA / b["qa_s"] / 3600, "agreement": agree,
+                "settings": b_settings,
+            }
+            rows.append(row)
+            log(f"[{kind} {name}] (b) {b['qa']} QA over {vols} volumes in {b['seconds']:.2f}s = {b['qa_s']:.3f} "
+                f"QA/s; vision {row['b_vision_s_per_vol']:.3f} s/vol, vision+prefix {row['b_prefix_s_per_vol']:.3f} "
+                f"s/vol, suffix {b['suffix_s']:.2f}s, decode {b['decode_s']:.2f}s ({row['b_decode_ms_step']:.1f} "
+                f"ms/step, graph {b['cuda_graph']}), waiting for the CPU {b['wait_s']:.2f}s, the rest "
+                f"{b['seconds'] - b['prefix_s'] - b['suffix_s'] - b['decode_s'] - b['wait_s']:.2f}s; peak "
+                f"{b['peak_gib']:.1f} GiB; (b)/(a) {row['ratio']:.1f}x; tokens agree {agree['same']}/{agree['total']} "
+                f"{agree['first_differences']}")
         adapter.model.set_attn_implementation("sdpa")    # (a) of the next row runs as the harness does
     adapter.close()
     del model
@@ -450,7 +498,7 @@ def run_model(kind: str, args, dev, dtype, rows: list[dict]) -> None:
 def table(rows: list[dict]) -> str:
     head = ("| model | answers (mean new tokens) | (a) QA/s | (b) QA/s | (b)/(a) | 9,077 QA: (a) h | (b) h | "
             "peak GiB (a) / (b) | (a) split: vision / +prefill / decode ms/step | (b) split per volume: vision / "
-            "+prefix, suffix s, decode s (ms/step) | tokens agree |")
+            "+prefix, suffix s, decode s (ms/step), waiting for the CPU s | tokens agree |")
     lines = [head, "|" + "---|" * 11]
     for r in rows:
         ag = r["agreement"]
@@ -459,7 +507,7 @@ def table(rows: list[dict]) -> str:
             f"**{r['ratio']:.1f}x** | {r['a_hours']:.2f} | {r['b_hours']:.2f} | {r['a_peak_gib']:.1f} / "
             f"{r['b_peak_gib']:.1f} | {r['a_vision_s']:.2f} / {r['a_prefill_s']:.2f} / {r['a_decode_ms_step']:.1f} | "
             f"{r['b_vision_s_per_vol']:.2f} / {r['b_prefix_s_per_vol']:.2f}, {r['b_suffix_s']:.2f}, "
-            f"{r['b_decode_s']:.2f} ({r['b_decode_ms_step']:.1f}) | {ag['same']}/{ag['total']} |")
+            f"{r['b_decode_s']:.2f} ({r['b_decode_ms_step']:.1f}), {r['b_wait_s']:.2f} | {ag['same']}/{ag['total']} |")
     return "\n".join(lines)
 
 
@@ -478,6 +526,8 @@ def main() -> None:
     ap.add_argument("--volumes-per-batch", type=int, default=None)
     ap.add_argument("--prefill-attention", default=None, help="override the adapter's default (flex on CUDA)")
     ap.add_argument("--compile-vision", type=lambda s: s.lower() in ("1", "true", "yes"), default=None)
+    ap.add_argument("--b-variant", action="append", default=[],
+                    help="also run (b) with these adapter options (k=v,k=v), on the same (a); repeatable")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     dev = torch.device(args.device)
