@@ -11,7 +11,10 @@ random-weight model and one harness-shaped volume:
   against eager bf16;
 - the whole prefix forward (vision + language model, flex prefill): as the product runs it, with
   the language model's layers compiled, and with FP8 language-model linears;
-- a kernel profile of the product's prefix forward, summed by kernel class.
+- a kernel profile of the product's prefix forward, summed by kernel class, with the copies by
+  the op that made them (their shapes);
+- one volume's CPU-side preparation in a producer thread, alone and while the main thread runs
+  prefix forwards (is the producer starved of the GIL?).
 
 Every time is the median of --repeats runs after a warm-up, measured with a device sync. The table
 of its one H200 run is in the README ("Benchmarks"); the FP8 vision row failed there on a module
@@ -96,8 +99,8 @@ def to_fp8(module: nn.Module, skip=("lm_head", "embed")) -> int:
 
 
 KERNEL_CLASSES = [
-    ("gemm", r"gemm|cutlass|xmma|nvjet|sm90_|_mm_|matmul|scaled_mm"),
     ("attention", r"flash|fmha|cudnn|attention|flex|triton_tem"),
+    ("gemm", r"gemm|cutlass|xmma|nvjet|sm90_|_mm_|matmul|scaled_mm"),
     ("fused (inductor)", r"^triton_"),
     ("copy", r"copy|memcpy|memset|cat|index"),
 ]
@@ -108,10 +111,15 @@ def profile(fn, dev) -> dict:
 
     sync(dev)
     t = time.perf_counter()
-    with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+    with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as p:
         fn()
         sync(dev)
     wall = time.perf_counter() - t
+    # which copies the kernels' "copy" class comes from (inside an extern op they are aten calls)
+    copies = sorted(((e.key, str(e.input_shapes)[:160], round(e.device_time_total / 1e6, 4), e.count)
+                     for e in p.key_averages(group_by_input_shape=True)
+                     if e.key in ("aten::copy_", "aten::contiguous", "aten::clone", "aten::_to_copy")
+                     and e.device_time_total > 0), key=lambda c: -c[2])[:8]
     kernels: dict[str, float] = {}
     for e in p.events():
         if e.device_type == torch.autograd.DeviceType.CUDA:
@@ -122,7 +130,39 @@ def profile(fn, dev) -> dict:
         classes[label] = classes.get(label, 0.0) + s
     top = sorted(kernels.items(), key=lambda kv: -kv[1])[:25]
     return {"wall_s_profiled": wall, "kernel_s": sum(kernels.values()), "classes": classes,
-            "top": [(n[:110], round(s, 4)) for n, s in top]}
+            "top": [(n[:110], round(s, 4)) for n, s in top], "copies_by_op": copies}
+
+
+def producer_probe(adapter, mi, qs, prefill, dev, n: int = 3) -> dict:
+    """One volume's preparation (`prepare_job`, what the engine's producer threads run) in a thread
+    of its own: alone, and while this thread runs prefix forwards back to back with a sync after
+    each, as the engine does. A large gap means the producer is starved of the GIL by the thread
+    that launches the GPU work (the engine waited 3 to 5 s per 24-32 volumes for volumes whose
+    preparation takes 0.17 s alone)."""
+    import threading
+
+    def prepare_n() -> list[float]:
+        out = []
+        for _ in range(n):
+            t = time.perf_counter()
+            enc = adapter.prepare_job(mi, qs)
+            if getattr(enc, "ready", None) is not None:
+                enc.ready.synchronize()
+            out.append(time.perf_counter() - t)
+        return out
+
+    alone = prepare_n()
+    busy: dict = {}
+    thread = threading.Thread(target=lambda: busy.setdefault("s", prepare_n()))
+    thread.start()
+    forwards = 0
+    while thread.is_alive():
+        prefill()
+        sync(dev)
+        forwards += 1
+    thread.join()
+    return {"alone_s": statistics.median(alone), "while_prefilling_s": statistics.median(busy["s"]),
+            "prefix_forwards_meanwhile": forwards}
 
 
 def main() -> None:
@@ -130,7 +170,8 @@ def main() -> None:
     ap.add_argument("--size", choices=["tiny", "full"], default="full")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--skip", default="", help="comma-separated sections to skip: vision,prefix,llm-compile,fp8")
+    ap.add_argument("--skip", default="",
+                    help="comma-separated sections to skip: vision,prefix,producer,llm-compile,fp8")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -263,6 +304,14 @@ def main() -> None:
     RESULTS["profile"]["prefix_product"] = profile(prefix_forward, dev)
     log("prefix profile", json.dumps(RESULTS["profile"]["prefix_product"], indent=1))
     save()
+    if "producer" not in skip:
+        RESULTS["producer"] = {}
+        for where in (("cpu", "gpu") if cuda else ("cpu",)):
+            adapter.settings.options["image_device"] = where
+            RESULTS["producer"][where] = producer_probe(adapter, mi, qs, prefix_forward, dev)
+            log(f"producer, image processor on the {where}: {RESULTS['producer'][where]}")
+        adapter.settings.options.pop("image_device")
+        save()
     lm = inner.language_model
     if "llm-compile" not in skip:
         originals = {}
