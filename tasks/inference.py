@@ -510,10 +510,52 @@ def answer_group(adapter: ModelAdapter, run_id: str, items: list[WorkItem], mis:
     return [rows_of[item.volume] for item in items]
 
 
+def answer_streamed(adapter: ModelAdapter, run_id: str, items: list[WorkItem], batch_size: int):
+    """Every volume through one `answer_stream` of the adapter (the native models' engine keeps its
+    slots full for the whole run and hands each volume back as it finishes), so each volume's rows
+    are stored as soon as it is done, in the order the engine finishes them. A volume without an
+    input fails alone; if the stream breaks, the volumes it had not handed back are asked one by one
+    (`answer_volume`), as a failed `answer_many` call's are."""
+    ready: list[tuple[WorkItem, ModelInput | None, dict]] = []
+    for item in items:
+        mi = item.model_input
+        if isinstance(mi, str):
+            yield item.volume, failed_rows(run_id, item, mi)
+            continue
+        base = dict(item.base)
+        if mi is not None:
+            base["input_volume_sha256"] = Path(mi.path).stem     # inputs are named by it
+        ready.append((item, mi, base))
+    handed: set[int] = set()
+    try:
+        for i, answers in adapter.answer_stream((mi, item.questions) for item, mi, _ in ready):
+            item, mi, base = ready[i]
+            by_qid: dict[str, Answer] = {}
+            for a in answers if isinstance(answers, (list, tuple)) else []:
+                if isinstance(a, Answer) and a.qid not in by_qid:
+                    by_qid[a.qid] = a
+            handed.add(i)
+            if isinstance(mi, ModelInput):
+                mi.release()
+            yield item.volume, _rows(run_id, item.questions, by_qid, None, {**base, "streamed": True})
+    except Exception as exc:  # noqa: BLE001  (the volumes not handed back are asked alone below)
+        failure = f"adapter raised {type(exc).__name__}: {exc}"
+        log.warning("%s: the stream of %d volumes broke after %d: %s; answering the rest one by one",
+                    adapter.name, len(ready), len(handed), failure)
+        for i, (item, mi, base) in enumerate(ready):
+            if i not in handed:
+                yield item.volume, answer_volume(adapter, run_id, mi, item.questions, batch_size,
+                                                 {**base, "retried_alone_after": failure})
+
+
 def _answer_here(adapter: ModelAdapter, run_id: str, items: list[WorkItem], batch_size: int):
-    """In this process, in dataset order. One volume per call: the next volume's input is read while
-    the model answers this one. An adapter with `answer_many` gets `volumes_per_call` volumes at once
-    and reads their inputs itself (all of a group's slices at once would not fit in memory)."""
+    """In this process. One volume per call, in dataset order: the next volume's input is read while
+    the model answers this one. An adapter with `answer_stream` gets every volume in one stream
+    (`answer_streamed`); one with only `answer_many` gets `volumes_per_call` volumes at once. Both
+    read their inputs themselves, a few ahead (all of a run's slices at once would not fit in memory)."""
+    if callable(getattr(adapter, "answer_stream", None)):
+        yield from answer_streamed(adapter, run_id, items, batch_size)
+        return
     per_call = volumes_per_call(adapter)
     if per_call > 1:
         for start in range(0, len(items), per_call):

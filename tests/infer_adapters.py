@@ -76,3 +76,24 @@ class EchoManyModel(EchoModel):
         if self.settings.options.get("fail_many") in volumes:
             raise RuntimeError("this group breaks the model")
         return [self.answer(mi, qs) for mi, qs in items]
+
+
+class EchoStreamModel(EchoModel):
+    """EchoModel that answers a whole run as one stream (`answer_stream`), like the native models'
+    engine, handing volumes back as they "finish": last first. Option `break_after` makes the
+    stream raise after that many volumes; `stop_after` raises KeyboardInterrupt there (a user's
+    Ctrl-C). ECHO_TEST_CALLS appends one line per stream: the volumes it was given."""
+    name = "echo-stream-test"
+
+    def answer_stream(self, items):
+        items = list(items)
+        if os.environ.get("ECHO_TEST_CALLS"):
+            with open(os.environ["ECHO_TEST_CALLS"], "a") as f:
+                f.write(",".join(mi.volume for mi, _ in items) + "\n")
+        for n, i in enumerate(reversed(range(len(items)))):
+            if n == self.settings.options.get("break_after"):
+                raise RuntimeError("the engine broke")
+            if n == self.settings.options.get("stop_after"):
+                raise KeyboardInterrupt
+            mi, qs = items[i]
+            yield i, self.answer(mi, qs)

@@ -437,3 +437,34 @@ def test_multi_volume_adapter_gets_groups_and_a_failing_group_is_retried_volume_
     assert all(status == "ok" and "retried_alone_after" in prov for _, status, _, prov in preds.values())
     assert {p[0] for q, p in preds.items() if volume_of(q) == order[1]} == \
         {p[0] for q, p in grouped.items() if volume_of(q) == order[1]}
+
+
+def test_a_streaming_adapter_answers_the_run_in_one_stream_and_each_volume_is_stored_as_it_comes(
+        pdb, tmp_path, monkeypatch):
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setenv("ECHO_TEST_CALLS", str(calls))
+    order = [v for (v,) in rows(pdb, "SELECT volume FROM volumes ORDER BY position")]
+    model = "tests.infer_adapters:EchoStreamModel"
+    summary = run_inference(pdb, InferRequest(model=model))
+    assert calls.read_text().splitlines() == [",".join(order)]           # one stream, not groups
+    streamed = predictions(pdb, "echo-stream-test")
+    assert set(streamed) == all_qids(pdb) and summary.ok == len(streamed)
+    assert all(status == "ok" and prov["streamed"] and prov["volume"] == volume_of(qid)
+               for qid, (_, status, _, prov) in streamed.items())
+    # the stream breaks after one volume: the others are asked alone, nothing is lost
+    run_inference(pdb, InferRequest(model=model, name="broken", options={"break_after": 1}))
+    broken = predictions(pdb, "broken")
+    assert set(broken) == all_qids(pdb) and all(status == "ok" for _, status, _, _ in broken.values())
+    alone = {volume_of(q) for q, (_, _, _, prov) in broken.items() if "retried_alone_after" in prov}
+    assert alone == set(order[:2]) and {p[0] for p in broken.values()} == {p[0] for p in streamed.values()}
+    # Ctrl-C after each volume: that volume is stored, and the same command goes on with the rest
+    calls.write_text("")
+    request = InferRequest(model=model, name="stopped", options={"stop_after": 1})
+    for left in (3, 2):
+        with pytest.raises(KeyboardInterrupt):
+            run_inference(pdb, request)
+        assert calls.read_text().splitlines()[-1] == ",".join(order[:left])
+        assert {volume_of(q) for q in predictions(pdb, "stopped")} == set(order[left - 1:])
+    run_inference(pdb, request)                      # one volume left: it comes back before any stop
+    assert calls.read_text().splitlines()[-1] == order[0]
+    assert set(predictions(pdb, "stopped")) == all_qids(pdb)

@@ -217,3 +217,29 @@ def test_only_the_question_tails_are_tokenized_and_the_ids_equal_whole_prompts(n
     seen.clear()
     assert prefix_batch.question_ids(Recording(), texts, replacements, special, [0]) == whole
     assert len(seen) == 2 * len(texts)                           # the split did not check out: whole prompts
+
+
+def test_answer_stream_hands_volumes_back_as_they_finish_and_reads_its_items_lazily(adapters, phantom):
+    """`answer_stream` (what `ctsvqa infer` runs for the native models): 2 slots, six volumes read
+    from a generator; a volume comes back when its rows are done (a long one after shorter ones
+    loaded later), before the generator is exhausted, with the answers `answer_many` gives."""
+    adapter = adapters["medgemma"]
+    mis = volumes(phantom, adapter.recipe)
+    qs = questions(phantom)[:2]
+    items = [(mis[i % 3], qs) for i in range(6)]
+    caps = [[2, 2], [9, 9], [2, 2], [3, 3], [2, 2], [2, 2]]
+    consumed: list[int] = []
+
+    def lazily():
+        for n, item in enumerate(items):
+            consumed.append(n)
+            yield item
+
+    streamed, read_at_first = {}, None
+    for i, answers in adapter.answer_stream(lazily(), max_new=caps):
+        read_at_first = len(consumed) if read_at_first is None else read_at_first
+        streamed[i] = [(a.text, a.meta["new_tokens"]) for a in answers]
+    assert read_at_first < len(items)
+    assert list(streamed).index(2) < list(streamed).index(1)          # 2 tokens a row finish before 9
+    together = adapter.answer_many(items, max_new=caps)
+    assert streamed == {i: [(a.text, a.meta["new_tokens"]) for a in per] for i, per in enumerate(together)}

@@ -26,7 +26,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -471,48 +471,65 @@ class SliceChatAdapter(VariantAdapter):
             current = self._engine = SharedPrefixEngine(self.model, FAMILIES[self.family], settings)
         return current
 
-    def jobs(self, items: Sequence[tuple[ModelInput, Sequence[Question]]],
+    def jobs(self, items: Iterable[tuple[ModelInput, Sequence[Question]]],
              max_new: Sequence[Sequence[int]] | None = None, workers: int | None = None) -> Iterator[Job]:
         """Each item's Job, encoded (images -> processor -> ids) in worker threads a few volumes ahead
-        of the engine; an item that cannot be encoded becomes a Job with its error."""
+        of the engine; an item that cannot be encoded becomes a Job with its error. `items` is read
+        lazily, as the engine asks for more."""
         settings = self.greedy_settings()
         workers = workers or int(self._option("encode_workers", 4 if self.device.startswith("cuda") else 2))
         ahead = max(workers, 2)
+        source = enumerate(items)
 
-        def one(i: int) -> Job:
-            mi, qs = items[i]
+        def one(i: int, mi: ModelInput, qs: Sequence[Question]) -> Job:
             limits = list(max_new[i]) if max_new is not None else [settings.max_new_tokens] * len(qs)
             try:
                 return Job(i, self.prepare_job(mi, qs), limits)
             except Exception as exc:  # noqa: BLE001  (one unreadable volume fails only its own questions)
-                return Job(i, None, limits, error=f"cannot encode {mi.path}: {type(exc).__name__}: {exc}")
+                return Job(i, None, limits, error=f"cannot encode {getattr(mi, 'path', mi)}: "
+                                                  f"{type(exc).__name__}: {exc}")
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="encode") as pool:
+            futures: deque = deque()
+
+            def submit(up_to: int) -> None:
+                while len(futures) < up_to:
+                    nxt = next(source, None)
+                    if nxt is None:
+                        return
+                    i, (mi, qs) = nxt
+                    futures.append(pool.submit(one, i, mi, qs))
+
             # The first two volumes start alone: with all workers at once they share the CPU (and the
             # GIL) and the GPU waits for the slowest start; the rest fill in once the first is done.
-            futures = deque(pool.submit(one, i) for i in range(min(2, len(items))))
-            nxt = len(futures)
+            submit(2)
             while futures:
                 job = futures.popleft().result()
-                while nxt < len(items) and len(futures) < ahead:
-                    futures.append(pool.submit(one, nxt))
-                    nxt += 1
+                submit(ahead)
                 yield job
 
-    def answer_many(self, items: Sequence[tuple[ModelInput, Sequence[Question]]],
-                    max_new: Sequence[Sequence[int]] | None = None, timing: Timing | None = None) -> list[list[Answer]]:
-        """Answers for several volumes' questions, decoded together (the runner calls this when
-        present). `max_new` (per item, per question) overrides the token cap (benchmarks)."""
+    def answer_stream(self, items: Iterable[tuple[ModelInput, Sequence[Question]]],
+                      max_new: Sequence[Sequence[int]] | None = None, timing: Timing | None = None,
+                      decoded: dict | None = None) -> Iterator[tuple[int, list[Answer]]]:
+        """Answers volume by volume as the engine finishes them, in that order: (the volume's index
+        in `items`, its answers). `items` may be lazy; volumes are prepared a few ahead of the GPU
+        and the engine's slots refill from them as others finish, so a whole run is one long batch
+        while each volume can be stored as soon as it is done (the runner does). `decoded`, when
+        given, receives each volume's token ids (benchmarks)."""
         if self.model is None:
             raise AdapterError(f"{self.name}: load() first")
         t0 = time.perf_counter()
         timing = timing if timing is not None else Timing()
         greedy = self.greedy_settings()
-        out: list[list[Answer] | None] = [None] * len(items)
+        questions: dict[int, Sequence[Question]] = {}
         errors: dict[int, str] = {}
         suffix_lens: dict[int, list[int]] = {}
         prefix_lens: dict[int, int] = {}
-        n_questions = sum(len(qs) for _, qs in items)
+
+        def recorded() -> Iterator[tuple[ModelInput, Sequence[Question]]]:
+            for i, (mi, qs) in enumerate(items):
+                questions[i] = qs
+                yield mi, qs
 
         def checked(jobs: Iterator[Job]) -> Iterator[Job]:
             for job in jobs:
@@ -523,29 +540,41 @@ class SliceChatAdapter(VariantAdapter):
                     prefix_lens[job.key] = job.encoded.prefix_len
                 yield job
 
-        stream = checked(self.jobs(items, max_new))
-        t = time.perf_counter()
-        first = next(stream, None)
-        timing.wait += time.perf_counter() - t
-        if first is None:
-            return []
-
-        def all_jobs() -> Iterator[Job]:
-            yield first
-            yield from stream
-
-        done = self.engine().run(all_jobs(), greedy, timing)
-        self.last_decoded = done                    # token ids, for benchmarks that compare paths
-        seconds = time.perf_counter() - t0
         tok = self.processor.tokenizer
-        for i, (_, qs) in enumerate(items):
-            if i in errors or done[i] is None:
+        answered = 0
+        for i, _job, done in self.engine().stream(checked(self.jobs(recorded(), max_new)), greedy, timing):
+            qs = questions.pop(i)
+            if decoded is not None:
+                decoded[i] = done
+            if i in errors or done is None:
                 reason = errors.get(i, "the engine returned no answer for this volume")
-                out[i] = [Answer(q.qid, None, status="error", reason=reason) for q in qs]
+                yield i, [Answer(q.qid, None, status="error", reason=reason) for q in qs]
                 continue
-            out[i] = [Answer(q.qid, tok.decode(d.tokens, skip_special_tokens=True).strip(), meta={
+            answered += len(qs)
+            seconds = time.perf_counter() - t0
+            n_prefix, n_suffixes = prefix_lens.pop(i), suffix_lens.pop(i)
+            yield i, [Answer(q.qid, tok.decode(d.tokens, skip_special_tokens=True).strip(), meta={
                 "new_tokens": len(d.tokens), "stopped": d.stopped, "suffix_tokens": n_suffix,
-                "seconds": round(seconds / max(n_questions, 1), 4), "call_seconds": round(seconds, 4),
-                "batch": n_questions, "volumes": len(items), "prefix_tokens": prefix_lens[i], **timing.as_dict()})
-                for q, d, n_suffix in zip(qs, done[i], suffix_lens[i])]
+                "prefix_tokens": n_prefix, "seconds": round(seconds / max(answered, 1), 4),
+                **timing.as_dict()}) for q, d, n_suffix in zip(qs, done, n_suffixes)]
+
+    def answer_many(self, items: Sequence[tuple[ModelInput, Sequence[Question]]],
+                    max_new: Sequence[Sequence[int]] | None = None, timing: Timing | None = None) -> list[list[Answer]]:
+        """Answers for several volumes' questions, decoded together, in the order of `items`.
+        `max_new` (per item, per question) overrides the token cap (benchmarks)."""
+        items = list(items)
+        t0 = time.perf_counter()
+        timing = timing if timing is not None else Timing()
+        decoded: dict[int, Any] = {}
+        out: list[list[Answer] | None] = [None] * len(items)
+        for i, answers in self.answer_stream(items, max_new, timing, decoded):
+            out[i] = answers
+        self.last_decoded = [decoded.get(i) for i in range(len(items))]   # token ids, for benchmarks
+        seconds = time.perf_counter() - t0
+        n_questions = sum(len(qs) for _, qs in items)
+        for answers in out:
+            for a in answers or []:
+                if a.meta:
+                    a.meta.update({"seconds": round(seconds / max(n_questions, 1), 4), "call_seconds": round(seconds, 4),
+                                   "batch": n_questions, "volumes": len(items), **timing.as_dict()})
         return out

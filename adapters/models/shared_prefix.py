@@ -397,10 +397,24 @@ class SharedPrefixEngine:
             self.graph = None
             self.graph_failed = f"{type(exc).__name__}: {exc}"
 
-    @torch.inference_mode()
     def run(self, jobs: Iterable[Job], greedy: GreedySettings, timing: Timing | None = None,
             on_done: Callable[[int, Job, list[Decoded]], None] | None = None) -> list[list[Decoded] | None]:
         """Answer every job; returns per job its Decoded list (None for a job with an error)."""
+        results: list[list[Decoded] | None] = []
+        for i, job, decoded in self.stream(jobs, greedy, timing):
+            results.extend([None] * (i + 1 - len(results)))
+            results[i] = decoded
+            if on_done and decoded is not None:
+                on_done(i, job, decoded)
+        return results
+
+    @torch.inference_mode()
+    def stream(self, jobs: Iterable[Job], greedy: GreedySettings,
+               timing: Timing | None = None) -> Iterator[tuple[int, Job, list[Decoded] | None]]:
+        """Answer every job, handing each back as it finishes: (its index in `jobs`, the job, its
+        Decoded list, or None for a job with an error). Slots keep filling from `jobs` meanwhile, so
+        a long stream runs at the rate of one long batch while every volume is returned (and can be
+        stored) as soon as it is done."""
         timing = timing if timing is not None else Timing()
         R = self.settings.rows
         kv = self.kv
@@ -420,6 +434,7 @@ class SharedPrefixEngine:
         count = torch.zeros(B, dtype=torch.long, device=self.device)     # tokens generated per row
         slot_job: list[int | None] = [None] * self.settings.slots
         results: list[list[Decoded] | None] = []
+        completed: list[tuple[int, Job, list[Decoded] | None]] = []        # finished, not handed back yet
         job_list: list[Job] = []
         left: dict[int, int] = {}                                        # job -> rows not yet finished
         queue: deque = deque()                                           # (job index, question indices)
@@ -443,8 +458,9 @@ class SharedPrefixEngine:
                     queue.append((i, qs[c:c + R]))
             elif job.error is None:
                 results[i] = []
-                if on_done:
-                    on_done(i, job, [])
+                completed.append((i, job, []))
+            else:
+                completed.append((i, job, None))
             return True
 
         def select(logits: torch.Tensor, active: torch.Tensor, sl: slice = slice(None)) -> torch.Tensor:
@@ -483,8 +499,8 @@ class SharedPrefixEngine:
                     if done is None:
                         done = results[row.job] = [None] * len(job_list[row.job].encoded.suffixes)
                     done[row.question] = Decoded(row.tokens, row.stopped)
-                    if left[row.job] == 0 and on_done:
-                        on_done(row.job, job_list[row.job], done)
+                    if left[row.job] == 0:
+                        completed.append((row.job, job_list[row.job], done))
             for s in range(self.settings.slots):
                 if slot_job[s] is not None and all(rows[b] is None for b in range(s * R, (s + 1) * R)):
                     slot_job[s] = None
@@ -575,6 +591,13 @@ class SharedPrefixEngine:
             sync()
             timing.suffix += time.perf_counter() - t
 
+        def handed_back() -> Iterator[tuple[int, Job, list[Decoded] | None]]:
+            while completed:
+                done = completed.pop(0)
+                job_list[done[0]] = results[done[0]] = None     # a run may be thousands of volumes long
+                left.pop(done[0], None)
+                yield done
+
         exhausted = False
         while True:
             # fill free slots
@@ -603,6 +626,7 @@ class SharedPrefixEngine:
                 prefill(fresh)
                 fresh.clear()
                 finish_rows()
+            yield from handed_back()
             active_rows = [b for b, row in enumerate(rows) if row is not None]
             if not active_rows:
                 if queue or not exhausted:
@@ -621,4 +645,5 @@ class SharedPrefixEngine:
             timing.decode += time.perf_counter() - t
             timing.steps += 1
             finish_rows()
-        return results
+            yield from handed_back()
+        yield from handed_back()
