@@ -528,7 +528,7 @@ def main() -> None:
     ap.add_argument("--compile-vision", type=lambda s: s.lower() in ("1", "true", "yes"), default=None)
     ap.add_argument("--b-variant", action="append", default=[],
                     help="also run (b) with these adapter options (k=v,k=v), on the same (a); repeatable")
-    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--out", default=os.environ.get("OUT", "out"))
     args = ap.parse_args()
     dev = torch.device(args.device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32

@@ -172,7 +172,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip", default="",
                     help="comma-separated sections to skip: vision,prefix,producer,llm-compile,fp8")
-    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--out", default=os.environ.get("OUT", "out"))
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     dev = torch.device(args.device)

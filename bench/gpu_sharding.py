@@ -121,7 +121,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=48)
     ap.add_argument("--encode-workers", type=int, default=6)
     ap.add_argument("--logical-gpus", action="store_true", help="declare 2 logical GPUs (a machine without any)")
-    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--out", default=os.environ.get("OUT", "out"))
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
