@@ -546,6 +546,13 @@ def answer_streamed(adapter: ModelAdapter, run_id: str, items: list[WorkItem], b
             if i not in handed:
                 yield item.volume, answer_volume(adapter, run_id, mi, item.questions, batch_size,
                                                  {**base, "retried_alone_after": failure})
+                if isinstance(mi, ModelInput):
+                    mi.release()
+        return
+    for i, (item, _, base) in enumerate(ready):         # never silently: a volume the stream skipped
+        if i not in handed:
+            yield item.volume, _rows(run_id, item.questions, {}, "the adapter's stream ended without this volume",
+                                     base)
 
 
 def _answer_here(adapter: ModelAdapter, run_id: str, items: list[WorkItem], batch_size: int):

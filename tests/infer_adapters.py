@@ -82,7 +82,7 @@ class EchoStreamModel(EchoModel):
     """EchoModel that answers a whole run as one stream (`answer_stream`), like the native models'
     engine, handing volumes back as they "finish": last first. Option `break_after` makes the
     stream raise after that many volumes; `stop_after` raises KeyboardInterrupt there (a user's
-    Ctrl-C). ECHO_TEST_CALLS appends one line per stream: the volumes it was given."""
+    Ctrl-C); `end_after` ends the stream there without the rest. ECHO_TEST_CALLS appends one line per stream: the volumes it was given."""
     name = "echo-stream-test"
 
     def answer_stream(self, items):
@@ -95,5 +95,7 @@ class EchoStreamModel(EchoModel):
                 raise RuntimeError("the engine broke")
             if n == self.settings.options.get("stop_after"):
                 raise KeyboardInterrupt
+            if n == self.settings.options.get("end_after"):
+                return
             mi, qs = items[i]
             yield i, self.answer(mi, qs)

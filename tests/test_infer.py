@@ -457,6 +457,12 @@ def test_a_streaming_adapter_answers_the_run_in_one_stream_and_each_volume_is_st
     assert set(broken) == all_qids(pdb) and all(status == "ok" for _, status, _, _ in broken.values())
     alone = {volume_of(q) for q, (_, _, _, prov) in broken.items() if "retried_alone_after" in prov}
     assert alone == set(order[:2]) and {p[0] for p in broken.values()} == {p[0] for p in streamed.values()}
+    # a stream that ends early: the volumes it left out are stored as errors that say so
+    run_inference(pdb, InferRequest(model=model, name="short", options={"end_after": 2}))
+    short = predictions(pdb, "short")
+    assert set(short) == all_qids(pdb)
+    assert {volume_of(q) for q, (_, status, reason, _) in short.items()
+            if status == "error" and "ended without this volume" in reason} == {order[0]}
     # Ctrl-C after each volume: that volume is stored, and the same command goes on with the rest
     calls.write_text("")
     request = InferRequest(model=model, name="stopped", options={"stop_after": 1})
