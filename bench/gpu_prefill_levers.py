@@ -42,22 +42,21 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from adapters.models.base import AdapterSettings, Question  # noqa: E402
+from bench.common import median_s  # noqa: E402
 from bench.gpu_inference import QUESTIONS, build, log, sync, synthetic_inputs  # noqa: E402
 
 RESULTS: dict = {"vision": [], "prefix": [], "h2d": {}, "profile": {}}
 
 
 def timed(fn, dev, repeats: int) -> tuple[float, object]:
-    out = fn()                                  # warm-up (compiles)
-    sync(dev)
-    times = []
-    for _ in range(repeats):
-        sync(dev)
-        t = time.perf_counter()
+    """Median seconds of `repeats` calls after a warm-up (compiles), each ended by a device sync."""
+    def synced():
         out = fn()
         sync(dev)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
+        return out
+
+    synced()
+    return median_s(synced, repeats)
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

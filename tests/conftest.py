@@ -74,6 +74,14 @@ def prefect_server():
         yield
 
 
+def rows(db: Path, sql: str, params=None) -> list[tuple]:
+    """A query's rows, read the way analysts read the warehouse (`warehouse.reader`)."""
+    import warehouse
+
+    with warehouse.reader(db) as con:
+        return con.execute(sql, params or []).fetchall()
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     """Environment for `python -m flows.cli` subprocesses run from the repository root."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}

@@ -24,7 +24,7 @@ from adapters.models.baselines import Blind, RandomAnswer
 from tasks import inference
 from tasks.inference import InferenceError, InferRequest, derangement, run_inference
 from tasks.upstream_import import import_upstream
-from tests.conftest import REPO
+from tests.conftest import REPO, rows
 
 N_VOLUMES = 3
 ECHO = "echo-test"
@@ -66,11 +66,6 @@ def plugin_dir(tmp_path_factory) -> Path:
 def plugin(plugin_dir, monkeypatch) -> Path:
     monkeypatch.syspath_prepend(str(plugin_dir))
     return plugin_dir
-
-
-def rows(db, sql: str, params=None) -> list[tuple]:
-    with warehouse.reader(db) as con:
-        return con.execute(sql, params or []).fetchall()
 
 
 def predictions(db, name: str) -> dict[str, tuple]:

@@ -17,13 +17,12 @@ from pathlib import Path
 
 import pytest
 
-import warehouse
 from adapters.datasets.phantom import generate
 from adapters.models import environments, registry
 from adapters.models.base import AdapterError
 from tasks.inference import InferRequest, run_inference
 from tasks.upstream_import import import_upstream
-from tests.conftest import REPO, cli_env, process_gone
+from tests.conftest import REPO, cli_env, process_gone, rows
 from tests.worker_env import make_family_env, merlin_python  # noqa: F401  (merlin_python: a fixture)
 
 MODEL = "tests.worker_adapters:WorkerEcho"
@@ -67,11 +66,6 @@ def pdb(template_db, tmp_path) -> Path:
     db = tmp_path / "wh.duckdb"
     shutil.copy(template_db, db)
     return db
-
-
-def rows(db, sql: str, params=None) -> list[tuple]:
-    with warehouse.reader(db) as con:
-        return con.execute(sql, params or []).fetchall()
 
 
 def volumes(db) -> list[str]:

@@ -33,7 +33,7 @@ import dataclasses
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -397,15 +397,12 @@ class SharedPrefixEngine:
             self.graph = None
             self.graph_failed = f"{type(exc).__name__}: {exc}"
 
-    def run(self, jobs: Iterable[Job], greedy: GreedySettings, timing: Timing | None = None,
-            on_done: Callable[[int, Job, list[Decoded]], None] | None = None) -> list[list[Decoded] | None]:
+    def run(self, jobs: Iterable[Job], greedy: GreedySettings, timing: Timing | None = None) -> list[list[Decoded] | None]:
         """Answer every job; returns per job its Decoded list (None for a job with an error)."""
         results: list[list[Decoded] | None] = []
-        for i, job, decoded in self.stream(jobs, greedy, timing):
+        for i, _job, decoded in self.stream(jobs, greedy, timing):
             results.extend([None] * (i + 1 - len(results)))
             results[i] = decoded
-            if on_done and decoded is not None:
-                on_done(i, job, decoded)
         return results
 
     @torch.inference_mode()
