@@ -324,7 +324,7 @@ class VisionClock:
 def product_path(adapter, items, caps, dev) -> dict:
     """What `ctsvqa infer` runs for these work items: the adapter's own `answer_many`. Structured so
     a multi-GPU variant can hand each GPU's adapter its share of `items`."""
-    timing = Timing()
+    timing = Timing(events=[])
     clock = VisionClock(adapter.model, dev)
     reset_peak(dev)
     sync(dev)
@@ -339,9 +339,34 @@ def product_path(adapter, items, caps, dev) -> dict:
         raise RuntimeError(f"(b) failed: {bad[0]}")
     return {"seconds": seconds, "qa": n, "qa_s": n / seconds, "peak_gib": peak_gib(dev), "vision_s": clock.seconds,
             "prefix_s": timing.prefix, "suffix_s": timing.suffix, "decode_s": timing.decode, "steps": timing.steps,
-            "wait_s": timing.wait,
+            "wait_s": timing.wait, "timeline": timeline(timing.events, t),
             "cuda_graph": timing.graph, "graph_error": getattr(adapter.engine(), "graph_failed", None),
             "tokens": adapter.last_decoded, "new_tokens": sum(a.meta["new_tokens"] for per in answers for a in per)}
+
+
+def timeline(events: list, t0: float) -> dict:
+    """Where the engine waited for the CPU side, from `Timing.events`: per volume when it was queued,
+    prepared (a producer thread) and loaded, and which waits were long and why."""
+    per: dict = {}
+    busy = 0.0
+    for what, key, start, end in events:
+        if key is not None:
+            per.setdefault(key, {})[what] = (round(start - t0, 3), round(end - t0, 3))
+        if what in ("load", "suffix", "decode"):
+            busy += end - start
+    waits = []
+    for key, ev in sorted(per.items()):
+        if "wait" in ev and ev["wait"][1] - ev["wait"][0] > 0.02:
+            w, prep, q = ev["wait"], ev.get("prepare", (None, None)), ev.get("queued", (None, None))
+            waits.append({"volume": key, "wait_s": round(w[1] - w[0], 3), "wait_from": w[0],
+                          "queued_at": q[0], "prepare_from": prep[0], "prepare_to": prep[1],
+                          "prepare_s": None if prep[0] is None else round(prep[1] - prep[0], 3)})
+    prep = sorted(ev["prepare"][1] - ev["prepare"][0] for ev in per.values() if "prepare" in ev)
+    end = max((e[3] for e in events), default=t0) - t0
+    return {"long_waits": waits, "prepare_s_median": round(float(np.median(prep)), 3) if prep else None,
+            "prepare_s_max": round(prep[-1], 3) if prep else None,
+            "engine_busy_s": round(busy, 3), "host_other_s": round(end - busy - sum(
+                e[3] - e[2] for e in events if e[0] == "wait"), 3)}
 
 
 def encode_probe(adapter, mi, qs, dev) -> None:
@@ -399,8 +424,9 @@ def run_model(kind: str, args, dev, dtype, rows: list[dict]) -> None:
     side = (896 if kind == "medgemma" else 504) if full else 56
     log(f"[{kind}] built {sum(p.numel() for p in model.parameters()) / 1e9:.3f} B params in "
         f"{time.perf_counter() - t:.1f}s")
-    options = {"variant": "upstream-harness", "max_new_tokens": args.new_tokens, "min_new_tokens": 10 ** 4,
-               "encode_workers": args.encode_workers}
+    options = {"variant": "upstream-harness", "max_new_tokens": args.new_tokens, "min_new_tokens": 10 ** 4}
+    if args.encode_workers:
+        options["encode_workers"] = args.encode_workers
     if args.prefill_attention:
         options["prefill_attention"] = args.prefill_attention
     if args.compile_vision is not None:
@@ -488,6 +514,8 @@ def run_model(kind: str, args, dev, dtype, rows: list[dict]) -> None:
                 f"{b['seconds'] - b['prefix_s'] - b['suffix_s'] - b['decode_s'] - b['wait_s']:.2f}s; peak "
                 f"{b['peak_gib']:.1f} GiB; (b)/(a) {row['ratio']:.1f}x; tokens agree {agree['same']}/{agree['total']} "
                 f"{agree['first_differences']}")
+            log(f"[{kind} {name}] (b) timeline: {json.dumps(b['timeline'])}")
+            row["b_timeline"] = b["timeline"]
         adapter.model.set_attn_implementation("sdpa")    # (a) of the next row runs as the harness does
     adapter.close()
     del model
@@ -522,7 +550,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=48)
     ap.add_argument("--upstream-row", action="store_true", help="also a row at the upstream answer lengths")
     ap.add_argument("--upstream", default="../shared/upstream/CT-SpatialVQA")
-    ap.add_argument("--encode-workers", type=int, default=8)
+    ap.add_argument("--encode-workers", type=int, default=None, help="the adapter's producer threads (default: its own)")
     ap.add_argument("--volumes-per-batch", type=int, default=None)
     ap.add_argument("--prefill-attention", default=None, help="override the adapter's default (flex on CUDA)")
     ap.add_argument("--compile-vision", type=lambda s: s.lower() in ("1", "true", "yes"), default=None)

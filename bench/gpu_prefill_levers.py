@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from adapters.models.base import AdapterSettings, Question  # noqa: E402
 from bench.common import median_s  # noqa: E402
+from adapters.models.vision_fusion import fuse_gelu  # noqa: E402
 from bench.gpu_inference import QUESTIONS, build, log, sync, synthetic_inputs  # noqa: E402
 
 RESULTS: dict = {"vision": [], "prefix": [], "h2d": {}, "profile": {}}
@@ -170,7 +171,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip", default="",
-                    help="comma-separated sections to skip: vision,prefix,producer,llm-compile,fp8")
+                    help="comma-separated sections to skip: vision (all of it), vision-variants (the SDPA "
+                         "backends, eager and compiled), fusion, prefix, producer, llm-compile, fp8")
     ap.add_argument("--out", default=os.environ.get("OUT", "out"))
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -236,7 +238,7 @@ def main() -> None:
     ref = None
     if "vision" not in skip:
         rows = []
-        for name, be in backends.items():
+        for name, be in ({} if "vision-variants" in skip else backends).items():
             try:
                 s, o = timed(run_vt(vt, be), dev, args.repeats)
                 if ref is None:
@@ -245,7 +247,7 @@ def main() -> None:
             except Exception as exc:  # noqa: BLE001
                 rows.append({"variant": f"eager, sdpa {name}", "error": f"{type(exc).__name__}: {exc}"[:300]})
             log(rows[-1])
-        for name, be in backends.items():
+        for name, be in ({} if "vision-variants" in skip else backends).items():
             torch._dynamo.reset()
             try:
                 t = time.perf_counter()
@@ -256,7 +258,7 @@ def main() -> None:
             except Exception as exc:  # noqa: BLE001
                 rows.append({"variant": f"compiled, sdpa {name}", "error": f"{type(exc).__name__}: {exc}"[:300]})
             log(rows[-1])
-        if cuda and "fp8" not in skip:
+        if cuda and "fp8" not in skip and "vision-variants" not in skip:
             torch._dynamo.reset()
             try:
                 vt8 = copy.deepcopy(vt)
@@ -271,9 +273,37 @@ def main() -> None:
             log(rows[-1])
         torch._dynamo.reset()
         compiled = torch.compile(vt)
-        run_vt(compiled)()
+        s, o = timed(run_vt(compiled), dev, args.repeats)
+        base = o.float()
+        rows.append({"variant": "compiled", "s": s, "rel_err": rel(o, ref) if ref is not None else 0.0})
+        log(rows[-1])
         RESULTS["profile"]["vision_compiled"] = profile(run_vt(compiled), dev)
         log("vision profile", json.dumps(RESULTS["profile"]["vision_compiled"], indent=1))
+        save()
+        if "fusion" not in skip:
+            if cuda:        # which GELU cuBLASLt's epilogue computes (the fused op relies on tanh)
+                a, w, b = (torch.randn(256, 512, device=dev), torch.randn(384, 512, device=dev), torch.randn(384, device=dev))
+                fused = torch._addmm_activation(b, a, w.t(), use_gelu=True)
+                lin = torch.nn.functional.linear(a, w, b)
+                RESULTS["gelu_epilogue"] = {
+                    "vs_tanh": (fused - torch.nn.functional.gelu(lin, approximate="tanh")).abs().max().item(),
+                    "vs_erf": (fused - torch.nn.functional.gelu(lin)).abs().max().item()}
+                log("cuBLASLt GELU epilogue, max abs difference:", RESULTS["gelu_epilogue"])
+            for label in ("+ fused GELU (the product)",):
+                torch._dynamo.reset()
+                try:
+                    vtx = copy.deepcopy(vt)
+                    n = fuse_gelu(vtx)
+                    compiled_x = torch.compile(vtx)
+                    s, o = timed(run_vt(compiled_x), dev, args.repeats)
+                    prof = profile(run_vt(compiled_x), dev)
+                    rows.append({"variant": f"compiled {label} ({n} MLPs)", "s": s, "rel_err": rel(o, base),
+                                 "classes": prof["classes"], "copies_by_op": prof["copies_by_op"]})
+                    del vtx, compiled_x
+                except Exception as exc:  # noqa: BLE001
+                    rows.append({"variant": f"compiled {label}", "error": f"{type(exc).__name__}: {exc}"[:300]})
+                log(rows[-1])
+                save()
         RESULTS["vision"] = rows
         save()
 
@@ -361,7 +391,7 @@ def main() -> None:
     print("| part | variant | s | rel. error | x product |")
     print("|---|---|---|---|---|")
     vis = {r["variant"]: r for r in RESULTS["vision"]}
-    base_v = vis.get("compiled, sdpa auto", {}).get("s")
+    base_v = vis.get("compiled", {}).get("s")
     for r in RESULTS["vision"]:
         print(f"| vision | {r['variant']} | {r.get('s', float('nan')):.3f} | {r.get('rel_err', float('nan')):.1e} | "
               f"{(base_v or float('nan')) / r.get('s', float('nan')):.2f} |" if "s" in r else

@@ -80,7 +80,7 @@ def run(replicas: list[str] | int, args, files: list[Path], out: Path, init_kwar
     ready_log.unlink(missing_ok=True)
     options = {"variant": "upstream-harness", "max_new_tokens": args.new_tokens, "min_new_tokens": 10 ** 4,
                "size": args.size, "ready_log": str(ready_log), "warm_input": str(files[0]),
-               "volumes_per_call": args.volumes_per_call, "encode_workers": args.encode_workers}
+               "volumes_per_call": args.volumes_per_call, **({"encode_workers": args.encode_workers} if args.encode_workers else {})}
     request = InferRequest(model="bench.gpu_sharding:RandomMedGemma", device=args.device,
                            dtype="bfloat16" if args.device.startswith("cuda") else "float32", options=options)
     adapter = RandomMedGemma(request.settings())
@@ -119,7 +119,7 @@ def main() -> None:
     ap.add_argument("--volumes-per-call", type=int, default=16)
     ap.add_argument("--questions", type=int, default=6)
     ap.add_argument("--new-tokens", type=int, default=48)
-    ap.add_argument("--encode-workers", type=int, default=6)
+    ap.add_argument("--encode-workers", type=int, default=None, help="producer threads per replica (default: the adapter's)")
     ap.add_argument("--logical-gpus", action="store_true", help="declare 2 logical GPUs (a machine without any)")
     ap.add_argument("--out", default=os.environ.get("OUT", "out"))
     args = ap.parse_args()

@@ -243,3 +243,42 @@ def test_answer_stream_hands_volumes_back_as_they_finish_and_reads_its_items_laz
     assert list(streamed).index(2) < list(streamed).index(1)          # 2 tokens a row finish before 9
     together = adapter.answer_many(items, max_new=caps)
     assert streamed == {i: [(a.text, a.meta["new_tokens"]) for a in per] for i, per in enumerate(together)}
+
+
+def test_fused_vision_gelu_answers_the_same_and_can_be_undone(adapters, phantom):
+    """fuse_vision_gelu (MedGemma's default on CUDA): the vision MLPs run their first linear and
+    tanh GELU as one op; the answers equal per-question generate, and turning it off restores the
+    model's own MLPs."""
+    from adapters.models.vision_fusion import fused
+
+    adapter = adapters["medgemma"]
+    tower = adapter.model.model.vision_tower
+    layers = adapter.model.config.vision_config.num_hidden_layers
+    mi = volumes(phantom, adapter.recipe)[1]
+    qs = questions(phantom)[:3]
+    assert fused(tower) == 0
+    adapter.settings.options["fuse_vision_gelu"] = True
+    try:
+        adapter.prepare_model()
+        assert adapter.generation()["fuse_vision_gelu"] is True
+        assert fused(tower) == layers
+        decoded = adapter.engine().run(adapter.jobs([(mi, qs)], [[7, 7, 7]]), adapter.greedy_settings())[0]
+        base = adapter.greedy_settings()
+        images = adapter.images(mi)
+        for q, d in zip(qs, decoded):
+            assert d.tokens == reference(adapter, images, q, dataclasses.replace(base, max_new_tokens=7))[1], q.qid
+    finally:
+        adapter.settings.options.pop("fuse_vision_gelu")
+        adapter.prepare_model()
+    assert fused(tower) == 0 and adapter.generation()["fuse_vision_gelu"] is False
+
+
+def test_fused_vision_gelu_is_refused_for_a_tower_without_such_an_mlp(adapters):
+    adapter = adapters["lingshu"]                # Qwen2.5-VL's vision MLP is gated SiLU
+    adapter.settings.options["fuse_vision_gelu"] = True
+    try:
+        with pytest.raises(Exception, match="fuse_vision_gelu: the vision tower has no fc1 -> tanh GELU -> fc2"):
+            adapter.prepare_model()
+    finally:
+        adapter.settings.options.pop("fuse_vision_gelu")
+        adapter.prepare_model()

@@ -37,6 +37,7 @@ from adapters.models.prompts import SlicePrompt
 from adapters.models.shared_prefix import (  # noqa: F401  (Decoded, GreedySettings: part of this module's API)
     Decoded, EngineSettings, GreedySettings, Job, SharedPrefixEngine, Timing, compile_prefill,
 )
+from adapters.models.vision_fusion import fuse_gelu, fused, unfuse
 
 # Processor outputs with one entry per token (sliced to the prefix); everything else (pixels,
 # grids) belongs to the images and goes to the prefix forward whole.
@@ -197,6 +198,7 @@ class SliceChatAdapter(VariantAdapter):
     cuda_prefill_attention: str | None = None     # the text model's prefill attention on CUDA (None: as loaded)
     cuda_compile_vision: bool = False             # torch.compile the vision tower on CUDA (measured to pay)
     cuda_compile_prefill: bool = False            # torch.compile the text layers for the prefix prefill on CUDA
+    cuda_fuse_vision_gelu: bool = False           # the vision MLPs' GELU in their first GEMM on CUDA (vision_fusion)
     cuda_image_device: str = "cpu"                # where the image processor normalizes on CUDA (torchvision)
     model_class: str                              # transformers class name
     hub_id: str
@@ -240,6 +242,7 @@ class SliceChatAdapter(VariantAdapter):
             "prefill_attention": self.prefill_attention(),
             "compile_vision": bool(o("compile_vision", self.cuda_compile_vision and self.device.startswith("cuda"))),
             "compile_prefill": bool(o("compile_prefill", self.cuda_compile_prefill and self.device.startswith("cuda"))),
+            "fuse_vision_gelu": bool(o("fuse_vision_gelu", self.cuda_fuse_vision_gelu and self.device.startswith("cuda"))),
             "dtype": self.dtype_name,
             "batching": {"engine": "shared-prefix-kv-v2", **self.engine_settings().__dict__},
         }
@@ -351,9 +354,17 @@ class SliceChatAdapter(VariantAdapter):
                 raise AdapterError(f"{self.name}: cannot use {text!r} for the prefill ({type(exc).__name__}: {exc}); "
                                    f"pass --option prefill_attention=sdpa") from exc
         inner = self.model.model
+        name = "vision_tower" if hasattr(inner, "vision_tower") else "visual"
+        tower = getattr(inner, name)
+        before = fused(tower)
+        unfuse(tower)                   # a second call with other settings starts from the model's own MLPs
+        if gen["fuse_vision_gelu"] and not fuse_gelu(tower):
+            raise AdapterError(f"{self.name}: fuse_vision_gelu: the vision tower has no fc1 -> tanh GELU -> fc2 MLP; "
+                               f"pass --option fuse_vision_gelu=false")
+        if fused(tower) != before and getattr(inner, "_ctsvqa_compiled", False):
+            torch._dynamo.reset()       # the compiled tower must not keep the other MLP (recompiles on next use)
         if gen["compile_vision"] and not getattr(inner, "_ctsvqa_compiled", False):
-            name = "vision_tower" if hasattr(inner, "vision_tower") else "visual"
-            setattr(inner, name, torch.compile(getattr(inner, name)))
+            setattr(inner, name, torch.compile(tower))
             inner._ctsvqa_compiled = True
         compile_prefill(inner.language_model, gen["compile_prefill"])
 
@@ -472,22 +483,32 @@ class SliceChatAdapter(VariantAdapter):
         return current
 
     def jobs(self, items: Iterable[tuple[ModelInput, Sequence[Question]]],
-             max_new: Sequence[Sequence[int]] | None = None, workers: int | None = None) -> Iterator[Job]:
+             max_new: Sequence[Sequence[int]] | None = None, workers: int | None = None,
+             timing: Timing | None = None) -> Iterator[Job]:
         """Each item's Job, encoded (images -> processor -> ids) in worker threads a few volumes ahead
         of the engine; an item that cannot be encoded becomes a Job with its error. `items` is read
         lazily, as the engine asks for more."""
         settings = self.greedy_settings()
-        workers = workers or int(self._option("encode_workers", 4 if self.device.startswith("cuda") else 2))
+        # Two threads keep one GPU fed (a MedGemma volume: ~0.2 s to prepare, ~1.5 s on one H200). More
+        # slow the volume the GPU waits for: with 8, one took 5.3 s to prepare while seven others ran
+        # (the engine waited 2.4 s per 24 volumes, against 0.4 s with 2; bench/gpu_inference.py).
+        workers = workers or int(self._option("encode_workers", 2))
         ahead = max(workers, 2)
         source = enumerate(items)
 
-        def one(i: int, mi: ModelInput, qs: Sequence[Question]) -> Job:
+        def one(i: int, mi: ModelInput, qs: Sequence[Question], queued: float) -> Job:
             limits = list(max_new[i]) if max_new is not None else [settings.max_new_tokens] * len(qs)
+            t = time.perf_counter()
+            if timing is not None:
+                timing.event("queued", i, queued, t)
             try:
                 return Job(i, self.prepare_job(mi, qs), limits)
             except Exception as exc:  # noqa: BLE001  (one unreadable volume fails only its own questions)
                 return Job(i, None, limits, error=f"cannot encode {getattr(mi, 'path', mi)}: "
                                                   f"{type(exc).__name__}: {exc}")
+            finally:
+                if timing is not None:
+                    timing.event("prepare", i, t)
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="encode") as pool:
             futures: deque = deque()
@@ -498,11 +519,11 @@ class SliceChatAdapter(VariantAdapter):
                     if nxt is None:
                         return
                     i, (mi, qs) = nxt
-                    futures.append(pool.submit(one, i, mi, qs))
+                    futures.append(pool.submit(one, i, mi, qs, time.perf_counter()))
 
-            # The first two volumes start alone: with all workers at once they share the CPU (and the
-            # GIL) and the GPU waits for the slowest start; the rest fill in once the first is done.
-            submit(2)
+            # The first volume starts alone: the GPU waits for it, and with others beside it, it would
+            # share the CPU (and the GIL) with them; the rest fill in once it is handed over.
+            submit(1)
             while futures:
                 job = futures.popleft().result()
                 submit(ahead)
@@ -542,7 +563,7 @@ class SliceChatAdapter(VariantAdapter):
 
         tok = self.processor.tokenizer
         answered = 0
-        for i, _job, done in self.engine().stream(checked(self.jobs(recorded(), max_new)), greedy, timing):
+        for i, _job, done in self.engine().stream(checked(self.jobs(recorded(), max_new, timing=timing)), greedy, timing):
             qs = questions.pop(i)
             if decoded is not None:
                 decoded[i] = done

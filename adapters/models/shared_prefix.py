@@ -83,6 +83,13 @@ class Timing:
     wait: float = 0.0             # waiting for the next encoded volume (the CPU side fell behind)
     steps: int = 0
     graph: bool = False
+    # (what, job key, start, end) from time.perf_counter, when a benchmark asks for them (a list):
+    # "prepare" (a producer thread), "wait", "load" (vision + prefix), "suffix", "decode" (one step)
+    events: list | None = None
+
+    def event(self, what: str, key, start: float, end: float | None = None) -> None:
+        if self.events is not None:
+            self.events.append((what, key, start, time.perf_counter() if end is None else end))
 
     def as_dict(self) -> dict:
         return {"prefix_seconds": round(self.prefix, 4), "suffix_seconds": round(self.suffix, 4),
@@ -443,6 +450,7 @@ class SharedPrefixEngine:
             t = time.perf_counter()
             job = next(source, None)
             timing.wait += time.perf_counter() - t
+            timing.event("wait", None if job is None else job.key, t)
             if job is None:
                 return False
             i = len(job_list)
@@ -527,6 +535,7 @@ class SharedPrefixEngine:
                 job.encoded = enc = dataclasses.replace(enc, prefix={"input_ids": enc.prefix["input_ids"]})
                 sync()
                 timing.prefix += time.perf_counter() - t
+                timing.event("load", job.key, t)
                 job.offset = int(offset) if offset is not None else 0
                 prefix_caches.clear()
                 prefix_caches[job_i] = slot
@@ -587,6 +596,7 @@ class SharedPrefixEngine:
             self.ids[sl, 0] = torch.where(fresh_mask[sl], nxt, self.ids[sl, 0])
             sync()
             timing.suffix += time.perf_counter() - t
+            timing.event("suffix", None, t)
 
         def handed_back() -> Iterator[tuple[int, Job, list[Decoded] | None]]:
             while completed:
@@ -640,6 +650,7 @@ class SharedPrefixEngine:
             kv.t0.copy_(torch.where(active, (kv.t0 + 1).clamp(max=self.own_len - 1), kv.t0))
             accept(nxt, active_rows)
             timing.decode += time.perf_counter() - t
+            timing.event("decode", None, t)
             timing.steps += 1
             finish_rows()
             yield from handed_back()
