@@ -128,6 +128,21 @@ def test_refilled_slots_around_a_busy_one_stay_exact(adapters, phantom):
         assert d.tokens == reference(adapter, adapter.images(mi), q, settings)[1], (mi.volume, q.qid)
 
 
+CAP = 7
+
+
+def decode_capped(adapter, mi, qs):
+    """One volume's questions through the engine, each capped at CAP new tokens."""
+    return adapter.engine().run(adapter.jobs([(mi, qs)], [[CAP] * len(qs)]), adapter.greedy_settings())[0]
+
+
+def assert_equal_to_generate(adapter, mi, qs, decoded):
+    settings = dataclasses.replace(adapter.greedy_settings(), max_new_tokens=CAP)
+    images = adapter.images(mi)
+    for q, d in zip(qs, decoded):
+        assert d.tokens == reference(adapter, images, q, settings)[1], q.qid
+
+
 def test_compiled_prefill_layers_answer_the_same_and_leave_the_layers_eager(adapters, phantom):
     """compile_prefill (MedGemma's default on CUDA): the prefix runs through torch.compile'd decoder
     layers (inductor's CPU code here); the answers equal per-question generate, and outside the
@@ -144,13 +159,10 @@ def test_compiled_prefill_layers_answer_the_same_and_leave_the_layers_eager(adap
         assert adapter.generation()["compile_prefill"] is True
         assert all("_ctsvqa_prefill_forward" in layer.__dict__ for layer in lm.layers)
         graphs = counters["stats"]["unique_graphs"]
-        decoded = adapter.engine().run(adapter.jobs([(mi, qs)], [[7, 7, 7]]), adapter.greedy_settings())[0]
+        decoded = decode_capped(adapter, mi, qs)
         assert counters["stats"]["unique_graphs"] > graphs                     # the compiled forwards ran
         assert not any("forward" in layer.__dict__ for layer in lm.layers)      # and were swapped out again
-        base = adapter.greedy_settings()
-        images = adapter.images(mi)
-        for q, d in zip(qs, decoded):
-            assert d.tokens == reference(adapter, images, q, dataclasses.replace(base, max_new_tokens=7))[1], q.qid
+        assert_equal_to_generate(adapter, mi, qs, decoded)
     finally:
         adapter.settings.options.pop("compile_prefill")
         adapter.prepare_model()
@@ -262,11 +274,7 @@ def test_fused_vision_gelu_answers_the_same_and_can_be_undone(adapters, phantom)
         adapter.prepare_model()
         assert adapter.generation()["fuse_vision_gelu"] is True
         assert fused(tower) == layers
-        decoded = adapter.engine().run(adapter.jobs([(mi, qs)], [[7, 7, 7]]), adapter.greedy_settings())[0]
-        base = adapter.greedy_settings()
-        images = adapter.images(mi)
-        for q, d in zip(qs, decoded):
-            assert d.tokens == reference(adapter, images, q, dataclasses.replace(base, max_new_tokens=7))[1], q.qid
+        assert_equal_to_generate(adapter, mi, qs, decode_capped(adapter, mi, qs))
     finally:
         adapter.settings.options.pop("fuse_vision_gelu")
         adapter.prepare_model()

@@ -30,6 +30,9 @@ def test_fused_tower_gives_the_same_features_and_unfuses():
         ref = model(pixel_values=x).last_hidden_state
         fused_model = copy.deepcopy(model)
         assert fuse_gelu(fused_model) == 2 and fused(fused_model) == 2
+        forwards = [m.__dict__["forward"] for m in fused_model.modules() if "forward" in m.__dict__]
+        assert fuse_gelu(fused_model) == 2                     # again: the fused MLPs stay as they are
+        assert [m.__dict__["forward"] for m in fused_model.modules() if "forward" in m.__dict__] == forwards
         torch.testing.assert_close(fused_model(pixel_values=x).last_hidden_state, ref, rtol=1e-5, atol=1e-5)
         unfuse(fused_model)
         assert fused(fused_model) == 0

@@ -357,8 +357,9 @@ class SliceChatAdapter(VariantAdapter):
         name = "vision_tower" if hasattr(inner, "vision_tower") else "visual"
         tower = getattr(inner, name)
         before = fused(tower)
-        unfuse(tower)                   # a second call with other settings starts from the model's own MLPs
-        if gen["fuse_vision_gelu"] and not fuse_gelu(tower):
+        if not gen["fuse_vision_gelu"]:
+            unfuse(tower)
+        elif not fuse_gelu(tower):
             raise AdapterError(f"{self.name}: fuse_vision_gelu: the vision tower has no fc1 -> tanh GELU -> fc2 MLP; "
                                f"pass --option fuse_vision_gelu=false")
         if fused(tower) != before and getattr(inner, "_ctsvqa_compiled", False):

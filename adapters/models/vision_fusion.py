@@ -41,25 +41,25 @@ def _is_gelu_tanh(act) -> bool:
         isinstance(act, nn.GELU) and act.approximate == "tanh")
 
 
+_FUSED = "_ctsvqa_fused_gelu"          # marks the MLPs whose forward this module set
+
+
 def fuse_gelu(tower: nn.Module) -> int:
-    """Give every fc1 -> tanh GELU -> fc2 MLP the fused first half; returns how many."""
-    n = 0
+    """Give every fc1 -> tanh GELU -> fc2 MLP the fused first half (those fused already stay as they
+    are; a forward set by someone else is left alone); returns how many are fused."""
     for module in tower.modules():
         fc1, fc2 = getattr(module, "fc1", None), getattr(module, "fc2", None)
-        if not (isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear) and fc1.bias is not None
+        if "forward" in module.__dict__ or not (
+                isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear) and fc1.bias is not None
                 and _is_gelu_tanh(getattr(module, "activation_fn", None))):
             continue
-        if "forward" not in module.__dict__:
-            def forward(hidden_states, _m=module):
-                return _m.fc2(linear_gelu_tanh(hidden_states, _m.fc1.weight, _m.fc1.bias))
 
-            module.__dict__["forward"] = forward
-            module.__dict__[_FUSED] = True
-        n += 1
-    return n
+        def forward(hidden_states, _m=module):
+            return _m.fc2(linear_gelu_tanh(hidden_states, _m.fc1.weight, _m.fc1.bias))
 
-
-_FUSED = "_ctsvqa_fused_gelu"
+        module.__dict__["forward"] = forward
+        module.__dict__[_FUSED] = True
+    return fused(tower)
 
 
 def fused(tower: nn.Module) -> int:
