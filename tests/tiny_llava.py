@@ -121,8 +121,9 @@ def build_tiny_vila_m3(out_dir, code_dir: Path = VILA_CODE) -> Path:
     finally:
         roots.leave()
         drop_stubs()
-    config = {"architectures": ["LlavaLlamaModel"], "model_type": "llava_llama",
-              "llm_cfg": "llm", "vision_tower_cfg": "vision_tower", "mm_projector_cfg": "mm_projector",
+    # as the hub checkpoint's config.json: each part's config inline (VILA then loads <root>/llm etc.)
+    parts = {f"{k}_cfg": json.loads((out / k / "config.json").read_text()) for k in ("llm", "vision_tower", "mm_projector")}
+    config = {"architectures": ["LlavaLlamaModel"], "model_type": "llava_llama", **parts,
               "mm_vision_select_layer": -2, "mm_vision_select_feature": "cls_patch", "image_aspect_ratio": "resize",
               "mm_use_im_start_end": False, "mm_use_im_patch_token": False, "hidden_size": 64,
               "mm_hidden_size": 32, "model_dtype": "torch.float16"}

@@ -128,6 +128,9 @@ class ModelAdapter:
     packages: ClassVar[tuple[str, ...]] = ()      # distributions whose versions go into provenance
     CODE_OPTIONS: ClassVar[tuple[str, ...]] = ()  # options naming checkouts of the model's code: fingerprinted
     #                                               by code_identity(), so their paths stay out of the identity
+    # the worker's default wait for one `answer` call: seconds for the call plus seconds per question
+    # (--option worker_timeout overrides it); sized to the slowest device the model is run on
+    WORKER_SECONDS: ClassVar[tuple[float, float]] = (900.0, 0.0)
     environment: ClassVar[str | None] = None      # family environment (adapters/models/envs/<name>.txt) whose
     #                                               stack the model's code needs; None: runs in ours, in-process
 
@@ -208,6 +211,7 @@ class VariantAdapter(ModelAdapter):
     and the harness's prompt and settings)."""
 
     VARIANTS: ClassVar[tuple[str, ...]] = ("official", "upstream-harness")
+    _lead = 0      # ids the installed generate puts before the new ones (leading_generate_tokens), set at load
 
     def __init__(self, settings: AdapterSettings | None = None) -> None:
         super().__init__(settings)
@@ -257,6 +261,43 @@ def check_known_options(adapter: str, options: dict[str, Any], known: Sequence[s
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise AdapterError(f"{adapter}: unknown option(s) {unknown}; known: {', '.join(known)}")
+
+
+def _version(text: str) -> tuple[int, int]:
+    major, minor = (int("".join(c for c in x if c.isdigit()) or 0) for x in text.split(".")[:2])
+    return major, minor
+
+
+def dtype_kwarg(dtype) -> dict[str, Any]:
+    """`from_pretrained`/`_from_config`'s dtype argument for the installed transformers: `dtype` from
+    4.56 on (5 warns on the old name), `torch_dtype` before (4.28's model __init__ rejects `dtype`)."""
+    import transformers
+
+    return {"dtype" if _version(transformers.__version__) >= (4, 56) else "torch_dtype": dtype}
+
+
+def torch_load_kwargs() -> dict[str, Any]:
+    """`torch.load(..., mmap=True)` where the installed torch has it (2.1 on; 2.0 raises TypeError)."""
+    import torch
+
+    return {"mmap": True} if _version(torch.__version__) >= (2, 1) else {}
+
+
+def leading_generate_tokens(model) -> int:
+    """How many ids `model.generate(inputs_embeds=...)` puts before the new ones with the installed
+    transformers: before 4.38 it starts the output from a [batch, 1] column of BOS ids (the remote-code
+    models' `generate` returns that output as their answer), later from [batch, 0]. Asked of the
+    library's own initialiser, so it follows the version present."""
+    import torch
+
+    init = getattr(model, "_maybe_initialize_input_ids_for_generation", None)
+    if init is None:
+        return 0
+    try:
+        ids = init(None, 0, {"inputs_embeds": torch.zeros(1, 1, 1)})
+    except Exception:  # noqa: BLE001  (a signature we do not know: the current behaviour, no lead)
+        return 0
+    return int(ids.shape[1]) if ids.ndim == 2 else 0
 
 
 def release_gpu_memory() -> None:

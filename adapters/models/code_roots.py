@@ -56,18 +56,25 @@ def stub_module(name: str, parents: bool = True, **attrs: Any) -> types.ModuleTy
     for i in range(1, len(parts) if parents else 1):
         parent = ".".join(parts[:i])
         if parent not in sys.modules:
-            pkg = types.ModuleType(parent)
-            pkg.__path__ = []                       # a package, so `import parent.child` works
-            pkg.__ctsvqa_stub__ = True
-            sys.modules[parent] = pkg
-    module = types.ModuleType(name)
-    module.__path__ = []
-    module.__ctsvqa_stub__ = True
+            sys.modules[parent] = _stub(parent)
+    module = _stub(name)
     for key, value in attrs.items():
         setattr(module, key, value)
     sys.modules[name] = module
     if len(parts) > 1 and ".".join(parts[:-1]) in sys.modules:
         setattr(sys.modules[".".join(parts[:-1])], parts[-1], module)
+    return module
+
+
+def _stub(name: str) -> types.ModuleType:
+    """An empty package module with a __spec__: `importlib.util.find_spec(name)` raises ValueError for a
+    module in sys.modules whose __spec__ is None (transformers' `is_*_available` checks call it)."""
+    import importlib.machinery
+
+    module = types.ModuleType(name)
+    module.__path__ = []                            # a package, so `import name.child` works
+    module.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
+    module.__ctsvqa_stub__ = True
     return module
 
 

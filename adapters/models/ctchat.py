@@ -41,7 +41,7 @@ import numpy as np
 
 from adapters.models.base import (AdapterError, AdapterSettings, Answer, ModelInput, Question,
                                   Requirement, checkpoint_fingerprint, code_fingerprint)
-from adapters.models.base import VariantAdapter, check_known_options, release_gpu_memory
+from adapters.models.base import VariantAdapter, leading_generate_tokens, check_known_options, release_gpu_memory
 from adapters.models.code_roots import ImportRoots, stub_module
 from adapters.models.prompts.llava import CTCHAT_HARNESS, CTCHAT_OFFICIAL
 
@@ -52,10 +52,11 @@ WEIGHTS_HINT = ("the CT-CHAT Llama 3.1 8B folder from the gated Hugging Face dat
                 "and pass --checkpoint CKPT")
 CLIP_HINT = "CT-CLIP_v2.pt from the same dataset (ibrahimhamamci/CT-RATE) to CKPT/ct_clip.pt"
 
-# encode_script.py's CTViT, as CT-CHAT was trained on it
+# encode_script.py's CTViT, as CT-CHAT was trained on it; CKPT/ctvit.json (the same keys) overrides it
 CTVIT_KWARGS = dict(dim=512, codebook_size=8192, image_size=480, patch_size=20, temporal_patch_size=10,
                     spatial_depth=4, temporal_depth=4, dim_head=32, heads=8)
-EMBEDDING_SHAPE = (24, 24, 24, 512)
+CTVIT_CONFIG = "ctvit.json"
+INPUT_SHAPE = (1, 240, 480, 480)  # the recipe's (C, D, H, W)
 TOKENS_PER_IMAGE = 256            # the attentional pooler's queries
 IMAGE_TOKEN_INDEX = -200
 
@@ -87,6 +88,41 @@ def shim_all_layernorm_layers() -> bool:
         trainer.ALL_LAYERNORM_LAYERS = ALL_LAYERNORM_LAYERS
         _SHIMMED.append(True)
     return bool(_SHIMMED)
+
+
+def ctvit_kwargs(ckpt: Path | None) -> dict[str, Any]:
+    """CTViT's constructor arguments: CKPT/ctvit.json where the checkpoint gives one (its keys replace
+    encode_script.py's), else encode_script.py's."""
+    import json
+
+    path = ckpt / CTVIT_CONFIG if ckpt else None
+    if path is None or not path.is_file():
+        return dict(CTVIT_KWARGS)
+    try:
+        given = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise AdapterError(f"ctchat: {path} is not readable JSON ({exc}); fix or remove it") from exc
+    if not isinstance(given, dict) or set(given) - set(CTVIT_KWARGS) or not all(isinstance(v, int) for v in given.values()):
+        raise AdapterError(f"ctchat: {path} must be an object of integers with keys among {sorted(CTVIT_KWARGS)}")
+    return {**CTVIT_KWARGS, **given}
+
+
+def embedding_shape(kwargs: dict[str, Any]) -> tuple[int, int, int, int]:
+    """CTViT's encoded grid for the recipe's input: (frames / temporal patch, H / patch, W / patch, dim)."""
+    _, d, h, w = INPUT_SHAPE
+    return (d // kwargs["temporal_patch_size"], h // kwargs["patch_size"], w // kwargs["patch_size"], kwargs["dim"])
+
+
+def redirect_cuda(package: str, torch_module, device: str) -> list[str]:
+    """Every imported module of `package` that binds the name `torch` to torch itself gets the proxy,
+    so each hard-coded `torch.device('cuda')` in it (CT-CLIP: ctvit.py and attention.py) is `device`."""
+    proxy = _TorchOnDevice(torch_module, device)
+    done = []
+    for name, module in list(sys.modules.items()):
+        if (name == package or name.startswith(package + ".")) and getattr(module, "torch", None) is torch_module:
+            module.torch = proxy
+            done.append(name)
+    return sorted(done)
 
 
 def paths(settings: AdapterSettings) -> dict[str, Path | None]:
@@ -154,7 +190,7 @@ class CTChat(VariantAdapter):
             "use_cache": True,
             "stopping": "the checkpoint's generation_config eos ids",
             "decode": "keep special tokens (tokenizer.decode(ids))" if harness else "skip_special_tokens=True",
-            "encoder": {"class": "transformer_maskgit.CTViT", **CTVIT_KWARGS, "dtype": "float32",
+            "encoder": {"class": "transformer_maskgit.CTViT", **ctvit_kwargs(self._paths()["ckpt"]), "dtype": "float32",
                         "state_dict": "ct_clip.pt visual_transformer.* (strict)"},
             "dtype": self.dtype_name,
             "loader": "llava.model.builder.load_pretrained_model",
@@ -177,7 +213,8 @@ class CTChat(VariantAdapter):
         return {"model": checkpoint_fingerprint(str(ckpt / "model")),
                 "lora_config_sha256": hashlib.sha256(adapter.read_bytes()).hexdigest() if adapter.is_file() else None,
                 "base": checkpoint_fingerprint(str(ckpt / "base")) if (ckpt / "base").is_dir() else None,
-                "ct_clip": {"size": clip.stat().st_size} if clip.is_file() else None}
+                "ct_clip": {"size": clip.stat().st_size} if clip.is_file() else None,
+                "ctvit": ctvit_kwargs(ckpt)}
 
     @classmethod
     def requirements(cls, settings: AdapterSettings) -> list[Requirement]:
@@ -251,12 +288,15 @@ class CTChat(VariantAdapter):
             raise AdapterError(f"{self.name}: cannot load CT-CHAT from {model_dir} ({type(exc).__name__}: {exc}); "
                                f"download {WEIGHTS_HINT}") from exc
         self.model, self.tokenizer = model, tok
+        self._lead = leading_generate_tokens(model)       # its generate returns super().generate(inputs_embeds=...)
         self.ctvit = self._load_ctvit(transformer_maskgit.CTViT, p["ckpt"] / "ct_clip.pt", device)
 
     def _load_ctvit(self, cls, path: Path, device: str):
         import torch
 
-        vit = cls(**CTVIT_KWARGS)
+        kwargs = ctvit_kwargs(path.parent)
+        vit = cls(**kwargs)
+        self._embedding_shape = embedding_shape(kwargs)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
@@ -274,10 +314,9 @@ class CTChat(VariantAdapter):
                                f"(e.g. {result.unexpected_keys[:3]}); is it CT-CLIP_v2.pt, and is "
                                f"vector-quantize-pytorch the version CT-CLIP pins (1.1.2)?")
         vit = vit.to(device=device, dtype=torch.float32).eval()
-        module = sys.modules[type(vit).__module__]
-        if isinstance(getattr(module, "torch", None), types.ModuleType) and module.torch is torch:
-            module.torch = _TorchOnDevice(torch, device)
-            self._shims.append(f"CTViT's torch.device('cuda') -> {device}")
+        redirected = redirect_cuda(type(vit).__module__.split(".")[0], torch, device)
+        if redirected:
+            self._shims.append(f"torch.device('cuda') -> {device} in {', '.join(redirected)}")
         return vit
 
     def close(self) -> None:
@@ -296,14 +335,14 @@ class CTChat(VariantAdapter):
         import torch
 
         arr = model_input.load().get("arr")
-        if arr is None or arr.shape != (1, 240, 480, 480) or arr.dtype != np.float32:
+        if arr is None or arr.shape != INPUT_SHAPE or arr.dtype != np.float32:
             raise AdapterError(f"{self.name}: {model_input.path} is not a recipe '{self.recipe}' input: expected 'arr' "
-                               f"float32 (1, 240, 480, 480), got {None if arr is None else (arr.shape, arr.dtype)}")
+                               f"float32 {INPUT_SHAPE}, got {None if arr is None else (arr.shape, arr.dtype)}")
         video = torch.from_numpy(np.ascontiguousarray(arr))[None].to(self.settings.device)   # [1, 1, D, H, W]
         with torch.inference_mode():
             emb = self.ctvit(video, return_encoded_tokens=True)
-        if tuple(emb.shape) != (1, *EMBEDDING_SHAPE):
-            raise AdapterError(f"{self.name}: CTViT returned {tuple(emb.shape)}, not (1, {EMBEDDING_SHAPE})")
+        if tuple(emb.shape) != (1, *self._embedding_shape):
+            raise AdapterError(f"{self.name}: CTViT returned {tuple(emb.shape)}, not {(1, *self._embedding_shape)}")
         return emb.to(self.model.device, self.model.dtype)
 
     def prompt(self, question: str) -> str:
@@ -357,7 +396,7 @@ class CTChat(VariantAdapter):
                     f"{seen[0] if seen else 'not seen'} embeddings, expected {expected} "
                     f"({ids.shape[1] - n_image} text + {TOKENS_PER_IMAGE} per image)")))
                 continue
-            new = out[0].tolist()
+            new = out[0].tolist()[self._lead:]
             text = self.tokenizer.decode(new, skip_special_tokens=gen["decode"] == "skip_special_tokens=True").strip()
             answers.append(Answer(q.qid, text, meta={
                 "new_tokens": len(new), "prompt_tokens": int(ids.shape[1]), "input_embeddings": seen[0],

@@ -41,7 +41,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from adapters.models.base import AdapterError, AdapterSettings, Answer, ModelInput, Question, Requirement
-from adapters.models.base import VariantAdapter
+from adapters.models.base import VariantAdapter, leading_generate_tokens, dtype_kwarg
 from adapters.models.prompts.impatch import ImPatchPrompt
 
 WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
@@ -295,11 +295,9 @@ class ImPatchAdapter(VariantAdapter):
         import transformers
         from transformers import AutoTokenizer
 
-        major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
-        dtype_arg = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
         try:
             model = cls.from_pretrained(str(ckpt), local_files_only=True,
-                                        **{dtype_arg: getattr(torch, self.dtype_name)}).eval()
+                                        **dtype_kwarg(getattr(torch, self.dtype_name))).eval()
             # the slow tokenizer, as the README/demo and the harness load it (transformers 5 ignores this
             # and always builds the fast one; under 4.x M3D's slow Llama tokenizer needs sentencepiece)
             tokenizer = AutoTokenizer.from_pretrained(str(ckpt), local_files_only=True, use_fast=False)
@@ -313,6 +311,7 @@ class ImPatchAdapter(VariantAdapter):
                                f"{self._weights_hint()}")
         try:
             self.model = model.to(self.settings.device)
+            self._lead = leading_generate_tokens(model)   # its generate returns super().generate(inputs_embeds=...)
         except Exception as exc:
             raise AdapterError(f"{self.name}: cannot put the model on device {self.settings.device!r} "
                                f"({type(exc).__name__}: {exc}); pass --device cpu or a GPU that is there") from exc
@@ -353,6 +352,16 @@ class ImPatchAdapter(VariantAdapter):
                              n_image_tokens=prompt.n_image_tokens, bos_token_id=self.tokenizer.bos_token_id,
                              policy=self.bos[self.variant])
 
+    def decode(self, new: list[int]) -> str:
+        """The answer's text; ids the tokenizer does not have (the checkpoint's embedding table is padded
+        past its vocabulary, as Phi-3's 32064 rows for 32011 tokens) fail this question, by name."""
+        outside = sorted({i for i in new if not 0 <= i < len(self.tokenizer)})
+        if outside:
+            raise AdapterError(f"the model generated id(s) {outside[:5]} outside its tokenizer's {len(self.tokenizer)} "
+                               f"tokens (embedding rows {self.model.get_input_embeddings().weight.shape[0]}); no "
+                               f"text can be decoded from them")
+        return self.tokenizer.decode(new, skip_special_tokens=True).strip()
+
     def answer(self, model_input: ModelInput | None, questions: Sequence[Question]) -> list[Answer]:
         if self.model is None:
             raise AdapterError(f"{self.name}: load() first")
@@ -380,11 +389,11 @@ class ImPatchAdapter(VariantAdapter):
                     torch.manual_seed(seed)
                     try:
                         out = self.model.generate(image, torch.tensor([ids], device=image.device), **kwargs)
+                        new = out[0].tolist()[self._lead:]
+                        text = self.decode(new)
                     except Exception as exc:  # noqa: BLE001  (one question's failure, stored with its reason)
                         answers.append(Answer(q.qid, None, status="error", reason=f"{type(exc).__name__}: {exc}"))
                         continue
-                    new = out[0].tolist()
-                    text = self.tokenizer.decode(new, skip_special_tokens=True).strip()
                     meta = {"new_tokens": len(new), "stopped": "eos" if new and new[-1] in eos else "max_new_tokens",
                             "prompt_tokens": len(ids), "bos": bos, "seed": seed,
                             "seconds": round(time.perf_counter() - t0, 4)}

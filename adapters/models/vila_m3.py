@@ -30,6 +30,7 @@ the harness's token-suffix stop instead of KeywordsStoppingCriteria.
 from __future__ import annotations
 
 import io
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -38,7 +39,7 @@ import numpy as np
 
 from adapters.models.base import (AdapterError, AdapterSettings, Answer, ModelInput, Question,
                                   Requirement, checkpoint_fingerprint, code_fingerprint)
-from adapters.models.base import VariantAdapter, check_known_options
+from adapters.models.base import VariantAdapter, leading_generate_tokens, check_known_options
 from adapters.models.code_roots import ImportRoots, importable, stub_module
 from adapters.models.prompts.llava import VILA_M3_HARNESS, VILA_M3_OFFICIAL
 
@@ -47,7 +48,19 @@ S2_REPO = ("https://github.com/bfshi/scaling_on_scales", "9c008a37540e761f53574b
 HUB_ID = "MONAI/Llama3-VILA-M3-8B"
 IMAGE_TOKEN_INDEX = -200
 TOKENS_PER_IMAGE = 196            # SigLIP 384/14 -> 27x27, padded to 28x28, 2x2 merged
-UNUSED_MODULES = ("flash_attn", "deepspeed.comm", "datasets")
+# imported at module level by VILA's code (intern/flash_attention.py, modeling_mixtral_long_context.py,
+# train/sequence_parallel/globals.py, visualize_features.py) but never called for inference: module ->
+# the names VILA takes from it. A stub's functions raise if ever called.
+UNUSED_MODULES = {
+    "flash_attn": ("flash_attn_func", "flash_attn_varlen_func"),
+    "flash_attn.flash_attn_interface": ("flash_attn_unpadded_qkvpacked_func", "flash_attn_varlen_qkvpacked_func",
+                                        "_flash_attn_forward", "_flash_attn_backward"),
+    "flash_attn.bert_padding": ("pad_input", "unpad_input", "index_first_axis"),
+    "deepspeed": (),
+    "deepspeed.comm": (),
+    "datasets": ("load_dataset", "load_dataset_builder"),
+    "datasets.distributed": ("split_dataset_by_node",),
+}
 
 
 _SHIMMED: list[str] = []          # transformers names put back in this process (they stay: module attributes)
@@ -74,11 +87,25 @@ def shim_transformers() -> list[str]:
     return list(_SHIMMED)
 
 
+def _unused(module: str, name: str):
+    def call(*args, **kwargs):
+        raise RuntimeError(f"{module}.{name} is a ctsvqa stub ({module.split('.')[0]} is not installed; "
+                           f"VILA-M3 inference does not use it)")
+
+    call.__name__ = name
+    return call
+
+
 def stub_unused_modules() -> list[str]:
+    """Stub the packages of UNUSED_MODULES that are not installed (each stub with a __spec__, so that
+    transformers' find_spec-based checks see a package that is not there, not an error)."""
+    missing = {name.split(".")[0] for name in UNUSED_MODULES
+               if getattr(sys.modules.get(name.split(".")[0]), "__ctsvqa_stub__", False)
+               or not importable(name.split(".")[0])}
     done = []
-    for name in UNUSED_MODULES:
-        if not importable(name.split(".")[0]):
-            stub_module(name)
+    for name, names in UNUSED_MODULES.items():
+        if name.split(".")[0] in missing:
+            stub_module(name, **{n: _unused(name, n) for n in names})
             done.append(f"{name} stubbed (not installed; unused by VILA-M3 inference)")
     return done
 
@@ -95,8 +122,6 @@ def paths(settings: AdapterSettings) -> dict[str, Path | None]:
 
 def drop_stubs() -> None:
     """Forget the modules stub_unused_modules put in sys.modules (ours only)."""
-    import sys
-
     for name in UNUSED_MODULES:
         for mod in (name, name.split(".")[0]):
             if getattr(sys.modules.get(mod), "__ctsvqa_stub__", False):
@@ -251,6 +276,7 @@ class VilaM3(VariantAdapter):
             raise AdapterError(f"{self.name}: cannot load VILA-M3 from {ckpt} ({type(exc).__name__}: {exc}); "
                                f"download {HUB_ID} there") from exc
         self.model, self.tokenizer = model, tok
+        self._lead = leading_generate_tokens(model.llm)        # VILA returns llm.generate(inputs_embeds=...)
         self.image_processor = model.get_vision_tower().image_processor
 
     def close(self) -> None:
@@ -340,6 +366,7 @@ class VilaM3(VariantAdapter):
                     f"{seen[0] if seen else 'not seen'} embeddings, expected {expected} "
                     f"({ids.shape[1] - n_image} text + {TOKENS_PER_IMAGE} per image)")))
                 continue
+            out = out[:, self._lead:]
             text = self.tokenizer.batch_decode(out, skip_special_tokens=True)[0].strip()
             if text.endswith(stop):
                 text = text[: -len(stop)]

@@ -30,7 +30,6 @@ from typing import Any, Sequence
 import adapters
 from adapters.models.base import AdapterError, AdapterSettings, Answer, DatasetQuestion, ModelAdapter, ModelInput, Question
 
-DEFAULT_TIMEOUT = 900.0
 DEFAULT_LOAD_TIMEOUT = 1800.0
 WORKER_OPTIONS = ("worker_timeout", "worker_load_timeout")      # how to run, not what to answer: no identity
 TAIL_LINES = 8
@@ -93,11 +92,12 @@ class WorkerAdapter(ModelAdapter):
         settings = settings or AdapterSettings()
         opts = dict(settings.options)
         try:
-            self.timeout = float(opts.pop("worker_timeout", DEFAULT_TIMEOUT))
+            given = opts.pop("worker_timeout", None)
+            self.timeout = float(given) if given is not None else None      # None: the model's own default
             self.load_timeout = float(opts.pop("worker_load_timeout", DEFAULT_LOAD_TIMEOUT))
         except (TypeError, ValueError):
             self.timeout = self.load_timeout = -1.0
-        if not (self.timeout > 0 and self.load_timeout > 0):
+        if not ((self.timeout is None or self.timeout > 0) and self.load_timeout > 0):
             raise AdapterError("--option worker_timeout / worker_load_timeout must be a positive number of seconds, "
                                f"not {settings.options.get('worker_timeout', settings.options.get('worker_load_timeout'))!r}")
         super().__init__(replace(settings, options=opts))
@@ -325,7 +325,7 @@ class WorkerAdapter(ModelAdapter):
                    "dtype": model_input.dtype, "patient_left": model_input.patient_left}
         try:
             reply = self._request({"op": "answer", "input": inp, "questions": [asdict(q) for q in questions]},
-                                  self.timeout, f"while answering volume {volume}")
+                                  self.call_timeout(len(questions)), f"while answering volume {volume}")
         except WorkerFailure as exc:
             self.failed_volume = (volume, str(exc))
             return failed(str(exc))
@@ -338,6 +338,13 @@ class WorkerAdapter(ModelAdapter):
             except (KeyError, TypeError, ValueError):
                 continue                                # the runner records "no answer for this question"
         return out
+
+    def call_timeout(self, n_questions: int) -> float:
+        """--option worker_timeout, else the model's WORKER_SECONDS for a call of this many questions."""
+        if self.timeout is not None:
+            return self.timeout
+        per_call, per_question = self.inner_class.WORKER_SECONDS
+        return per_call + per_question * n_questions
 
     def close(self) -> None:
         self._stop(kill=self.busy)          # interrupted mid-call (Ctrl-C): it would finish the call first

@@ -21,7 +21,7 @@ def process_images(images, image_processor, model_cfg):
     return torch.stack(out)
 
 
-def tokenizer_image_token(prompt, tokenizer, image_token_index=IMAGE_TOKEN_INDEX, return_tensors=None):
+def tokenizer_image_token(prompt, tokenizer, image_token_index=IMAGE_TOKEN_INDEX, return_tensors=None, lstrip=False):
     chunks = [tokenizer(chunk, add_special_tokens=False).input_ids for chunk in prompt.split("<image>")]
     ids = list(chunks[0])
     for chunk in chunks[1:]:

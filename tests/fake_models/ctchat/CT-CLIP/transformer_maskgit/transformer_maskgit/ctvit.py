@@ -16,7 +16,8 @@ def _pair(x):
 
 class CTViT(nn.Module):
     def __init__(self, *, dim, codebook_size, image_size, patch_size, temporal_patch_size, spatial_depth,
-                 temporal_depth, dim_head=64, heads=8, channels=1, attn_dropout=0.0, ff_dropout=0.0):
+                 temporal_depth, discr_base_dim=16, dim_head=64, heads=8, channels=1, use_vgg_and_gan=True, vgg=None,
+                 discr_attn_res_layers=(16,), use_hinge_loss=True, attn_dropout=0.0, ff_dropout=0.0):
         super().__init__()
         self.image_size = _pair(image_size)
         self.patch_size = _pair(patch_size)

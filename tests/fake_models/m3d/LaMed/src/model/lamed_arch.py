@@ -9,7 +9,7 @@ code). Same class names and the same contract as documented in models-code.md §
   documented splice: keep embedding 0, then the image tokens, then the embeddings from position
   1 + n_image_tokens on (the ids at 1..256 are dropped).
 
-`record(...)` keeps what `generate` was handed, for the tests (see tests/fake_models/README.md).
+`_record(...)` keeps what `generate` was handed, for the tests (see tests/fake_models/README.md).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def fault() -> None:
+def _fault() -> None:
     mode = os.environ.get("CTSVQA_FAKE_FAULT")
     if mode == "crash":
         os._exit(3)
@@ -34,7 +34,7 @@ def fault() -> None:
         time.sleep(3600)
 
 
-def describe_images(images: torch.Tensor) -> dict:
+def _describe_images(images: torch.Tensor) -> dict:
     """Shape, dtype, range, an exact digest, and where the brightest voxels sit along each spatial
     axis (0 = low index, 1 = high index)."""
     arr = images.detach().float().cpu().numpy()
@@ -50,19 +50,19 @@ def describe_images(images: torch.Tensor) -> dict:
             "bright_centroid": centroids}
 
 
-def jsonable(value):
+def _jsonable(value):
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
+        return [_jsonable(v) for v in value]
     if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
+        return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, torch.Tensor):
         return value.tolist()
     return repr(value)
 
 
-def record(model, entry: dict) -> None:
+def _record(model, entry: dict) -> None:
     model.calls.append(entry)
     path = os.environ.get("CTSVQA_FAKE_RECORD")
     if path:
@@ -70,7 +70,7 @@ def record(model, entry: dict) -> None:
             f.write(json.dumps(entry) + "\n")
 
 
-class FakeVisionTower(nn.Module):
+class _FakeVisionTower(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.input_shape = (int(config.image_channel), *(int(s) for s in config.image_size))
@@ -99,7 +99,7 @@ class LamedMetaModel:
         super().__init__(config)
         self.seg_enable = False
         if hasattr(config, "vision_tower"):
-            self.vision_tower = FakeVisionTower(config)
+            self.vision_tower = _FakeVisionTower(config)
             self.mm_projector = nn.Sequential(nn.Linear(config.mm_hidden_size, config.hidden_size), nn.GELU(),
                                               nn.Linear(config.hidden_size, config.hidden_size))
 

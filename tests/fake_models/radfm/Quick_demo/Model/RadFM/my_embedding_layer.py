@@ -33,19 +33,33 @@ class MyEmbedding(nn.Module):
         self.patch_size = patch_size
         self.frame_patch_size = frame_patch_size
         self.perceiver_num = perceiver_num
-        self.patch_embed = nn.Linear(3 * patch_size * patch_size * frame_patch_size, vis_dim)
+        # the real layout: `vision_encoder` (upstream the 3D ViT, returning (tokens, pos_embedding)) is
+        # called on `vision_x` rearranged to (B*S, C, H, W, D), a view of the caller's tensor
+        self.vision_encoder = _PatchEncoder(patch_size, frame_patch_size, vis_dim)
         self.latents = nn.Parameter(torch.randn(perceiver_num, vis_dim))
         self.fc = nn.Linear(vis_dim, embedding_dim)
 
     def forward(self, text_input, vision_x, key_words_query=None):
         B, S, C, H, W, D = vision_x.shape
-        p, f = self.patch_size, self.frame_patch_size
-        x = vision_x.reshape(B * S, C, H // p, p, W // p, p, D // f, f)
-        x = x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(B * S, (H // p) * (W // p) * (D // f), C * p * p * f)
-        pooled = self.patch_embed(x).mean(dim=1)                           # (B*S, vis_dim)
+        tokens, _ = self.vision_encoder(vision_x.reshape(B * S, C, H, W, D))
+        pooled = tokens.mean(dim=1)                                         # (B*S, vis_dim)
         vis = self.fc(self.latents[None] + pooled[:, None])                 # (B*S, perceiver_num, embedding_dim)
         vis = vis.reshape(B, S * self.perceiver_num, self.embedding_dim)
         table = torch.cat([self.weight, self.figure_token_weight], dim=0).unsqueeze(0).repeat(B, 1, 1)
         table = torch.cat([table, vis], dim=1)
         one_hot = F.one_hot(text_input, table.shape[1]).to(vis.dtype).to(vis.device)
         return torch.matmul(one_hot, table), None
+
+
+class _PatchEncoder(nn.Module):
+    def __init__(self, patch_size, frame_patch_size, vis_dim):
+        super().__init__()
+        self.patch_size, self.frame_patch_size = patch_size, frame_patch_size
+        self.patch_embed = nn.Linear(3 * patch_size * patch_size * frame_patch_size, vis_dim)
+
+    def forward(self, x):
+        N, C, H, W, D = x.shape
+        p, f = self.patch_size, self.frame_patch_size
+        x = x.reshape(N, C, H // p, p, W // p, p, D // f, f)
+        x = x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(N, (H // p) * (W // p) * (D // f), C * p * p * f)
+        return self.patch_embed(x), None

@@ -6,10 +6,10 @@ class LlavaConfig(PretrainedConfig):
 
     def __init__(self, llm_cfg=None, vision_tower_cfg=None, mm_projector_cfg=None, architectures=None,
                  resume_path=None, hidden_size=None, mm_hidden_size=None, image_aspect_ratio=None,
-                 num_video_frames=None, mm_vision_select_layer=None, mm_vision_select_feature=None,
+                 num_video_frames=None, fps=None, mm_vision_select_layer=None, mm_vision_select_feature=None,
                  mm_use_im_start_end=False, mm_use_im_patch_token=True, mm_projector_lr=None,
                  vision_resolution=None, interpolate_mode=None, s2=None, s2_scales=None, s2_max_split_size=None,
-                 model_dtype=None, **kwargs):
+                 **kwargs):
         super().__init__(**kwargs)
         self.architectures = architectures
         self.llm_cfg, self.vision_tower_cfg, self.mm_projector_cfg = llm_cfg, vision_tower_cfg, mm_projector_cfg
@@ -19,4 +19,3 @@ class LlavaConfig(PretrainedConfig):
         self.mm_vision_select_layer, self.mm_vision_select_feature = mm_vision_select_layer, mm_vision_select_feature
         self.mm_use_im_start_end, self.mm_use_im_patch_token = mm_use_im_start_end, mm_use_im_patch_token
         self.s2 = s2
-        self.model_dtype = model_dtype

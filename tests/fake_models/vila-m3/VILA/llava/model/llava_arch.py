@@ -50,8 +50,8 @@ class LlavaMetaModel:
         features = self.get_vision_tower()(images)
         return self.get_mm_projector()(features)
 
-    def resize_token_embeddings(self, n):
-        return self.llm.resize_token_embeddings(n)
+    def resize_token_embeddings(self, embed_size):
+        return self.llm.resize_token_embeddings(embed_size)
 
 
 class LlavaMetaForCausalLM:

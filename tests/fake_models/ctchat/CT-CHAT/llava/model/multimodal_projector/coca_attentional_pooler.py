@@ -4,7 +4,7 @@ from torch import nn
 
 
 class AttentionalPoolProjector(nn.Module):
-    def __init__(self, embed_dim, context_dim, n_queries=256, n_head=8):
+    def __init__(self, embed_dim, context_dim, projector=None, n_head=8, n_queries=256, norm_layer=nn.LayerNorm):
         super().__init__()
         self.queries = nn.Parameter(torch.randn(n_queries, embed_dim) * 0.02)
         self.attn = nn.MultiheadAttention(embed_dim, n_head, kdim=context_dim, vdim=context_dim, batch_first=True)

@@ -12,7 +12,7 @@ Call signatures as documented (models-code.md §1):
   generate passes (the KV cache is named `cache` from 5.24 on; Phi-3's prepare_inputs_for_generation
   always passes logits_to_keep=0). The real code predates both; the adapter refuses such code under
   such a transformers (adapters/models/impatch.py `check_generate_compat`).
-Each `generate` call is recorded (../lamed_arch.py `record`), and `CTSVQA_FAKE_FAULT` is honoured.
+Each `generate` call is recorded (../lamed_arch.py `_record`), and `CTSVQA_FAKE_FAULT` is honoured.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from transformers import AutoConfig, AutoModelForCausalLM, Phi3Config, Phi3ForCausalLM, Phi3Model
 
-from ..lamed_arch import LamedMetaForCausalLM, LamedMetaModel, describe_images, fault, jsonable, record
+from ..lamed_arch import LamedMetaForCausalLM, LamedMetaModel, _describe_images, _fault, _jsonable, _record
 
 # transformers >= 5.24 names the KV cache `cache` (past_key_values before)
 CACHE_ARG = "cache" if "cache" in inspect.signature(Phi3ForCausalLM.forward).parameters else "past_key_values"
@@ -68,12 +68,12 @@ class LamedPhi3ForCausalLM(LamedMetaForCausalLM, Phi3ForCausalLM):
 
     @torch.no_grad()
     def generate(self, images=None, inputs=None, seg_enable=False, **kwargs):
-        fault()
+        _fault()
         dropped = {k: kwargs.pop(k) is not None for k in ("attention_mask", "position_ids") if k in kwargs}
         if seg_enable:
             raise NotImplementedError("the stand-in has no segmentation module")
-        entry = {"model": "lamed_phi3", "images": None if images is None else describe_images(images),
-                 "inputs": inputs.tolist(), "kwargs": jsonable(kwargs), "dropped": dropped,
+        entry = {"model": "lamed_phi3", "images": None if images is None else _describe_images(images),
+                 "inputs": inputs.tolist(), "kwargs": _jsonable(kwargs), "dropped": dropped,
                  "vision_calls_before": self.get_model().vision_tower.forward_calls}
         if images is not None:
             _, _, _, _, inputs_embeds, _ = self.prepare_inputs_for_multimodal(inputs, None, None, None, None, images)
@@ -82,7 +82,7 @@ class LamedPhi3ForCausalLM(LamedMetaForCausalLM, Phi3ForCausalLM):
         out = super().generate(inputs_embeds=inputs_embeds, **kwargs)
         entry["vision_calls_after"] = self.get_model().vision_tower.forward_calls
         entry["output"] = out.tolist()
-        record(self, entry)
+        _record(self, entry)
         return out
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, inputs_embeds=None, **kwargs):

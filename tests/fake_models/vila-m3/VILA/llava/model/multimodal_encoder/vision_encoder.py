@@ -4,13 +4,13 @@ from torch import nn
 
 
 class VisionTower(nn.Module):
-    def __init__(self, vision_tower, config):
+    def __init__(self, vision_tower, args, delay_load=False):
         super().__init__()
-        self.select_layer = getattr(config, "mm_vision_select_layer", -2)
-        self.select_feature = getattr(config, "mm_vision_select_feature", "patch")
+        self.select_layer = getattr(args, "mm_vision_select_layer", -2)
+        self.select_feature = getattr(args, "mm_vision_select_feature", "patch")
 
-    def feature_select(self, outputs):
-        features = outputs.hidden_states[self.select_layer]
+    def feature_select(self, image_forward_outs):
+        features = image_forward_outs.hidden_states[self.select_layer]
         if self.select_feature == "patch":
             return features[:, 1:]
         if self.select_feature == "cls_patch":
