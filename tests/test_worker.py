@@ -342,3 +342,21 @@ def test_bad_worker_timeout_is_one_clear_error():
 
     with pytest.raises(AdapterError, match=r"worker_timeout .* positive number of seconds, not 'abc'"):
         registry.create(MODEL, AdapterSettings(options={"worker_timeout": "abc"}))
+
+
+def test_the_worker_waits_as_long_as_the_model_needs_unless_told():
+    """Each call's default wait is the adapter's WORKER_SECONDS for that many questions (RadFM: 900 s
+    plus 600 s a question; 6 harness questions took 752 s on a CPU, past the old flat 900 s at 8+);
+    --option worker_timeout is used as given; a bad value is refused in one line."""
+    from adapters.models.base import AdapterSettings
+    from adapters.models.m3d import M3D
+    from adapters.models.radfm import RadFM
+    from adapters.models.worker_client import worker_adapter_class
+
+    radfm = worker_adapter_class(RadFM)(AdapterSettings())
+    assert [radfm.call_timeout(n) for n in (1, 6, 12)] == [1500.0, 4500.0, 8100.0]
+    assert worker_adapter_class(M3D)(AdapterSettings()).call_timeout(12) == 900.0
+    told = worker_adapter_class(RadFM)(AdapterSettings(options={"worker_timeout": 5}))
+    assert told.call_timeout(12) == 5.0 and "worker_timeout" not in told.settings.options
+    with pytest.raises(AdapterError, match="worker_timeout / worker_load_timeout must be a positive number"):
+        worker_adapter_class(RadFM)(AdapterSettings(options={"worker_timeout": "0"}))
