@@ -85,7 +85,11 @@ def build_tiny_ctchat(out_dir, code_dir: Path = CTCHAT_CODE) -> Path:
 
 def build_tiny_vila_m3(out_dir, code_dir: Path = VILA_CODE) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM, PretrainedConfig, SiglipVisionConfig, SiglipVisionModel
-    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    try:                # transformers 5 (ours)
+        from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil as Processor
+    except ImportError:  # 4.x (the vila-m3 family env, tests/real_code)
+        from transformers import SiglipImageProcessor as Processor
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,7 +107,7 @@ def build_tiny_vila_m3(out_dir, code_dir: Path = VILA_CODE) -> Path:
     vt = SiglipVisionModel(vt_cfg).eval()
     _init(vt, seed=8, std=0.1)
     vt.save_pretrained(out / "vision_tower")
-    SiglipImageProcessorPil(size={"height": 384, "width": 384}, image_mean=[0.5] * 3,
+    Processor(size={"height": 384, "width": 384}, image_mean=[0.5] * 3,
                             image_std=[0.5] * 3).save_pretrained(out / "vision_tower")
     roots = ImportRoots([code_dir / "VILA", code_dir / "scaling_on_scales"], ("llava", "s2wrapper"))
     from adapters.models.vila_m3 import drop_stubs, shim_transformers, stub_unused_modules

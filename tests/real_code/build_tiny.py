@@ -17,16 +17,7 @@ from pathlib import Path
 
 import torch
 
-
-def _init(model, seed: int, std: float) -> None:
-    """N(0, std) weights, wider than real models use so that greedy tokens depend on the input."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * std)
-            elif name.endswith("bias"):
-                p.zero_()
+from tests.tiny_vlms import _init
 
 
 def _on_path(*roots: Path) -> None:
@@ -184,47 +175,10 @@ def radfm(code: Path, out: Path) -> dict:
 # -- VILA-M3: VILA's LlavaLlamaModel from llm/, vision_tower/ (SigLIP 384 px, patch 14), mm_projector/ ------
 
 def vila_m3(code: Path, out: Path) -> dict:
-    from transformers import (LlamaConfig, LlamaForCausalLM, PretrainedConfig, SiglipImageProcessor,
-                              SiglipVisionConfig, SiglipVisionModel)
+    from tests.tiny_llava import build_tiny_vila_m3
 
-    from adapters.models.code_roots import ImportRoots
-    from adapters.models.vila_m3 import shim_transformers, stub_unused_modules
-    from tests.real_code.tiny_tokenizers import llama3_fast
-
-    tok = llama3_fast()
-    llm_cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    llm = LlamaForCausalLM(llm_cfg).eval()
-    _init(llm, seed=7, std=0.2)
-    llm.save_pretrained(out / "llm")
-    tok.save_pretrained(out / "llm")
-    vt_cfg = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                image_size=384, patch_size=14)
-    vt = SiglipVisionModel(vt_cfg).eval()
-    _init(vt, seed=8, std=0.1)
-    vt.save_pretrained(out / "vision_tower")
-    SiglipImageProcessor(size={"height": 384, "width": 384}, image_mean=[0.5] * 3,
-                         image_std=[0.5] * 3).save_pretrained(out / "vision_tower")
-    roots = ImportRoots([code / "VILA", code / "scaling_on_scales"], ("llava", "s2wrapper"))
-    roots.enter()
-    shim_transformers()
-    stub_unused_modules()
-    from llava.model.multimodal_projector.base_projector import MultimodalProjector, MultimodalProjectorConfig
-
-    proj = MultimodalProjector(MultimodalProjectorConfig(mm_projector_type="mlp_downsample"),
-                               PretrainedConfig(mm_hidden_size=32, hidden_size=64))
-    _init(proj, seed=9, std=0.2)
-    proj.save_pretrained(out / "mm_projector")
-    # as the hub checkpoint's config.json: each part's config inline (VILA then loads <root>/llm etc.)
-    parts = {f"{k}_cfg": json.loads((out / k / "config.json").read_text()) for k in ("llm", "vision_tower", "mm_projector")}
-    config = {"architectures": ["LlavaLlamaModel"], "model_type": "llava_llama", **parts,
-              "mm_vision_select_layer": -2, "mm_vision_select_feature": "cls_patch", "image_aspect_ratio": "resize",
-              "mm_use_im_start_end": False, "mm_use_im_patch_token": False, "hidden_size": 64,
-              "mm_hidden_size": 32, "model_dtype": "torch.float16"}
-    (out / "config.json").write_text(json.dumps(config, indent=2))
-    return {"params": sum(p.numel() for p in llm.parameters()) + sum(p.numel() for p in vt.parameters())}
+    build_tiny_vila_m3(out, code_dir=code)
+    return {}
 
 
 # -- Merlin: merlin-vlm's Clip3DForTextGeneration (I3D ResNet-152; RadLLaMA hidden 4096: the Adapter's) ------

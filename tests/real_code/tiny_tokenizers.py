@@ -15,17 +15,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-CORPUS = [
-    "Is the lesion in the left or the right lung?", "Which lobe contains the nodule?",
-    "Is there a pleural effusion on the left side?", "Where is the largest lymph node?",
-    "The answer is left.", "The nodule is in the right upper lobe.", "Generate a radiology report for lungs",
-    "Answer the question concisely using this CT. Output only the answer (no preamble). Question: Answer:",
-    "Which side is the mass on? Is the heart enlarged? Is the liver normal? kidney spleen aorta trachea",
+from tests.tiny_llama import CORPUS as _WORDS
+
+CORPUS = _WORDS + [
     "Is the heart to the left of the spine? Which hemidiaphragm is higher? How many lobes has the right lung?",
     "This is a CT image. You are a helpful language and vision assistant. anterior posterior superior inferior",
     "What is the largest diameter of the mass in millimetres? midline deviated shifted compressed",
 ]
-
 
 def llama_sp(out: Path, added: list[str] = (), special: list[str] = (), vocab_size: int = 400, **kwargs):
     """A slow LlamaTokenizer over a sentencepiece model trained here; `added` become added tokens,
