@@ -292,7 +292,6 @@ class ImPatchAdapter(VariantAdapter):
                                f"{self._weights_hint()}")
         cls = self._import_code()
         import torch
-        import transformers
         from transformers import AutoTokenizer
 
         try:
