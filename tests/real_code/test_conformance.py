@@ -6,7 +6,8 @@ flow, the recipe, the worker in the family env, the model's own generate, the wa
 official and the upstream-harness variant. Asserted: every question of the volume stored `ok`; the
 image reached the model (CT-CHAT 256 embeddings per image, VILA-M3 196, M3D/Med3DVLM the `<im_patch>`
 layout with one encode per volume, Merlin 490 image tokens, RadFM 32); and the encode-once answers
-equal the answers of the same worker asked one question per call (the volume encoded for each).
+of the volume's first two questions equal the answers of the same worker asked one question per call
+(the volume encoded for each).
 
 Needs the checkouts under $CTSVQA_UPSTREAM_CODE (default ~/.cache/ctsvqa/upstream-code: m3d/, med3dvlm/,
 ctchat/{CT-CHAT,CT-CLIP}/, radfm/, vila-m3/{VILA,scaling_on_scales}/; Merlin's code is its PyPI
@@ -216,5 +217,6 @@ def test_real_code_through_ctsvqa_infer(model, variant, tiny_checkpoints, phanto
     args = dict(model=model, checkpoint=str(ckpt), options=options, limit_volumes=1,
                 code_dir=str(family.code_dir) if family.code_dir else None, name=f"{model}-{variant}")
     volume = provenance["volume"]
-    again = per_question(db, args, volume, questions)
-    assert again == {qid: text for qid, _, _, text, _ in rows}
+    # two questions, each its own call: each encodes the volume again (RadFM's harness input takes ~1 min)
+    again = per_question(db, args, volume, questions[:2])
+    assert again == {qid: text for qid, _, _, text, _ in rows[:2]}
