@@ -95,6 +95,10 @@ def load_config(path: str | Path | None) -> BenchmarkConfig:
             if bad:
                 raise ConfigError(f"{path}: models[{i}]: unknown key(s) {', '.join(sorted(bad))} "
                                   f"(known: {', '.join(sorted(MODEL_KEYS))})")
+            limit = m.get("limit_volumes")
+            if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+                raise ConfigError(f"{path}: models[{i}].limit_volumes: expected a whole number of at least 1, "
+                                  f"not {limit!r} (leave it out for every volume)")
             try:
                 registry.adapter_class(str(m["model"]))
             except (AdapterError, ValueError) as exc:            # unknown, or not importable here

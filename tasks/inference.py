@@ -113,6 +113,12 @@ class InferSummary:
 def make_adapter(request: InferRequest) -> ModelAdapter:
     if request.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, not {request.batch_size}")
+    if request.limit_volumes is not None and (isinstance(request.limit_volumes, bool)
+                                              or not isinstance(request.limit_volumes, int)
+                                              or request.limit_volumes < 1):
+        # 0 or -1 would read as "nothing to do" and store nothing, silently
+        raise ValueError(f"--limit-volumes must be a whole number of at least 1, not {request.limit_volumes!r}; "
+                         f"leave it out for every volume")
     if request.ablate is not None and request.ablate not in ABLATIONS:
         raise ValueError(f"unknown ablation {request.ablate!r}; known: {', '.join(ABLATIONS)}")
     adapter = registry.create(request.model, request.settings(), env=request.env)

@@ -325,3 +325,18 @@ def test_cli_os_error_is_one_line_naming_the_path(tmp_path, capsys):
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith(f"ctsvqa: error: {blocker / 'ph'}") and err[0].endswith(
         ": Not a directory"), err
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_infer_limit_volumes_below_one_is_refused_not_nothing_to_do(mini_db, capsys, limit):
+    """`--limit-volumes 0` / `-1` used to say "every prediction stored; nothing to do" (exit 0) and store
+    nothing: refused in one line, before any work, and the warehouse has no run for it."""
+    import duckdb
+
+    from flows.cli import main
+
+    assert main(["infer", "--model", "random", "--limit-volumes", limit, "--db", str(mini_db)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--limit-volumes must be a whole number of at least 1, not {limit}" in err[0], err
+    with duckdb.connect(str(mini_db), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM runs WHERE source = 'inference'").fetchone() == (0,)

@@ -68,6 +68,8 @@ def test_benchmark_end_to_end_then_nothing_recomputed(prefect_server, tmp_path, 
     ("dataset: {upstream: x, phantoms: {}}\n", "either phantoms or upstream"),
     ("judges: 3\n", "judges: expected a list"),
     ("models: [nope]\n", "models[0]: unknown model 'nope'; known models:"),
+    ("models: [{model: blind, limit_volumes: -1}]\n", "models[0].limit_volumes: expected a whole number of at least 1"),
+    ("models: [{model: blind, limit_volumes: 2.5}]\n", "models[0].limit_volumes: expected a whole number"),
 ])
 def test_bad_config_is_one_clear_error(tmp_path, capsys, text, message):
     cfg = tmp_path / "bad.yaml"
