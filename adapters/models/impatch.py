@@ -41,7 +41,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from adapters.models.base import AdapterError, AdapterSettings, Answer, ModelInput, Question, Requirement
-from adapters.models.base import VariantAdapter, leading_generate_tokens, dtype_kwarg
+from adapters.models.base import VariantAdapter, computed_once, dtype_kwarg, leading_generate_tokens
 from adapters.models.prompts.impatch import ImPatchPrompt
 
 WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
@@ -116,26 +116,11 @@ def image_encoded_once(model, image):
     """While active, the model's `encode_images(image)` for this very tensor runs once; other inputs
     go through unchanged. Yields a dict counting the real encodes (None: the model has no
     `encode_images`, so every `generate` encodes)."""
-    original = getattr(model, "encode_images", None)
-    if original is None:
+    if getattr(model, "encode_images", None) is None:
         yield {"encodes": None}
         return
-    state: dict[str, Any] = {"encodes": 0, "features": None}
-
-    def encode_images(images):
-        if images is not image:
-            return original(images)
-        if state["features"] is None:
-            state["features"] = original(images)
-            state["encodes"] += 1
-        return state["features"]
-
-    model.encode_images = encode_images          # an instance attribute shadows the method
-    try:
+    with computed_once(model, "encode_images", lambda images: images is image) as state:
         yield state
-    finally:
-        del model.encode_images
-        state["features"] = None
 
 
 def _from_dir(module, root: Path) -> bool:

@@ -41,12 +41,12 @@ from __future__ import annotations
 
 import hashlib
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
 from adapters.models.base import AdapterError, AdapterSettings, Answer, ModelInput, Question, Requirement
-from adapters.models.base import VariantAdapter, leading_generate_tokens, dtype_kwarg, release_gpu_memory, torch_load_kwargs
+from adapters.models.base import (VariantAdapter, computed_once, dtype_kwarg, leading_generate_tokens,
+                                  release_gpu_memory, torch_load_kwargs)
 from adapters.models.offline_patch import add_import_root, drop_import_root, has_weights, patched
 from adapters.models.prompts.text_prompt import RADFM_IMAGE_FIRST
 
@@ -400,29 +400,11 @@ class RadFM(VariantAdapter):
             "seconds": round(time.perf_counter() - t0, 4)})
 
 
-@contextmanager
 def vision_encoded_once(encoder, vision_x):
     """While active, RadFM's 3D ViT runs once for this call's `vision_x`: MyEmbedding hands it a view of
-    the same storage (rearranged) for every question, and the features are a deterministic function of
-    it. Other inputs go through. Yields a dict counting the real encodes."""
-    original = encoder.forward
-    state: dict[str, Any] = {"encodes": 0, "out": None}
+    the same storage (rearranged) for every question. Other inputs go through."""
     key = (vision_x.data_ptr(), vision_x.numel())
-
-    def forward(x, *args, **kwargs):
-        if (x.data_ptr(), x.numel()) != key or args or kwargs:
-            return original(x, *args, **kwargs)
-        if state["out"] is None:
-            state["out"] = original(x)
-            state["encodes"] += 1
-        return state["out"]
-
-    encoder.forward = forward              # an instance attribute shadows the method for __call__
-    try:
-        yield state
-    finally:
-        del encoder.forward
-        state["out"] = None
+    return computed_once(encoder, "forward", lambda x: (x.data_ptr(), x.numel()) == key)
 
 
 class _default_dtype:

@@ -5,8 +5,8 @@
 runs with the family's pinned stack (PYTHONPATH = this repository, for the tokenizer helpers and the
 adapters' import shims), imports the model's own code from CODE_DIR (the checkout at the commit in
 shared/research/models-code.md), builds the smallest model its code allows (hidden <= 128, 1-2
-layers where the width is not hard-coded) and saves it in the layout the adapter loads. Prints one
-JSON line: what was built and the sizes the conformance tests check against.
+layers where the width is not hard-coded) and saves it in the layout the adapter loads. Prints (and
+writes to OUT/tiny.json) one JSON line: what was built, with which torch and transformers.
 """
 
 from __future__ import annotations
@@ -109,8 +109,7 @@ CTVIT_TINY = dict(dim=64, codebook_size=64, image_size=480, patch_size=20, tempo
 def ctchat(code: Path, out: Path) -> dict:
     from adapters.models.code_roots import ImportRoots
     from adapters.models.ctchat import CTVIT_CONFIG, stub_ct_clip, shim_all_layernorm_layers
-    from tests.real_code.tiny_tokenizers import llama3_fast
-    from tests.tiny_llava import CTCHAT_TOKENS
+    from tests.tiny_llava import CTCHAT_TOKENS, llama3_tokenizer
 
     roots = ImportRoots([code / "CT-CHAT", code / "CT-CLIP" / "transformer_maskgit"], ("llava", "transformer_maskgit"))
     roots.enter()
@@ -119,7 +118,7 @@ def ctchat(code: Path, out: Path) -> dict:
     from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
     from transformer_maskgit import CTViT
 
-    tok = llama3_fast(["<pad>", *CTCHAT_TOKENS])
+    tok = llama3_tokenizer(["<pad>", *CTCHAT_TOKENS])
     config = LlavaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
@@ -190,8 +189,8 @@ def merlin(code: Path, out: Path) -> dict:
     return {}
 
 
-FAMILIES = {"m3d": m3d, "m3d-padded": lambda code, out: m3d(code, out, pad_vocab=True), "med3dvlm": med3dvlm, "ctchat": ctchat, "radfm": radfm, "vila-m3": vila_m3,
-            "merlin": merlin}
+FAMILIES = {"m3d": m3d, "m3d-padded": lambda code, out: m3d(code, out, pad_vocab=True), "med3dvlm": med3dvlm,
+            "ctchat": ctchat, "radfm": radfm, "vila-m3": vila_m3, "merlin": merlin}
 
 
 def main(argv: list[str]) -> int:

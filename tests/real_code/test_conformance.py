@@ -134,10 +134,9 @@ def stored(db: Path, name: str) -> list[tuple]:
 def per_question(db: Path, args: dict, volume: str, questions: list) -> dict[str, str | None]:
     """The same adapter, through the same kind of worker, asked one question per call: the volume is
     encoded again for every question."""
-    from adapters.models.base import Question
-    from tasks.inference import InferRequest, make_adapter, plan_run, input_rows, load_adapter
+    from adapters.models.base import ModelInput, Question
     from adapters.models.recipes import RECIPES
-    from adapters.models.base import ModelInput
+    from tasks.inference import InferRequest, input_rows, load_adapter, make_adapter, plan_run
 
     request = InferRequest(**args)
     adapter = make_adapter(request)

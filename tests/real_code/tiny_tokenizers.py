@@ -6,8 +6,8 @@ predates the `vocab=`/`merges=` constructors the rest of the tests use.
   `<unk>`/`<s>`/`</s>` at 0/1/2 as LLaMA's) through `transformers.LlamaTokenizer(vocab_file=...)`.
 - `qwen_bpe(out, ...)`: a byte-level BPE written as `vocab.json` + `merges.txt` through
   `transformers.Qwen2Tokenizer(vocab_file, merges_file)` (no BOS, as Qwen2.5's).
-- `llama3_fast(...)`: Llama 3's byte-level BPE as a `PreTrainedTokenizerFast` (the class Llama 3
-  checkpoints load as), from tests/tiny_llava.py.
+Llama 3's byte-level BPE (CT-CHAT, VILA-M3) is tests/tiny_llava.py's `llama3_tokenizer`: a
+`PreTrainedTokenizerFast`, which every 4.x has.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ CORPUS = _WORDS + [
     "What is the largest diameter of the mass in millimetres? midline deviated shifted compressed",
 ]
 
-def llama_sp(out: Path, added: list[str] = (), special: list[str] = (), vocab_size: int = 400, **kwargs):
-    """A slow LlamaTokenizer over a sentencepiece model trained here; `added` become added tokens,
-    `special` added special tokens; `kwargs` go to the constructor (add_bos_token, legacy, ...)."""
+
+def llama_sp(out: Path, special: list[str] = (), vocab_size: int = 400, **kwargs):
+    """A slow LlamaTokenizer over a sentencepiece model trained here; `special` become added special
+    tokens; `kwargs` go to the constructor (add_bos_token, legacy, ...)."""
     import io
 
     import sentencepiece as spm
@@ -41,8 +42,6 @@ def llama_sp(out: Path, added: list[str] = (), special: list[str] = (), vocab_si
     model_file = out / "tokenizer.model"
     model_file.write_bytes(buf.getvalue())
     tok = LlamaTokenizer(vocab_file=str(model_file), **kwargs)
-    if added:
-        tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in added])
     if special:
         tok.add_tokens([AddedToken(t, normalized=False, special=True) for t in special], special_tokens=True)
     assert [tok.convert_tokens_to_ids(t) for t in ("<unk>", "<s>", "</s>")] == [0, 1, 2]
@@ -75,8 +74,3 @@ def qwen_bpe(out: Path, special: list[str], added_special: list[str] = (), vocab
                    special_tokens=True)
     return tok
 
-
-def llama3_fast(extra_special: list[str] = ()):
-    from tests.tiny_llava import llama3_tokenizer
-
-    return llama3_tokenizer(list(extra_special))
