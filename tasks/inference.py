@@ -219,12 +219,16 @@ def input_rows(db, dataset_id: str, recipe: str, volumes: Sequence[str]) -> dict
 
 
 def missing_inputs(db, plan: RunPlan) -> list[str]:
-    """Input volumes the plan needs whose input for its recipe is not built (or whose file is gone)."""
+    """Input volumes the plan needs whose input for its recipe is not built, whose file is gone, or
+    whose source volume changed since it was built (the same check `preprocess` makes)."""
+    from tasks import model_inputs
+
     if plan.recipe is None:
         return []
-    wanted = sorted({plan.input_volume(v) for v in plan.pending})
-    have = input_rows(db, plan.dataset_id, plan.recipe, wanted)
-    return [v for v in wanted if not (v in have and have[v][0] == "ok" and Path(have[v][2]).is_file())]
+    wanted = {plan.input_volume(v) for v in plan.pending}
+    jobs = model_inputs.plan(db, plan.dataset_id, [RECIPES[plan.recipe]], [], model_inputs.output_root(db),
+                             only=wanted)
+    return sorted(job.volume for job in jobs)
 
 
 def build_inputs(db, dataset_id: str, recipe: str, volumes: Sequence[str]) -> int:
@@ -256,6 +260,42 @@ def model_inputs_for(db, plan: RunPlan) -> dict[str, ModelInput | str]:
         else:
             out[v] = ModelInput(v, r.name, r.version, Path(path), tuple(shape), dtype, left)
     return out
+
+
+def input_sources(db, plan: RunPlan) -> dict[str, tuple]:
+    """Input volume -> (source file, size, mtime_ns, content sha256) its input was built from."""
+    if plan.recipe is None:
+        return {}
+    r = RECIPES[plan.recipe]
+    with warehouse.reader(db) as con:
+        rows = con.execute(
+            "SELECT volume, source_path, source_size, source_mtime_ns, volume_sha256 FROM model_inputs "
+            "WHERE dataset_id = ? AND recipe = ? AND version = ? AND status = 'ok' AND source_path IS NOT NULL",
+            [plan.dataset_id, r.name, r.version]).fetchall()
+    return {v: tuple(rest) for v, *rest in rows}
+
+
+def source_changed(source: tuple | None) -> str | None:
+    """Why the input built from `source` no longer shows that file (it changed after the input was
+    built, or can no longer be read), or None. A file that is gone leaves its input valid."""
+    from tasks.model_inputs import file_sha256
+
+    if not source:
+        return None
+    path, size, mtime, sha = source
+    try:
+        st = Path(path).stat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"volume file {path} cannot be read ({exc.strerror}); fix it and run the same command with --retry-failed"
+    if (st.st_size, st.st_mtime_ns) == (size, mtime):
+        return None
+    now = file_sha256(path)
+    if now == sha:
+        return None
+    return (f"volume file {path} changed after its input was built (size {size} -> {st.st_size}); run the same "
+            f"command with --retry-failed to rebuild the input and answer these questions")
 
 
 def dataset_questions(db, dataset_id: str) -> list[DatasetQuestion]:
@@ -461,9 +501,14 @@ class WorkItem:
     questions: list[Question]
     model_input: ModelInput | str | None
     base: dict[str, Any]
+    source: tuple | None = None          # the volume file the input was built from (path, size, mtime, sha)
+
+    def stale(self) -> str | None:
+        return source_changed(self.source)
 
 
-def work_items(plan: RunPlan, inputs: dict[str, ModelInput | str], session_id: str) -> list[WorkItem]:
+def work_items(plan: RunPlan, inputs: dict[str, ModelInput | str], session_id: str,
+               sources: dict[str, tuple] | None = None) -> list[WorkItem]:
     recipe_key = RECIPES[plan.recipe].key if plan.recipe else None
     items = []
     for volume, questions in plan.pending.items():
@@ -472,7 +517,8 @@ def work_items(plan: RunPlan, inputs: dict[str, ModelInput | str], session_id: s
         mi: ModelInput | str | None = None
         if plan.recipe:
             mi = inputs.get(plan.input_volume(volume)) or f"no input for volume {plan.input_volume(volume)}"
-        items.append(WorkItem(volume, questions, mi, base))
+        items.append(WorkItem(volume, questions, mi, base,
+                              (sources or {}).get(plan.input_volume(volume)) if plan.recipe else None))
     return items
 
 
@@ -483,7 +529,10 @@ def failed_rows(run_id: str, item: WorkItem, reason: str, extra: dict[str, Any] 
 
 def answer_item(adapter: ModelAdapter, run_id: str, item: WorkItem, mi: ModelInput | str | None,
                 batch_size: int, extra: dict[str, Any] | None = None) -> list[dict]:
-    """Every question of the item as one row; `mi` is the item's input once read (or why not)."""
+    """Every question of the item as one row; `mi` is the item's input once read (or why not). A
+    volume whose file changed since its input was built fails with that reason (never a stale answer)."""
+    if not isinstance(mi, str) and mi is not None and (why := item.stale()):
+        mi = why
     if isinstance(mi, str):
         return failed_rows(run_id, item, mi, extra)
     base = {**item.base, **(extra or {})}
@@ -501,6 +550,8 @@ def answer_group(adapter: ModelAdapter, run_id: str, items: list[WorkItem], mis:
     a few ahead); a volume without an input fails alone. Each item's rows, in order."""
     ready, rows_of = [], {}
     for item, mi in zip(items, mis):
+        if not isinstance(mi, str) and mi is not None and (why := item.stale()):
+            mi = why
         if isinstance(mi, str):
             rows_of[item.volume] = failed_rows(run_id, item, mi, extra)
             continue
@@ -525,6 +576,8 @@ def answer_streamed(adapter: ModelAdapter, run_id: str, items: list[WorkItem], b
     ready: list[tuple[WorkItem, ModelInput | None, dict]] = []
     for item in items:
         mi = item.model_input
+        if not isinstance(mi, str) and mi is not None and (why := item.stale()):
+            mi = why
         if isinstance(mi, str):
             yield item.volume, failed_rows(run_id, item, mi)
             continue
@@ -611,7 +664,7 @@ def run_inference(db, request: InferRequest, progress: ProgressFn | None = None,
         summary.session_id = str(uuid.uuid4())
         register_run(db, plan, adapter, summary.session_id, flow_run_id,
                      extra={"sharding": sharding.describe()} if sharding is not None else None)
-        items = work_items(plan, model_inputs_for(db, plan), summary.session_id)
+        items = work_items(plan, model_inputs_for(db, plan), summary.session_id, input_sources(db, plan))
         if sharding is None:
             results = _answer_here(adapter, plan.run_id, items, request.batch_size)
         else:

@@ -45,12 +45,17 @@ def output_root(db, out: str | os.PathLike | None = None) -> Path:
 
 def find_volume(volume: str, roots: Sequence[Path]) -> Path | None:
     """Absolute path of the volume's file. Anything at a candidate path counts (a directory or a
-    broken link is reported by the decoder for what it is, not as 'not found')."""
+    broken link is reported by the decoder for what it is, not as 'not found'). A name that would
+    reach outside its root (a warehouse imported before volume keys were checked) finds nothing."""
     for root in roots:
+        top = os.path.abspath(root)
         for sub in VOLUME_SUBDIRS:
             for candidate in (root / sub / ct_rate_folder(volume) / volume, root / sub / volume):
-                if os.path.lexists(candidate):
-                    return Path(os.path.abspath(candidate))
+                where = os.path.abspath(candidate)
+                if os.path.commonpath([top, where]) != top:
+                    return None
+                if os.path.lexists(where):
+                    return Path(where)
     return None
 
 
@@ -65,45 +70,82 @@ def _stat(path: Path | None) -> tuple[int | None, int | None]:
 def plan(db, dataset: str | None, recipes: Sequence[Recipe], volume_roots: Sequence[Path],
          out_root: Path, only: set[str] | None = None) -> list[VolumeJob]:
     """Volumes of the dataset(s) (or of `only` among them) with at least one requested recipe not
-    yet built, whose output file is gone (evicted), or whose source file changed (size or mtime
-    differ from when it was built)."""
+    yet built, whose output file is gone (evicted), or whose source file changed since it was built
+    (see `_plan`)."""
     with warehouse.reader(db) as con:
-        return _plan(con, dataset, recipes, volume_roots, only)
+        jobs, unchanged = _plan(con, dataset, recipes, volume_roots, only)
+    restat(db, unchanged)
+    return jobs
+
+
+def file_sha256(path: str | os.PathLike) -> str | None:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def restat(db, unchanged: list[tuple]) -> None:
+    """Record the new size and mtime of source files whose content was found unchanged (touched or
+    copied), so the next plan trusts the cheap check again instead of hashing them once more."""
+    if not unchanged:
+        return
+    with warehouse.writer(db) as con, warehouse.transaction(con):
+        con.executemany("UPDATE model_inputs SET source_size = ?, source_mtime_ns = ? "
+                        "WHERE dataset_id = ? AND volume = ? AND volume_sha256 = ?", unchanged)
 
 
 def _plan(con, dataset: str | None, recipes: Sequence[Recipe], volume_roots: Sequence[Path],
-          only: set[str] | None) -> list[VolumeJob]:
+          only: set[str] | None) -> tuple[list[VolumeJob], list[tuple]]:
+    """(jobs, unchanged). The source is found in the given roots, else the dataset's import folder,
+    else where its inputs were built from. An input is stale when that file's size or mtime differ
+    from when it was built and its content hash differs too (a file only touched is not rebuilt; it
+    is listed in `unchanged` to be re-stat-ed). A source that is gone leaves its inputs as they are."""
     datasets = con.execute("SELECT dataset_id, source_path FROM datasets WHERE ? IS NULL OR dataset_id = ?",
                            [dataset, dataset]).fetchall()
     if dataset is not None and not datasets:
         known = [d for (d,) in con.execute("SELECT dataset_id FROM datasets ORDER BY 1").fetchall()]
         raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(known) or 'none (import one first)'}")
-    done = {(d, v, r, ver): (p, size, mtime) for d, v, r, ver, p, size, mtime in con.execute(
-        "SELECT dataset_id, volume, recipe, version, path, source_size, source_mtime_ns FROM model_inputs "
-        "WHERE status = 'ok' AND (? IS NULL OR dataset_id = ?)", [dataset, dataset]).fetchall()}
+    done = {(d, v, r, ver): (p, size, mtime, sha, src) for d, v, r, ver, p, size, mtime, sha, src in con.execute(
+        "SELECT dataset_id, volume, recipe, version, path, source_size, source_mtime_ns, volume_sha256, source_path "
+        "FROM model_inputs WHERE status = 'ok' AND (? IS NULL OR dataset_id = ?)", [dataset, dataset]).fetchall()}
+    built_from = {(d, v): src for (d, v, _, _), (_, _, _, _, src) in done.items() if src}
     volumes = {d: [v for (v,) in con.execute("SELECT volume FROM volumes WHERE dataset_id = ? ORDER BY position",
                                              [d]).fetchall()] for d, _ in datasets}
-    jobs = []
+    jobs, unchanged = [], []
     for dataset_id, source_path in datasets:
         roots = [Path(os.path.abspath(r)) for r in volume_roots] + ([Path(source_path)] if source_path else [])
         for volume in volumes[dataset_id]:
             if only is not None and volume not in only:
                 continue
             found = find_volume(volume, roots)
+            if found is None and (earlier := built_from.get((dataset_id, volume))) and os.path.lexists(earlier):
+                found = Path(earlier)          # found through a --volumes folder this command was not given
             size, mtime = _stat(found)
+            hashed: list[str | None] = []
 
             def current(recipe: Recipe) -> bool:
                 built = done.get((dataset_id, volume, recipe.name, recipe.version))
                 if built is None or not Path(built[0]).is_file():
                     return False
-                # built from a file that is still there but is no longer the same file
-                return found is None or size is None or built[1:] == (size, mtime)
+                if found is None or size is None or built[1:3] == (size, mtime):
+                    return True
+                if not hashed:                 # size or mtime changed: the content decides (once per volume)
+                    hashed.append(file_sha256(found))
+                if hashed[0] is not None and hashed[0] == built[3]:
+                    unchanged.append((size, mtime, dataset_id, volume, built[3]))
+                    return True
+                return False
 
             missing = tuple(r.name for r in recipes if not current(r))
             if missing:
                 jobs.append(VolumeJob(dataset_id, volume, str(found) if found else None,
                                       ", ".join(str(r) for r in roots), missing, size, mtime))
-    return jobs
+    return jobs, list(dict.fromkeys(unchanged))
 
 
 def output_path(out_root: Path, recipe: Recipe, volume_sha: str) -> Path:
@@ -211,8 +253,9 @@ def ensure_inputs(db, dataset: str, recipe: str | Recipe, volumes: Iterable[str]
     query = ("SELECT volume, status, path, reason FROM model_inputs WHERE dataset_id = ? AND recipe = ? "
              "AND version = ? AND list_contains(?, volume)", [dataset, recipe.name, recipe.version, wanted])
     with warehouse.reader(db) as con:                # one connection when everything is on disk
-        jobs = _plan(con, dataset, [recipe], volume_roots, set(wanted))
+        jobs, unchanged = _plan(con, dataset, [recipe], volume_roots, set(wanted))
         rows = con.execute(*query).fetchall()
+    restat(db, unchanged)
     if jobs:
         record(db, [row for job in jobs for row in process_volume(job, str(out_root), decode_cache)])
         with warehouse.reader(db) as con:

@@ -209,7 +209,19 @@ def _empty_answer(root):
     edit_json(root / DATASET, lambda d: d["valid_1_a_1.nii.gz"]["qa_pairs"][2].update(answer=""))
 
 
+def _volume_key(name):
+    def rename(root):
+        path = root / DATASET
+        data = json.loads(path.read_text())
+        path.write_text(json.dumps({(name if k == "valid_2_a_1.nii.gz" else k): v for k, v in data.items()}))
+    rename.__name__ = f"_volume_key_{name.strip('/').split('/')[-1]}_{'abs' if name.startswith('/') else 'rel'}"
+    return rename
+
+
 HOSTILE = [
+    (_volume_key("../../etc/passwd.nii.gz"), "volume '../../etc/passwd.nii.gz': a volume key must be a plain file name"),
+    (_volume_key("/etc/passwd.nii.gz"), "volume '/etc/passwd.nii.gz': a volume key must be a plain file name"),
+    (_volume_key(".hidden.nii.gz"), "volume '.hidden.nii.gz': a volume key must be a plain file name"),
     (_manifest_is_a_list, "ctsvqa_dataset.json: expected a JSON object"),
     (_manifest_numeric_name, "ctsvqa_dataset.json: field 'name' must be a non-empty string, got 5"),
     (_dataset_nested_too_deep, "spatial_qa_filtered_full.json: JSON nested too deeply"),
@@ -340,3 +352,18 @@ def test_infer_limit_volumes_below_one_is_refused_not_nothing_to_do(mini_db, cap
     assert len(err) == 1 and f"--limit-volumes must be a whole number of at least 1, not {limit}" in err[0], err
     with duckdb.connect(str(mini_db), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM runs WHERE source = 'inference'").fetchone() == (0,)
+
+
+def test_a_stored_volume_name_outside_its_root_finds_nothing(tmp_path):
+    """A warehouse imported before volume keys were checked: the pipeline still opens nothing outside
+    the volumes folder, however the name climbs."""
+    from tasks.model_inputs import find_volume
+
+    root = tmp_path / "vols"
+    (root / "volumes").mkdir(parents=True)
+    outside = tmp_path / "secret.nii.gz"
+    outside.write_bytes(b"x")
+    (root / "volumes" / "ok.nii.gz").write_bytes(b"x")
+    assert find_volume("../../secret.nii.gz", [root]) is None
+    assert find_volume(str(outside), [root]) is None
+    assert find_volume("ok.nii.gz", [root]) == root / "volumes" / "ok.nii.gz"

@@ -469,3 +469,77 @@ def test_a_streaming_adapter_answers_the_run_in_one_stream_and_each_volume_is_st
     run_inference(pdb, request)                      # one volume left: it comes back before any stop
     assert calls.read_text().splitlines()[-1] == order[0]
     assert set(predictions(pdb, "stopped")) == all_qids(pdb)
+
+
+# -- a volume file that changes after its input was built ----------------------------------------
+
+@pytest.fixture
+def own_phantoms(phantom_root, tmp_path) -> tuple[Path, Path, list[Path]]:
+    """A copy of the phantom set (its files are changed), imported and preprocessed for echo-test."""
+    root = tmp_path / "ph"
+    shutil.copytree(phantom_root, root)
+    db = tmp_path / "wh.duckdb"
+    import_upstream(root, db)
+    dataset = rows(db, "SELECT dataset_id FROM datasets")[0][0]
+    volumes = [v for (v,) in rows(db, "SELECT volume FROM volumes ORDER BY position")]
+    inference.build_inputs(db, dataset, "lingshu", volumes)
+    files = [next(root.glob(f"volumes/**/{v}")) for v in volumes]
+    return root, db, files
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_volume_truncated_after_preprocess_is_never_answered_from_its_old_input(plugin, own_phantoms):
+    _, db, files = own_phantoms
+    os.truncate(files[0], 20000)
+    run_inference(db, InferRequest(model=ECHO))
+    preds = predictions(db, ECHO)
+    for qid, (_, status, reason, _) in preds.items():
+        if volume_of(qid) == files[0].name:
+            assert status == "error" and files[0].name in reason and "truncated" in reason, reason
+        else:
+            assert status == "ok"
+    (status,) = rows(db, "SELECT status FROM model_inputs WHERE volume = ? AND recipe = 'lingshu'", [files[0].name])[0]
+    assert status == "failed"
+
+
+def test_a_volume_replaced_after_preprocess_is_rebuilt_and_answered_from_its_new_content(plugin, own_phantoms):
+    _, db, files = own_phantoms
+    old = _sha(files[0])
+    shutil.copyfile(files[1], files[0])           # another valid volume under the first one's name
+    run_inference(db, InferRequest(model=ECHO))
+    preds = predictions(db, ECHO)
+    mine = [p for q, p in preds.items() if volume_of(q) == files[0].name]
+    assert mine and all(s == "ok" and p["input_volume_sha256"] == _sha(files[1]) != old for _, s, _, p in mine)
+
+
+def test_a_volume_only_touched_is_not_rebuilt_and_its_new_mtime_is_recorded(plugin, own_phantoms):
+    _, db, files = own_phantoms
+    query = "SELECT created_at, source_mtime_ns FROM model_inputs WHERE volume = ? AND recipe = 'lingshu'"
+    built_at, _ = rows(db, query, [files[0].name])[0]
+    os.utime(files[0], ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert inference.missing_inputs(db, inference.plan_run(db, InferRequest(model=ECHO))) == []
+    assert rows(db, query, [files[0].name])[0] == (built_at, files[0].stat().st_mtime_ns)
+    run_inference(db, InferRequest(model=ECHO))
+    assert {s for _, s, _, _ in predictions(db, ECHO).values()} == {"ok"}
+
+
+def test_a_volume_changed_during_the_run_fails_with_the_reason_and_retry_failed_answers_it(plugin, own_phantoms):
+    _, db, files = own_phantoms
+
+    def change_the_last(done: int, total: int) -> None:
+        if done and files[-1].stat().st_size > 20000:       # after the first volume is stored
+            os.truncate(files[-1], 20000)
+
+    run_inference(db, InferRequest(model=ECHO), progress=change_the_last)
+    preds = predictions(db, ECHO)
+    last = {q for q in preds if volume_of(q) == files[-1].name}
+    assert all(preds[q][1] == "error" and "changed after its input was built" in preds[q][2] for q in last)
+    assert all(preds[q][1] == "ok" for q in set(preds) - last)
+    shutil.copyfile(files[0], files[-1])
+    again = run_inference(db, InferRequest(model=ECHO, retry_failed=True))
+    assert again.pending == again.ok == len(last)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import stat
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -280,10 +281,24 @@ def _text_field(obj: Any, key: str, path: Path, where: str, non_empty: bool = Fa
     return value
 
 
+# A volume key is a plain file name (CT-RATE's valid_12_a_1.nii.gz, or a lab's own scan name): it is
+# joined to the volumes folder, so a separator, a leading dot or a drive would reach outside it.
+VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def check_volume_name(volume: str, path: Path | str, where: str | None = None) -> str:
+    if not isinstance(volume, str) or not VOLUME_NAME.fullmatch(volume) or len(volume) > 255:
+        raise UpstreamFormatError(path, where or f"volume {volume!r}",
+                                  "a volume key must be a plain file name such as valid_12_a_1.nii.gz (letters, "
+                                  "digits, . _ + -; no folder, no leading dot or separator)")
+    return volume
+
+
 def _qa_pairs(data: Any, path: Path) -> Iterator[tuple[str, int, dict]]:
     if not isinstance(data, dict):
         raise UpstreamFormatError(path, None, "expected an object of {volume: {'qa_pairs': [...]}}")
     for volume, entry in data.items():
+        check_volume_name(volume, path)
         pairs = entry.get("qa_pairs") if isinstance(entry, dict) else None
         if not isinstance(pairs, list):
             raise UpstreamFormatError(path, f"volume {volume!r}", "missing 'qa_pairs' list")
