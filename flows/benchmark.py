@@ -16,6 +16,8 @@ from flows.infer import infer
 from flows.judge import judge
 from flows.preprocess import preprocess
 from flows.score import score
+from warehouse import WarehouseLocked
+from warehouse.leases import LeaseHeld
 from tasks.benchmark_config import BenchmarkConfig, PhantomSet, describe, load_config
 
 
@@ -85,6 +87,10 @@ def benchmark(config: str | None = None, db: str | None = None, out: str | None 
         if "batch_size" in m:
             params["batch_size"] = int(m["batch_size"])
         state = infer(db=db, dataset=dataset, return_state=True, **params)
+        if state.is_failed() and isinstance(exc := state.result(raise_on_failure=False), (LeaseHeld, WarehouseLocked)):
+            # the warehouse is held (an analyst's connection, another session): every later stage would
+            # fail or report stale numbers, so stop here with the one line that says who holds it
+            raise exc
         if state.is_failed():
             failures.append(f"{m['model']}: {state.message}")
             log.warning("model %s failed: %s", m["model"], state.message)

@@ -72,17 +72,32 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
-    import signal
-
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from adapters.judges.spec import load_panel
     from tasks import judging
 
     # Checked before Prefect starts: a bad judges file or run name costs no start-up.
     panel = load_panel(args.judges)
     judging.require_runs(args.db, args.run)
+    if args.dry_run:
+        return _judge(args, panel)
+    from warehouse import leases
+
+    # Held from here, before Prefect starts: a second session on the same panel and runs is refused at
+    # once; the judge tasks take the same leases again (re-entrant in this process).
+    with leases.held(args.db, judging.panel_leases(args.db, panel, args.run, args.retry_failed),
+                     f"panel {panel.name} on " + (", ".join(args.run) if args.run else "every run"), wait=args.wait,
+                     on_wait=lambda h: print(f"ctsvqa: waiting for {h.describe()}, which is judging these runs",
+                                             file=sys.stderr)):
+        return _judge(args, panel)
+
+
+def _judge(args: argparse.Namespace, panel) -> int:
+    import signal
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from tasks import judging
     import flows.judge as judge_flow
 
     ensure_server(args.db)
@@ -136,13 +151,15 @@ def cmd_judge(args: argparse.Namespace) -> int:
                 progress.update(bars[name], completed=done, total=total)
 
             judge_flow.progress_hook = hook
-            rows = judge_flow.judge(judges=args.judges, runs=args.run, db=args.db, retry_failed=args.retry_failed)
+            rows = judge_flow.judge(judges=args.judges, runs=args.run, db=args.db, retry_failed=args.retry_failed,
+                                    wait=args.wait)
     except Exception:
         if not judging.STOP.is_set():
             raise                      # after Ctrl-C the flow may fail on its way out; the data is stored
     finally:
         judge_flow.progress_hook = None
         signal.signal(signal.SIGINT, previous)
+
     if judging.STOP.is_set() and (rows is None or any(r["interrupted"] for r in rows)):
         left = judging.pending_total(args.db, panel, args.run, args.retry_failed)
         print(f"ctsvqa: {judging.JudgingInterrupted(max(0, before - left), left)}", file=sys.stderr)
@@ -254,7 +271,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
                   limit_volumes=args.limit_volumes, seed=args.seed,
                   options={**(cfg.get("options") or {}), **_options(args.option)}, ablate=args.ablate,
                   retry_failed=args.retry_failed, code_dir=args.code_dir or cfg.get("code_dir"),
-                  env=args.env or cfg.get("env"))
+                  env=args.env or cfg.get("env"), wait=args.wait)
     try:
         plan = plan_run(args.db, InferRequest(**params))      # a bad model, dataset or name fails before Prefect starts
     except (AdapterError, InferenceError) as exc:
@@ -264,18 +281,30 @@ def cmd_infer(args: argparse.Namespace) -> int:
         print(f"run {plan.name} ({plan.run_id}) on {plan.dataset_id} has every prediction stored; nothing to do "
               f"(--retry-failed answers its failures again)")
         return 0
-    ensure_server(args.db)
-    import flows.infer as infer_flow
+    from tasks.inference import run_lease
+    from warehouse import leases
 
-    console = Console(stderr=True)
-    with Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, disable=not console.is_terminal) as progress:
-        bar = progress.add_task(plan.name, total=plan.n_pending)
-        infer_flow.progress_hook = lambda done, total: progress.update(bar, completed=done, total=total)
-        try:
-            state = infer_flow.infer(**params, **shard, db=args.db, return_state=True)
-        finally:
-            infer_flow.progress_hook = None
+    # Held from here to the end, so a second session of the same run is refused before Prefect starts;
+    # the flow's task takes the same lease again (re-entrant in this process).
+    with leases.held(args.db, [run_lease(plan)], f"run {plan.name} ({plan.run_id}) on {plan.dataset_id}",
+                     wait=args.wait, on_wait=lambda h: print(f"ctsvqa: waiting for {h.describe()}, which holds run "
+                                                            f"{plan.name}", file=sys.stderr)):
+        if args.wait and not (plan := plan_run(args.db, InferRequest(**params))).pending:
+            print(f"run {plan.name} ({plan.run_id}) on {plan.dataset_id}: the session waited for answered "
+                  f"everything; nothing to do")
+            return 0
+        ensure_server(args.db)
+        import flows.infer as infer_flow
+
+        console = Console(stderr=True)
+        with Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=console, disable=not console.is_terminal) as progress:
+            bar = progress.add_task(plan.name, total=plan.n_pending)
+            infer_flow.progress_hook = lambda done, total: progress.update(bar, completed=done, total=total)
+            try:
+                state = infer_flow.infer(**params, **shard, db=args.db, return_state=True)
+            finally:
+                infer_flow.progress_hook = None
     if not state.is_completed():
         print(f"ctsvqa: error: {state.message}", file=sys.stderr)
         return 1
@@ -465,6 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="forecast calls, tokens and cost; send nothing")
     p.add_argument("--retry-failed", action="store_true",
                    help="also judge again what ended unparsed, blocked or without a verdict")
+    p.add_argument("--wait", action="store_true",
+                   help="if another session is judging these runs with these judges, wait for it (default: exit 2)")
     p.set_defaults(func=cmd_judge)
 
     p = sub.add_parser("judge-train", parents=[db],
@@ -519,6 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablate", choices=("shuffle-volumes",),
                    help="shuffle-volumes: show every question another patient's volume (a seeded derangement)")
     p.add_argument("--retry-failed", action="store_true", help="also answer again the questions stored as errors")
+    p.add_argument("--wait", action="store_true",
+                   help="if another session is answering this run, wait for it to finish (default: refuse, exit 2)")
     p.add_argument("--env", metavar="FAMILY|current|PYTHON",
                    help="where a remote-code model runs: its family environment (default, a worker process; "
                         "`ctsvqa env create FAMILY`), `current` (in this process), or PATH/TO/python (your own env)")

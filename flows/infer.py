@@ -13,6 +13,8 @@ from flows.preprocess import preprocess
 from adapters.models.base import AdapterError
 from tasks import inference
 from tasks.inference import InferenceError, InferRequest
+from warehouse import WarehouseLocked
+from warehouse.leases import LeaseHeld
 
 # Set by the CLI to drive a terminal progress bar; the answer task runs in this process.
 progress_hook: inference.ProgressFn | None = None
@@ -65,16 +67,16 @@ def infer(model: str, checkpoint: str | None = None, name: str | None = None, da
           device: str = "cpu", dtype: str | None = None, batch_size: int = 8, limit_volumes: int | None = None,
           seed: int = 0, options: dict | None = None, ablate: str | None = None, retry_failed: bool = False,
           db: str | None = None, code_dir: str | None = None, devices: list[str] | str | None = None,
-          gpus: int | None = None, ray_address: str | None = None, env: str | None = None) -> dict:
+          gpus: int | None = None, ray_address: str | None = None, env: str | None = None, wait: bool = False) -> dict:
     """Same configuration: resumes the stored run; a missing model input is built first (that recipe,
     those volumes only). Ends Failed (with a one-line message) when the model cannot be loaded or every
     question of this session failed; otherwise returns the summary row. `devices` (cuda:0,cuda:1 of
     this host) or `gpus` (N, on `ray_address`/$RAY_ADDRESS or a local Ray) shard the volumes over one
-    model replica per GPU."""
+    model replica per GPU. Another session holding the run: LeaseHeld (or, with `wait`, it waits)."""
     log = get_run_logger()
     request = InferRequest(model=model, checkpoint=checkpoint, name=name, dataset=dataset, device=device, dtype=dtype,
                            batch_size=batch_size, limit_volumes=limit_volumes, seed=seed, options=dict(options or {}),
-                           ablate=ablate, retry_failed=retry_failed, code_dir=code_dir, env=env)
+                           ablate=ablate, retry_failed=retry_failed, code_dir=code_dir, env=env, wait=wait)
     info = plan_task(db, request)
     log.info("run %s (%s) on %s: %d question(s) to answer%s", info["name"], info["run_id"], info["dataset_id"],
              info["pending"], " (resuming)" if info["resumed"] else "")
@@ -85,6 +87,8 @@ def infer(model: str, checkpoint: str | None = None, name: str | None = None, da
                 if devices is not None or gpus is not None or ray_address else None)
     state = answer_task(db, request, sharding, return_state=True)
     if state.is_failed():
+        if isinstance(exc := state.result(raise_on_failure=False), (LeaseHeld, WarehouseLocked)):
+            raise exc                # the warehouse, not the model: a caller (the benchmark) stops on it
         return Failed(message=state.message)
     summary = state.result()
     refresh_snapshot(db)             # failures are data too: stored either way

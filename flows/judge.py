@@ -14,14 +14,27 @@ from flows.artifacts import publish_accuracy
 from adapters.judges.spec import JudgeSpec, load_panel
 from tasks import judging
 from warehouse import summaries
+from warehouse.leases import LeaseHeld
 
 # Set by the CLI to drive a terminal progress bar; tasks run in threads of the same process.
 progress_hook: judging.ProgressFn | None = None
 
 
-@task(name="judge-runs", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10,
+def _retry(task, task_run, state) -> bool:
+    """Another session judging the same runs is not a transient fault: no retry."""
+    try:
+        state.result()
+    except LeaseHeld:
+        return False
+    except Exception:  # noqa: BLE001
+        return True
+    return True
+
+
+@task(name="judge-runs", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10, retry_condition_fn=_retry,
       task_run_name="judge-{spec.name}")
-def judge_task(db: str | None, spec: JudgeSpec, runs: list[str] | None, retry_failed: bool) -> judging.JudgeSummary:
+def judge_task(db: str | None, spec: JudgeSpec, runs: list[str] | None, retry_failed: bool,
+               wait: bool = False) -> judging.JudgeSummary:
     log = get_run_logger()
     step = [0]
 
@@ -33,7 +46,7 @@ def judge_task(db: str | None, spec: JudgeSpec, runs: list[str] | None, retry_fa
             step[0] = decile
             log.info("%s: %d/%d judged", name, done, total)
 
-    summary = judging.judge_runs(db, spec, runs, retry_failed, progress=report)
+    summary = judging.judge_runs(db, spec, runs, retry_failed, progress=report, wait=wait)
     log.info("%s: %d pending, %d from cache, %d distinct items sent in %d calls, statuses %s",
              spec.name, summary.pending, summary.from_cache, summary.distinct_sent, summary.calls, summary.statuses)
     return summary
@@ -47,7 +60,7 @@ def _run_name() -> str:
 @flow(name="judge", task_runner=ThreadPoolTaskRunner(max_workers=4), validate_parameters=False,
       flow_run_name=_run_name)
 def judge(judges: str = "offline", runs: list[str] | None = None, db: str | None = None,
-          retry_failed: bool = False, dry_run: bool = False) -> list[dict]:
+          retry_failed: bool = False, dry_run: bool = False, wait: bool = False) -> list[dict]:
     """Every judge of the panel works in parallel; each stores its results as they complete."""
     log = get_run_logger()
     panel = load_panel(judges)
@@ -59,7 +72,7 @@ def judge(judges: str = "offline", runs: list[str] | None = None, db: str | None
         return rows
     check_keys(panel.judges)
     judging.register_panel(db, panel)
-    futures = [judge_task.submit(db, spec, runs, retry_failed) for spec in panel.judges]
+    futures = [judge_task.submit(db, spec, runs, retry_failed, wait) for spec in panel.judges]
     rows, failed = [], []
     for spec, future in zip(panel.judges, futures):
         result = future.result(raise_on_failure=False)      # let every judge finish before failing

@@ -25,7 +25,7 @@ from adapters.models.base import (
     AdapterError, AdapterSettings, Answer, DatasetQuestion, ModelAdapter, ModelInput, Question, identity_hash,
 )
 from adapters.models.recipes import RECIPES
-from warehouse import loaders, summaries
+from warehouse import leases, loaders, summaries
 
 SQL = Path(__file__).resolve().parent.parent / "sql" / "queries"
 SOURCE = "inference"
@@ -57,6 +57,7 @@ class InferRequest:
     code_dir: str | None = None
     env: str | None = None                 # None: the adapter's family env (worker) or in-process; 'current';
     #                                        a family name; a path to a python (adapters/models/registry.create)
+    wait: bool = False                     # another session holds the run: wait for it instead of refusing
 
     def settings(self) -> AdapterSettings:
         return AdapterSettings(checkpoint=self.checkpoint, device=self.device, dtype=self.dtype, seed=self.seed,
@@ -647,6 +648,24 @@ def run_inference(db, request: InferRequest, progress: ProgressFn | None = None,
     t0 = time.perf_counter()
     adapter = make_adapter(request)
     plan = plan_run(db, request, adapter)
+    if not plan.pending:
+        return InferSummary(plan.run_id, plan.name, plan.dataset_id, plan.model)
+    lease = [run_lease(plan)]
+    leases.acquire(db, lease, f"run {plan.name} ({plan.run_id}) on {plan.dataset_id}", wait=request.wait,
+                   on_wait=lambda h: log.warning("waiting for %s, which holds run %s", h.describe(), plan.name))
+    try:
+        return _run_held(db, request, adapter, plan_run(db, request, adapter), t0, progress, flow_run_id,
+                         build_missing, flush_seconds, sharding)      # planned again: the holder may have answered
+    finally:
+        leases.release(db, lease)
+
+
+def run_lease(plan: RunPlan) -> str:
+    return f"infer:{plan.run_id}"
+
+
+def _run_held(db, request: InferRequest, adapter: ModelAdapter, plan: RunPlan, t0: float, progress, flow_run_id,
+              build_missing: bool, flush_seconds: float, sharding) -> InferSummary:
     summary = InferSummary(plan.run_id, plan.name, plan.dataset_id, plan.model, pending=plan.n_pending)
     if build_missing and (missing := missing_inputs(db, plan)):
         log.info("building %d missing %s input(s)", len(missing), plan.recipe)

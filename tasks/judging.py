@@ -24,7 +24,7 @@ from adapters.judges.base import Stopped
 from adapters.judges.llm import CallLog, LLMJudge, Outcome
 from adapters.judges.prompts import Item
 from adapters.judges.spec import JudgeSpec, Panel
-from warehouse import loaders
+from warehouse import leases, loaders
 
 SQL = Path(__file__).resolve().parent.parent / "sql" / "queries"
 log = logging.getLogger("ctsvqa.judging")
@@ -327,14 +327,41 @@ def pending_total(db, panel: Panel, runs: Sequence[str] | None, retry_failed: bo
 
 def judge_runs(db, spec: JudgeSpec, runs: Sequence[str] | None = None, retry_failed: bool = False,
                progress: ProgressFn | None = None, flush_every: int = 200, flush_seconds: float = FLUSH_SECONDS,
-               stop: threading.Event | None = None, hurry: threading.Event | None = None) -> JudgeSummary:
+               stop: threading.Event | None = None, hurry: threading.Event | None = None,
+               wait: bool = False) -> JudgeSummary:
     """Judge every answered prediction of `runs` (all runs if empty) that `spec` has not judged.
-    `stop` (default: the process-wide STOP that Ctrl-C sets) ends sending; what arrived is stored."""
+    `stop` (default: the process-wide STOP that Ctrl-C sets) ends sending; what arrived is stored.
+    Another session judging the same runs with this judge: LeaseHeld, or with `wait` it waits."""
     stop, hurry = stop or STOP, hurry or HURRY
     t0 = time.perf_counter()
-    summary = JudgeSummary(spec.name, spec.judge_id)
     with warehouse.writer(db) as con:
         check_runs(con, runs)
+        work, _ = pending_work(con, spec, runs, retry_failed)
+    if not work:
+        return JudgeSummary(spec.name, spec.judge_id, seconds=time.perf_counter() - t0)
+    resources = judge_leases(spec, work)
+    leases.acquire(db, resources, f"judge {spec.name} on run(s) {', '.join(sorted({r for w in work for r, _ in w.targets}))}",
+                   wait=wait)
+    try:
+        return _judge_held(db, spec, runs, retry_failed, progress, flush_every, flush_seconds, stop, hurry, t0)
+    finally:
+        leases.release(db, resources)
+
+
+def judge_leases(spec: JudgeSpec, work: list[Work]) -> list[str]:
+    """One lease per judge and run with pending work: two sessions never pay for the same verdicts."""
+    return [f"judge:{spec.judge_id}:{run_id}" for run_id in sorted({r for w in work for r, _ in w.targets})]
+
+
+def panel_leases(db, panel: Panel, runs: Sequence[str] | None, retry_failed: bool) -> list[str]:
+    with warehouse.reader(db) as con:
+        return [r for spec in panel.judges for r in judge_leases(spec, pending_work(con, spec, runs, retry_failed)[0])]
+
+
+def _judge_held(db, spec: JudgeSpec, runs, retry_failed: bool, progress, flush_every: int, flush_seconds: float,
+                stop: threading.Event, hurry: threading.Event, t0: float) -> JudgeSummary:
+    summary = JudgeSummary(spec.name, spec.judge_id)
+    with warehouse.writer(db) as con:             # again, under the lease: a holder before us may have judged them
         work, summary.pending = pending_work(con, spec, runs, retry_failed)
         cache = cached_verdicts(con, [w.item_key for w in work])
     writer = JudgmentWriter(db, spec.judge_id, every=flush_every, seconds=flush_seconds)

@@ -85,7 +85,7 @@ def rows(db: Path, sql: str, params=None) -> list[tuple]:
 def cli_env(**extra: str) -> dict[str, str]:
     """Environment for `python -m flows.cli` subprocesses run from the repository root."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
-    env.update(PYTHONPATH=str(REPO), **extra)
+    env.update({"PYTHONPATH": str(REPO), **extra})
     return env
 
 
