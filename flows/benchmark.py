@@ -18,6 +18,7 @@ from flows.preprocess import preprocess
 from flows.score import score
 from warehouse import WarehouseLocked
 from warehouse.leases import LeaseHeld
+from tasks import interrupt
 from tasks.benchmark_config import BenchmarkConfig, PhantomSet, describe, load_config
 
 
@@ -64,6 +65,11 @@ def _judges_ready(spec: str) -> str | None:
     return None
 
 
+def _interrupted(dataset: str, stage: str, left: str) -> dict:
+    get_run_logger().warning("interrupted in %s; left: %s", stage, left)
+    return {"dataset": dataset, "interrupted": stage, "left": left}
+
+
 @flow(name="benchmark", flow_run_name="benchmark", validate_parameters=False)
 def benchmark(config: str | None = None, db: str | None = None, out: str | None = None) -> dict:
     log = get_run_logger()
@@ -79,6 +85,8 @@ def benchmark(config: str | None = None, db: str | None = None, out: str | None 
     recipes = _recipes(cfg.models)
     if recipes:
         preprocess(recipes=",".join(recipes), db=db, dataset=dataset, volumes=cfg.volumes or None)
+    if interrupt.STOP.is_set():
+        return _interrupted(dataset, "preprocess", "model inputs")
 
     runs, failures = [], []
     for m in cfg.models:
@@ -95,7 +103,12 @@ def benchmark(config: str | None = None, db: str | None = None, out: str | None 
             failures.append(f"{m['model']}: {state.message}")
             log.warning("model %s failed: %s", m["model"], state.message)
         else:
-            runs.append(state.result()["run"])
+            row = state.result()
+            runs.append(row["run"])
+            if row["interrupted"]:
+                return _interrupted(dataset, f"infer {row['run']}", f"{row['left']} answer(s)")
+        if interrupt.STOP.is_set():
+            return _interrupted(dataset, f"infer {m.get('name') or m['model']}", "the models after it")
 
     juries, skipped = [], []
     for spec in cfg.judges:
@@ -103,8 +116,10 @@ def benchmark(config: str | None = None, db: str | None = None, out: str | None 
             skipped.append(f"{spec}: {why}")
             log.warning("jury %s skipped: %s", spec, why)
             continue
-        judge(judges=spec, runs=runs or None, db=db)
+        rows = judge(judges=spec, runs=runs or None, db=db)
         juries.append(spec)
+        if interrupt.STOP.is_set():
+            return _interrupted(dataset, f"judge {spec}", f"{sum(r['left'] for r in rows)} judgment(s)")
 
     score(runs=runs or None, db=db)
 
@@ -125,4 +140,4 @@ def benchmark(config: str | None = None, db: str | None = None, out: str | None 
         f"- snapshot: `{snapshot}`\n- {describe(cfg)}"))
     return {"dataset": dataset, "panel": report.panel, "report": str(report.html), "snapshot": str(snapshot),
             "db": str(warehouse.resolve_db(db)), "headline": headline, "failures": failures, "skipped": skipped,
-            "runs": runs, "juries": juries}
+            "runs": runs, "juries": juries, "interrupted": None}

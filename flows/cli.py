@@ -56,7 +56,17 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     ensure_server(args.db)
     from flows.benchmark import benchmark
 
-    result = benchmark(config=str(args.config) if args.config else None, db=args.db, out=str(args.out))
+    from flows.server import start_temporary_server_ignoring_ctrl_c
+    from tasks import interrupt
+
+    start_temporary_server_ignoring_ctrl_c()
+    with interrupt.ctrl_c("finishing the stage in hand and starting no other; storing what finished (Ctrl-C "
+                          "again: exit now)"):
+        result = benchmark(config=str(args.config) if args.config else None, db=args.db, out=str(args.out))
+    if result.get("interrupted"):
+        print(f"ctsvqa: interrupted in {result['interrupted']} (left: {result['left']}); what finished is stored: "
+              f"run the same command to continue", file=sys.stderr)
+        return 130
     print(f"\njury accuracy — dataset {result['dataset']}, panel {result['panel']}:")
     print(f"  {'model':<28} {'answered':>9} {'majority %':>11} {'strict %':>9}")
     for r in result["headline"]:
@@ -92,8 +102,6 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
 
 def _judge(args: argparse.Namespace, panel) -> int:
-    import signal
-
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -112,37 +120,17 @@ def _judge(args: argparse.Namespace, panel) -> int:
 
     check_keys(panel.judges)
     before = judging.pending_total(args.db, panel, args.run, args.retry_failed)
-    from prefect.settings import PREFECT_API_URL
+    from flows.server import start_temporary_server_ignoring_ctrl_c
+    from tasks import interrupt
 
-    if not PREFECT_API_URL.value():
-        # A terminal's Ctrl-C goes to the whole process group, Prefect's temporary server included:
-        # it would die and leave the flow unable to finish. Started with SIGINT blocked (a mask is
-        # inherited across exec), it ignores Ctrl-C; Prefect still stops it when this process exits.
-        from prefect.server.api.server import SubprocessASGIServer   # the one Prefect's client reuses
-
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            SubprocessASGIServer().start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-    judging.STOP.clear()
-    judging.HURRY.clear()
-
-    def on_sigint(signum, frame) -> None:
-        if judging.STOP.is_set():
-            judging.HURRY.set()
-            print("ctsvqa: Ctrl-C again: no longer waiting for calls in flight", file=sys.stderr)
-        else:
-            judging.STOP.set()
-            print("ctsvqa: Ctrl-C: sending nothing more, storing what arrived (Ctrl-C again: stop waiting "
-                  "for calls in flight)", file=sys.stderr)
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    start_temporary_server_ignoring_ctrl_c()
     console = Console(stderr=True)
     rows = None
     try:
-        with Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(),
-                      TimeRemainingColumn(), console=console, disable=not console.is_terminal) as progress:
+        with interrupt.ctrl_c("sending nothing more, storing what arrived (Ctrl-C again: stop waiting for calls "
+                              "in flight)", "no longer waiting for calls in flight"), \
+                Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(),
+                         TimeRemainingColumn(), console=console, disable=not console.is_terminal) as progress:
             bars: dict[str, int] = {}
 
             def hook(name: str, done: int, total: int) -> None:
@@ -158,7 +146,6 @@ def _judge(args: argparse.Namespace, panel) -> int:
             raise                      # after Ctrl-C the flow may fail on its way out; the data is stored
     finally:
         judge_flow.progress_hook = None
-        signal.signal(signal.SIGINT, previous)
 
     if judging.STOP.is_set() and (rows is None or any(r["interrupted"] for r in rows)):
         left = judging.pending_total(args.db, panel, args.run, args.retry_failed)
@@ -281,6 +268,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
         print(f"run {plan.name} ({plan.run_id}) on {plan.dataset_id} has every prediction stored; nothing to do "
               f"(--retry-failed answers its failures again)")
         return 0
+    from flows.server import start_temporary_server_ignoring_ctrl_c
+    from tasks import interrupt
     from tasks.inference import run_lease
     from warehouse import leases
 
@@ -301,14 +290,20 @@ def cmd_infer(args: argparse.Namespace) -> int:
                       console=console, disable=not console.is_terminal) as progress:
             bar = progress.add_task(plan.name, total=plan.n_pending)
             infer_flow.progress_hook = lambda done, total: progress.update(bar, completed=done, total=total)
+            start_temporary_server_ignoring_ctrl_c()
             try:
-                state = infer_flow.infer(**params, **shard, db=args.db, return_state=True)
+                with interrupt.ctrl_c("starting no new volume; storing what is answered (Ctrl-C again: exit now)"):
+                    state = infer_flow.infer(**params, **shard, db=args.db, return_state=True)
             finally:
                 infer_flow.progress_hook = None
     if not state.is_completed():
         print(f"ctsvqa: error: {state.message}", file=sys.stderr)
         return 1
     row = state.result()
+    if row["interrupted"]:
+        print(f"ctsvqa: interrupted: {row['ok'] + row['error']} answered, {row['left']} left; run the same command "
+              f"to continue", file=sys.stderr)
+        return 130
     print(f"run {row['run']} ({row['run_id']}) on {row['dataset']}: {row['ok']} answered, {row['error']} failed "
           f"of {row['pending']} in {row['seconds']} s" + (f"; errors: {row['errors']}" if row["errors"] else ""))
     return 0
@@ -688,6 +683,11 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"ctsvqa: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print("ctsvqa: interrupted; what finished is stored: run the same command to continue", file=sys.stderr)
+        return 130
     except Exception as exc:  # noqa: BLE001  (a bug: still one line, the details on request)
         if debug:
             traceback.print_exc()

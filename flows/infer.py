@@ -95,8 +95,8 @@ def infer(model: str, checkpoint: str | None = None, name: str | None = None, da
     row = summary.row()
     create_table_artifact(key="infer-summary", table=[row],
                           description=f"Inference run {summary.name} ({summary.run_id}) on {summary.dataset_id}")
-    log.info("%s: %d ok, %d error of %d in %.1f s", summary.name, summary.ok, summary.error, summary.pending,
-             summary.seconds)
+    log.info("%s: %d ok, %d error of %d in %.1f s%s", summary.name, summary.ok, summary.error, summary.pending,
+             summary.seconds, f"; interrupted, {summary.left} left" if summary.interrupted else "")
     if summary.all_failed:
         return Failed(message=f"every one of the {summary.pending} question(s) failed in run {summary.name}; "
                               f"first reason: {next(iter(summary.reasons), 'unknown')}")

@@ -12,7 +12,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.snapshot import refresh_snapshot
 from adapters.models.recipes import RECIPES, select
-from tasks import input_cache, model_inputs
+from tasks import input_cache, interrupt, model_inputs
 
 _pool = None
 
@@ -66,6 +66,8 @@ def preprocess(recipes: str = "all", db: str | None = None, dataset: str | None 
         try:
             futures = [preprocess_volume.submit(job, str(out_root), decode_cache) for job in jobs]
             for job, future in zip(jobs, futures):
+                if interrupt.STOP.is_set() and future.wrapped_future.cancel():
+                    continue                         # Ctrl-C: volumes not started are left for the next run
                 result = future.result()
                 if any(r["status"] == "ok" and not Path(r["path"]).is_file() for r in result):
                     # a cached result whose files were deleted since: build again

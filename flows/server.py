@@ -301,3 +301,21 @@ def _signal_servers(pids: set[int], sig: int) -> None:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
+
+
+def start_temporary_server_ignoring_ctrl_c() -> None:
+    """When no server is configured, start Prefect's temporary one now, with SIGINT blocked. A
+    terminal's Ctrl-C goes to the whole process group, that server included: it would die and leave
+    the flow unable to finish storing its state. Started with SIGINT blocked (a mask is inherited
+    across exec), it ignores Ctrl-C; Prefect still stops it when this process exits."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return
+    from prefect.server.api.server import SubprocessASGIServer   # the one Prefect's client reuses
+
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        SubprocessASGIServer().start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)

@@ -25,6 +25,7 @@ from adapters.models.base import (
     AdapterError, AdapterSettings, Answer, DatasetQuestion, ModelAdapter, ModelInput, Question, identity_hash,
 )
 from adapters.models.recipes import RECIPES
+from tasks import interrupt
 from warehouse import leases, loaders, summaries
 
 SQL = Path(__file__).resolve().parent.parent / "sql" / "queries"
@@ -97,16 +98,21 @@ class InferSummary:
     volumes: int = 0
     seconds: float = 0.0
     reasons: dict[str, int] = field(default_factory=dict)      # error reason -> count (most common first)
+    interrupted: bool = False              # Ctrl-C: no new volume was started after it; what finished is stored
+
+    @property
+    def left(self) -> int:
+        return self.pending - self.ok - self.error
 
     @property
     def all_failed(self) -> bool:
-        return self.pending > 0 and self.ok == 0
+        return self.error > 0 and self.ok == 0 and not self.interrupted
 
     def row(self) -> dict[str, Any]:
         top = "; ".join(f"{n}x {r}" for r, n in list(self.reasons.items())[:3])
         return {"run": self.name, "run_id": self.run_id, "dataset": self.dataset_id, "model": self.model,
                 "pending": self.pending, "ok": self.ok, "error": self.error, "volumes": self.volumes,
-                "seconds": round(self.seconds, 2), "errors": top}
+                "seconds": round(self.seconds, 2), "errors": top, "interrupted": self.interrupted, "left": self.left}
 
 
 # -- configuration ------------------------------------------------------------------------------
@@ -695,7 +701,8 @@ def _run_held(db, request: InferRequest, adapter: ModelAdapter, plan: RunPlan, t
         done = 0
         if progress:
             progress(0, summary.pending)
-        for _volume, rows in results:
+        summary.interrupted = interrupt.STOP.is_set()       # Ctrl-C while the model loaded: start nothing
+        for _volume, rows in results if not summary.interrupted else ():
             writer.add(rows)
             writer.volume_done()
             for r in rows:
@@ -708,6 +715,10 @@ def _run_held(db, request: InferRequest, adapter: ModelAdapter, plan: RunPlan, t
             done += len(rows)
             if progress:
                 progress(done, summary.pending)
+            if interrupt.STOP.is_set() and done < summary.pending:
+                summary.interrupted = True           # no new volume; closing `results` stops the model
+                log.warning("interrupted: %d answered, %d left", done, summary.pending - done)
+                break
         summary.reasons = dict(reasons.most_common())
     finally:
         summary.seconds = time.perf_counter() - t0

@@ -24,6 +24,7 @@ from adapters.judges.base import Stopped
 from adapters.judges.llm import CallLog, LLMJudge, Outcome
 from adapters.judges.prompts import Item
 from adapters.judges.spec import JudgeSpec, Panel
+from tasks import interrupt
 from warehouse import leases, loaders
 
 SQL = Path(__file__).resolve().parent.parent / "sql" / "queries"
@@ -32,8 +33,9 @@ log = logging.getLogger("ctsvqa.judging")
 ProgressFn = Callable[[str, int, int], None]        # (judge name, done, total)
 FLUSH_SECONDS = 2.0          # every result is stored within this long of its arrival
 # Ctrl-C, as the CLI reports it (signals arrive in the main thread; judges run in worker threads):
-STOP = threading.Event()     # the first: send nothing more, store what arrived
-HURRY = threading.Event()    # the second: stop waiting for the calls already sent as well
+# STOP, the first: send nothing more, store what arrived; HURRY, the second: stop waiting for the calls
+# already sent as well.
+STOP, HURRY = interrupt.STOP, interrupt.HURRY
 
 
 class JudgingInterrupted(Exception):

@@ -80,3 +80,57 @@ def test_bad_config_is_one_clear_error(tmp_path, capsys, text, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and str(cfg) in err[0]
     assert not (tmp_path / "wh.duckdb").exists()
+
+
+def test_ctrl_c_of_the_benchmark_stops_after_the_stage_in_hand_and_the_same_command_continues(
+        prefect_server, tmp_path):
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.conftest import REPO, cli_env
+
+    site = tmp_path / "site"
+    info = site / "ctsvqa_test_plugin-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ctsvqa-test-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[ctsvqa.models]\necho-test = tests.infer_adapters:EchoModel\n")
+    cfg = tmp_path / "bench.yaml"
+    cfg.write_text("dataset:\n  phantoms: {n: 3, seed: 5, size: small}\nmodels: [echo-test, blind]\njudges: [offline]\n")
+    db, out, log_file = tmp_path / "wh.duckdb", tmp_path / "out", tmp_path / "answered.log"
+    env = cli_env(ECHO_TEST_DELAY="0.4", ECHO_TEST_LOG=str(log_file), PREFECT_API_URL=PREFECT_API_URL.value(),
+                  PYTHONPATH=os.pathsep.join([str(REPO), str(site)]))
+    cmd = [sys.executable, "-m", "flows.cli", "benchmark", "--config", str(cfg), "--db", str(db), "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (log_file.is_file() and log_file.read_text().strip()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the benchmark ended or stalled before Ctrl-C: {proc.communicate(timeout=10)}")
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert re.fullmatch(r"ctsvqa: interrupted in infer echo-test \(left: \d+ answer\(s\)\); what finished is "
+                        r"stored: run the same command to continue", last), err
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        names = {n for (n,) in con.execute("SELECT name FROM runs").fetchall()}
+        judged = con.execute("SELECT count(*) FROM judgments").fetchone()[0]
+    finally:
+        con.close()
+    assert names == {"echo-test"} and judged == 0               # no later model, no jury
+    assert not (out / "report" / "report.html").exists()
+    done = subprocess.run(cmd, cwd=REPO, env={**env, "ECHO_TEST_DELAY": "0"}, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert (out / "report" / "report.html").is_file()

@@ -543,3 +543,81 @@ def test_a_volume_changed_during_the_run_fails_with_the_reason_and_retry_failed_
     shutil.copyfile(files[0], files[-1])
     again = run_inference(db, InferRequest(model=ECHO, retry_failed=True))
     assert again.pending == again.ok == len(last)
+
+
+# -- Ctrl-C ---------------------------------------------------------------------------------------------
+
+def _infer_cli(pdb, plugin, log_file=None, delay="0.5"):
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.conftest import cli_env
+
+    env = cli_env(ECHO_TEST_DELAY=delay, PYTHONPATH=os.pathsep.join([str(REPO), str(plugin)]),
+                  PREFECT_API_URL=PREFECT_API_URL.value(), **({"ECHO_TEST_LOG": str(log_file)} if log_file else {}))
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", "infer", "--model", ECHO, "--batch-size", "2",
+                             "--db", str(pdb)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _wait_for_answers(proc, log_file: Path, n: int = 1) -> None:
+    deadline = time.monotonic() + 180
+    while not (log_file.is_file() and len(log_file.read_text().split()) >= n):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"the run ended or stalled before Ctrl-C: {proc.communicate(timeout=10)}")
+        time.sleep(0.05)
+
+
+def test_ctrl_c_of_infer_stops_after_the_volume_in_hand_stores_it_and_exits_130(prefect_server, plugin, pdb,
+                                                                                 tmp_path):
+    inference.build_inputs(pdb, rows(pdb, "SELECT dataset_id FROM datasets")[0][0], "lingshu",
+                           [v for (v,) in rows(pdb, "SELECT volume FROM volumes")])
+    log_file = tmp_path / "answered.log"
+    proc = _infer_cli(pdb, plugin, log_file)
+    try:
+        _wait_for_answers(proc, log_file)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    import re
+
+    match = re.fullmatch(r"ctsvqa: interrupted: (\d+) answered, (\d+) left; run the same command to continue", last)
+    assert match, err
+    answered, left = int(match[1]), int(match[2])
+    stored = set(predictions(pdb, ECHO))
+    assert answered == len(stored) and left == len(all_qids(pdb)) - answered and left > 0
+    # whole volumes: the one in hand was finished, none was started after Ctrl-C
+    by_volume = {}
+    for q in all_qids(pdb):
+        by_volume.setdefault(volume_of(q), set()).add(q)
+    assert all(qs <= stored or not (qs & stored) for qs in by_volume.values())
+    assert not rows(pdb, "SELECT * FROM leases")
+    again = run_inference(pdb, InferRequest(model=ECHO, batch_size=2))
+    assert again.pending == again.ok == left
+
+
+def test_a_second_ctrl_c_of_infer_exits_at_once_with_nothing_half_written(prefect_server, plugin, pdb, tmp_path):
+    inference.build_inputs(pdb, rows(pdb, "SELECT dataset_id FROM datasets")[0][0], "lingshu",
+                           [v for (v,) in rows(pdb, "SELECT volume FROM volumes")])
+    log_file = tmp_path / "answered.log"
+    proc = _infer_cli(pdb, plugin, log_file, delay="3")
+    try:
+        _wait_for_answers(proc, log_file)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+        seconds = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert seconds < 2.5, f"took {seconds:.1f} s: it waited for the question in hand (3 s)"
+    assert err.strip().splitlines()[-1].startswith("ctsvqa: interrupted"), err
+    stored = set(predictions(pdb, ECHO))
+    again = run_inference(pdb, InferRequest(model=ECHO, batch_size=2))
+    assert again.ok == again.pending == len(all_qids(pdb)) - len(stored)
