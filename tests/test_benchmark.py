@@ -134,3 +134,62 @@ def test_ctrl_c_of_the_benchmark_stops_after_the_stage_in_hand_and_the_same_comm
                           timeout=600)
     assert done.returncode == 0, done.stderr
     assert (out / "report" / "report.html").is_file()
+
+
+def test_an_analysts_lock_during_a_model_stops_the_benchmark_with_the_whole_lock_line(prefect_server, tmp_path):
+    """Today's failure: one model failed on the lock and the benchmark went on to judge, report and
+    snapshot, printing the old headline. A stage that meets the lock stops the benchmark."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.conftest import REPO, cli_env
+
+    site = tmp_path / "site"
+    info = site / "ctsvqa_test_plugin-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ctsvqa-test-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[ctsvqa.models]\necho-test = tests.infer_adapters:EchoModel\n")
+    cfg = tmp_path / "bench.yaml"
+    cfg.write_text("dataset:\n  phantoms: {n: 3, seed: 5, size: small}\nmodels: [echo-test, blind]\njudges: [offline]\n")
+    db, out = tmp_path / "wh.duckdb", tmp_path / "out"
+    analyst = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time, duckdb
+        while True:                       # wait until the first model has stored something, then hold the file
+            try:
+                con = duckdb.connect({str(db)!r}, read_only=True)
+                n = con.execute("SELECT count(*) FROM predictions").fetchone()[0]
+                con.close()
+                if n:
+                    break
+            except duckdb.Error:
+                pass
+            time.sleep(0.05)
+        con = duckdb.connect({str(db)!r})
+        print("locked", flush=True)
+        time.sleep(4)                     # longer than the benchmark waits (2 s), then the lock is gone
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        env = cli_env(ECHO_TEST_DELAY="0.5", CTSVQA_LOCK_TIMEOUT="2", PREFECT_API_URL=PREFECT_API_URL.value(),
+                      PYTHONPATH=os.pathsep.join([str(REPO), str(site)]))
+        done = subprocess.run([sys.executable, "-m", "flows.cli", "benchmark", "--config", str(cfg), "--db", str(db),
+                               "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert analyst.stdout.readline().strip() == "locked"
+    finally:
+        analyst.kill()
+        analyst.wait(10)
+    assert done.returncode == 2, done.stdout + done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"ctsvqa: error: warehouse {db} is being written by PID {analyst.pid}"), done.stderr
+    assert last.endswith("waited 2s (CTSVQA_LOCK_TIMEOUT). Wait for it to finish (or stop it), then run this again.")
+    assert "jury accuracy" not in done.stdout                                      # no stale headline
+    assert not (out / "report" / "report.html").exists()
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        assert {n for (n,) in con.execute("SELECT name FROM runs").fetchall()} == {"echo-test"}
+        assert con.execute("SELECT count(*) FROM judgments").fetchone()[0] == 0
+    finally:
+        con.close()
