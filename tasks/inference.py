@@ -117,7 +117,33 @@ class InferSummary:
 
 # -- configuration ------------------------------------------------------------------------------
 
+def check_device(device: str) -> None:
+    """Refuse a device this machine does not have: run on the CPU instead, the run would be stored
+    as if it ran on the device asked for."""
+    import re
+
+    if device == "cpu":
+        return
+    m = re.fullmatch(r"(cuda|mps)(?::(\d+))?", device or "")
+    if not m:
+        raise ValueError(f"--device {device!r} is not a device; use cpu, cuda, cuda:N or mps")
+    import torch
+
+    if m[1] == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError("--device mps: this machine has no Apple GPU (MPS) available to torch; use --device cpu")
+        return
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: torch {torch.__version__} sees no CUDA GPU on this machine "
+                         f"({'a CPU-only build' if torch.version.cuda is None else 'no driver or device'}); "
+                         f"use --device cpu")
+    if m[2] is not None and int(m[2]) >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+
+
 def make_adapter(request: InferRequest) -> ModelAdapter:
+    check_device(request.device)
     if request.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, not {request.batch_size}")
     if request.limit_volumes is not None and (isinstance(request.limit_volumes, bool)

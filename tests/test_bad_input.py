@@ -367,3 +367,35 @@ def test_a_stored_volume_name_outside_its_root_finds_nothing(tmp_path):
     assert find_volume("../../secret.nii.gz", [root]) is None
     assert find_volume(str(outside), [root]) is None
     assert find_volume("ok.nii.gz", [root]) == root / "volumes" / "ok.nii.gz"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "tpu"], "--device 'tpu' is not a device; use cpu, cuda, cuda:N or mps"),
+    (["--option", "temperature=abc"], "random: unknown option(s) temperature; known: none (it takes no --option)"),
+])
+def test_infer_unknown_device_or_option_is_refused_before_any_work(mini_db, capsys, argv, message):
+    from flows.cli import main
+
+    assert main(["infer", "--model", "random", *argv, "--db", str(mini_db)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == f"ctsvqa: error: {message}"
+    import duckdb
+
+    con = duckdb.connect(str(mini_db), read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM runs WHERE name = 'random'").fetchone()[0] == 0
+    finally:
+        con.close()
+
+
+def test_infer_device_cuda_without_cuda_is_refused_not_run_on_the_cpu(mini_db, capsys):
+    """It used to run on the CPU and record `cuda` in the provenance."""
+    import torch
+
+    from flows.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["infer", "--model", "random", "--device", "cuda", "--db", str(mini_db)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("ctsvqa: error: --device cuda: torch ") and "sees no CUDA GPU" in line

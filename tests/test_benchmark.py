@@ -70,8 +70,27 @@ def test_benchmark_end_to_end_then_nothing_recomputed(prefect_server, tmp_path, 
     ("models: [nope]\n", "models[0]: unknown model 'nope'; known models:"),
     ("models: [{model: blind, limit_volumes: -1}]\n", "models[0].limit_volumes: expected a whole number of at least 1"),
     ("models: [{model: blind, limit_volumes: 2.5}]\n", "models[0].limit_volumes: expected a whole number"),
+    # the whole file is checked before any work (each of these failed after the pipeline ran, or ran wrong)
+    ("", "the file is empty"),
+    ("dataset: {phantoms: {n: 2.7}}\n", "dataset.phantoms.n: expected a whole number, n at least 2, not 2.7"),
+    ("dataset: {phantoms: {seed: x}}\n", "dataset.phantoms.seed: Input should be a valid integer, not 'x'"),
+    ("models: [{model: blind, batch_size: abc}]\n", "models[0].batch_size: expected a whole number of at least 1, "
+                                                    "not 'abc'"),
+    ("models: [{model: blind, batch_size: 0}]\n", "models[0].batch_size: expected a whole number of at least 1, not 0"),
+    ("models: [{model: blind, options: notadict}]\n", "models[0].options: expected a mapping of option: value, "
+                                                      "not 'notadict'"),
+    ("models: [{model: blind, dtype: float64}]\n", "models[0].dtype: expected 'float32', 'bfloat16' or 'float16', "
+                                                   "not 'float64'"),
+    ("models: [{model: blind, name: 5}]\n", "models[0].name: Input should be a valid string, not 5"),
+    ("models: [{model: blind, ablate: flip}]\n", "models[0].ablate: expected 'shuffle-volumes', not 'flip'"),
+    ("models: [{model: random, options: {temperature: abc}}]\n",
+     "models[0].options: random: unknown option(s) temperature; known: none (it takes no --option)"),
+    ("models: [{model: blind, device: tpu}]\n", "models[0].device: 'tpu' is not a device; use cpu, cuda, cuda:N or mps"),
+    ("judges: [nosuchpreset]\n", "judges[0]: 'nosuchpreset' is neither a judges file nor a preset"),
+    ("judges: [missing/judges.yaml]\n", "judges[0]: "),
 ])
-def test_bad_config_is_one_clear_error(tmp_path, capsys, text, message):
+def test_bad_config_is_one_clear_error(tmp_path, capsys, text, message, monkeypatch):
+    monkeypatch.setenv("CTSVQA_DB", str(tmp_path / "wh.duckdb"))
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(text)
     with pytest.raises(ConfigError, match="bad.yaml"):
@@ -193,3 +212,24 @@ def test_an_analysts_lock_during_a_model_stops_the_benchmark_with_the_whole_lock
         assert con.execute("SELECT count(*) FROM judgments").fetchone()[0] == 0
     finally:
         con.close()
+
+
+def test_config_device_cuda_without_cuda_is_refused_before_any_work(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("models: [{model: blind, device: cuda}]\n")
+    assert main(["benchmark", "--config", str(cfg), "--db", str(tmp_path / "wh.duckdb")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"{cfg}: models[0].device: cuda: torch" in line and "sees no CUDA GPU" in line and "--device cpu" in line
+    assert not (tmp_path / "wh.duckdb").exists()
+
+
+def test_config_that_is_not_utf8_is_named(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_bytes("models: [blind]  # caf\u00e9\n".encode("latin-1"))
+    assert main(["benchmark", "--config", str(cfg), "--db", str(tmp_path / "wh.duckdb")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == f"ctsvqa: error: {cfg}: not UTF-8 text (byte 22); save the config as UTF-8"

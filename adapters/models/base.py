@@ -134,9 +134,13 @@ class ModelAdapter:
     WORKER_SECONDS: ClassVar[tuple[float, float]] = (900.0, 0.0)
     environment: ClassVar[str | None] = None      # family environment (adapters/models/envs/<name>.txt) whose
     #                                               stack the model's code needs; None: runs in ours, in-process
+    OPTIONS: ClassVar[tuple[str, ...] | None] = None   # the --option keys it reads: any other is refused
+    #                                                    (None: not declared, as a third-party adapter may leave it)
 
     def __init__(self, settings: AdapterSettings | None = None) -> None:
         self.settings = settings or AdapterSettings()
+        if type(self).OPTIONS is not None:
+            check_known_options(self.name, self.settings.options, type(self).OPTIONS)
 
     # -- what the runner asks before loading -------------------------------------------------
     @property
@@ -261,7 +265,8 @@ def check_known_options(adapter: str, options: dict[str, Any], known: Sequence[s
     """Refuse a misspelt option rather than run (and store) a configuration the user did not mean."""
     unknown = sorted(set(options) - set(known))
     if unknown:
-        raise AdapterError(f"{adapter}: unknown option(s) {unknown}; known: {', '.join(known)}")
+        raise AdapterError(f"{adapter}: unknown option(s) {', '.join(unknown)}; known: "
+                           f"{', '.join(known) or 'none (it takes no --option)'}")
 
 
 def _version(text: str) -> tuple[int, int]:

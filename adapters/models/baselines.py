@@ -25,6 +25,7 @@ def _unknown(q: Question) -> Answer:
 class RandomAnswer(ModelAdapter):
     name = "random"
     version = "1"
+    OPTIONS = ()
     description = "reference answer drawn (seeded per qid) from the same category in another volume"
 
     def generation(self) -> dict[str, Any]:
@@ -74,6 +75,7 @@ def _tokens(text: str) -> set[str]:
 class Blind(ModelAdapter):
     name = "blind"
     version = "1"
+    OPTIONS = ()
     description = "question only: the reference answer of the most similar question from another volume"
 
     def _method(self) -> str:

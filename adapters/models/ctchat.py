@@ -41,7 +41,7 @@ import numpy as np
 
 from adapters.models.base import (AdapterError, AdapterSettings, Answer, ModelInput, Question,
                                   Requirement, checkpoint_fingerprint, code_fingerprint)
-from adapters.models.base import VariantAdapter, leading_generate_tokens, check_known_options, release_gpu_memory
+from adapters.models.base import VariantAdapter, leading_generate_tokens, release_gpu_memory
 from adapters.models.code_roots import ImportRoots, stub_module
 from adapters.models.prompts.llava import CTCHAT_HARNESS, CTCHAT_OFFICIAL
 
@@ -164,7 +164,6 @@ class CTChat(VariantAdapter):
 
     def __init__(self, settings: AdapterSettings | None = None) -> None:
         super().__init__(settings)
-        check_known_options(self.name, self.settings.options, self.OPTIONS)
         self.model = self.tokenizer = self.ctvit = None
         self._roots: ImportRoots | None = None
         self._shims: list[str] = []

@@ -98,6 +98,7 @@ class PhantomExpert(ModelAdapter):
     description = ("Offline baseline for synthetic phantoms: reads the CT intensities (thresholds, connected "
                    "components, fitted cavity and domes) and answers the phantom's templates; no weights.")
     packages = ("scipy",)
+    OPTIONS = ()
 
     def __init__(self, settings=None) -> None:
         super().__init__(settings)

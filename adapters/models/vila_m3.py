@@ -39,7 +39,7 @@ import numpy as np
 
 from adapters.models.base import (AdapterError, AdapterSettings, Answer, ModelInput, Question,
                                   Requirement, checkpoint_fingerprint, code_fingerprint)
-from adapters.models.base import VariantAdapter, leading_generate_tokens, check_known_options
+from adapters.models.base import VariantAdapter, leading_generate_tokens
 from adapters.models.code_roots import ImportRoots, importable, stub_module
 from adapters.models.prompts.llava import VILA_M3_HARNESS, VILA_M3_OFFICIAL
 
@@ -160,7 +160,6 @@ class VilaM3(VariantAdapter):
 
     def __init__(self, settings: AdapterSettings | None = None) -> None:
         super().__init__(settings)
-        check_known_options(self.name, self.settings.options, self.OPTIONS)
         self.model = self.tokenizer = self.image_processor = None
         self._roots: ImportRoots | None = None
         self._shims: list[str] = []
