@@ -260,7 +260,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
                   retry_failed=args.retry_failed, code_dir=args.code_dir or cfg.get("code_dir"),
                   env=args.env or cfg.get("env"), wait=args.wait)
     try:
-        plan = plan_run(args.db, InferRequest(**params))      # a bad model, dataset or name fails before Prefect starts
+        plan = plan_run(args.db, InferRequest(**params), device_here=not shard)   # a bad model, dataset or name
+        #                                                                            fails before Prefect starts
     except (AdapterError, InferenceError) as exc:
         print(f"ctsvqa: error: {exc}", file=sys.stderr)
         return 2
@@ -278,7 +279,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     with leases.held(args.db, [run_lease(plan)], f"run {plan.name} ({plan.run_id}) on {plan.dataset_id}",
                      wait=args.wait, on_wait=lambda h: print(f"ctsvqa: waiting for {h.describe()}, which holds run "
                                                             f"{plan.name}", file=sys.stderr)):
-        if args.wait and not (plan := plan_run(args.db, InferRequest(**params))).pending:
+        if args.wait and not (plan := plan_run(args.db, InferRequest(**params), device_here=not shard)).pending:
             print(f"run {plan.name} ({plan.run_id}) on {plan.dataset_id}: the session waited for answered "
                   f"everything; nothing to do")
             return 0

@@ -21,9 +21,9 @@ progress_hook: inference.ProgressFn | None = None
 
 
 @task(name="plan-inference", cache_policy=NO_CACHE)
-def plan_task(db: str | None, request: InferRequest) -> dict:
+def plan_task(db: str | None, request: InferRequest, sharded: bool = False) -> dict:
     """Run id, name and the inputs still to build: references only (the plan's questions stay here)."""
-    plan = inference.plan_run(db, request)
+    plan = inference.plan_run(db, request, device_here=not sharded)
     return {"run_id": plan.run_id, "name": plan.name, "dataset_id": plan.dataset_id, "recipe": plan.recipe,
             "pending": plan.n_pending, "resumed": plan.exists, "missing_inputs": inference.missing_inputs(db, plan)}
 
@@ -77,7 +77,8 @@ def infer(model: str, checkpoint: str | None = None, name: str | None = None, da
     request = InferRequest(model=model, checkpoint=checkpoint, name=name, dataset=dataset, device=device, dtype=dtype,
                            batch_size=batch_size, limit_volumes=limit_volumes, seed=seed, options=dict(options or {}),
                            ablate=ablate, retry_failed=retry_failed, code_dir=code_dir, env=env, wait=wait)
-    info = plan_task(db, request)
+    sharded = devices is not None or gpus is not None or bool(ray_address)
+    info = plan_task(db, request, sharded)
     log.info("run %s (%s) on %s: %d question(s) to answer%s", info["name"], info["run_id"], info["dataset_id"],
              info["pending"], " (resuming)" if info["resumed"] else "")
     if info["missing_inputs"]:

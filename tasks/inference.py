@@ -142,8 +142,11 @@ def check_device(device: str) -> None:
                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
 
 
-def make_adapter(request: InferRequest) -> ModelAdapter:
-    check_device(request.device)
+def make_adapter(request: InferRequest, device_here: bool = True) -> ModelAdapter:
+    """`device_here`: the model runs in this process, so its device must be on this machine (a sharded
+    run's driver builds the adapter only to plan; each replica checks its own GPU)."""
+    if device_here:
+        check_device(request.device)
     if request.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, not {request.batch_size}")
     if request.limit_volumes is not None and (isinstance(request.limit_volumes, bool)
@@ -199,10 +202,10 @@ def default_name(request: InferRequest, adapter: ModelAdapter) -> str:
     return base + ("-shuffled" if request.ablate == "shuffle-volumes" else "")
 
 
-def plan_run(db, request: InferRequest, adapter: ModelAdapter | None = None) -> RunPlan:
+def plan_run(db, request: InferRequest, adapter: ModelAdapter | None = None, device_here: bool = True) -> RunPlan:
     """Read-only: the run's id and name, and what it still has to answer. Refuses a name that
     already belongs to another configuration."""
-    adapter = adapter or make_adapter(request)
+    adapter = adapter or make_adapter(request, device_here)
     try:
         identity = adapter.identity()
     except OSError as exc:
@@ -678,7 +681,7 @@ def run_inference(db, request: InferRequest, progress: ProgressFn | None = None,
     in this process; with a `tasks.sharding.Sharding` the volumes go to one model replica per GPU
     (Ray actors) and come back here as rows, so this process alone writes the warehouse."""
     t0 = time.perf_counter()
-    adapter = make_adapter(request)
+    adapter = make_adapter(request, device_here=sharding is None)
     plan = plan_run(db, request, adapter)
     if not plan.pending:
         return InferSummary(plan.run_id, plan.name, plan.dataset_id, plan.model)
