@@ -130,8 +130,8 @@ def benchmark(config: str | None = None, db: str | None = None, out: str | None 
     snapshot = publish_snapshot(db, default_snapshot(db))
     with warehouse.reader(db) as con:
         headline = con.execute(
-            "SELECT model, panel, n_predictions, n_questions, majority_accuracy, strict_accuracy "
-            "FROM model_accuracy WHERE dataset = ? AND panel = ? ORDER BY majority_accuracy DESC, model",
+            "SELECT model, panel, n_predictions, n_questions, majority_accuracy, strict_accuracy, status, "
+            "n_pending_judgments FROM model_accuracy WHERE dataset = ? AND panel = ? ORDER BY majority_accuracy DESC, model",
             [dataset, report.panel]).df().to_dict("records")
     create_table_artifact(key="benchmark-accuracy", table=headline,
                           description=f"Jury accuracy, dataset {dataset}, panel {report.panel}")

@@ -72,7 +72,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     for r in result["headline"]:
         pct = lambda x: "—" if x is None or x != x else f"{100 * x:.1f}"   # noqa: E731
         print(f"  {r['model']:<28} {r['n_predictions']:>4}/{r['n_questions']:<4} {pct(r['majority_accuracy']):>11} "
-              f"{pct(r['strict_accuracy']):>9}")
+              f"{pct(r['strict_accuracy']):>9}" + (f"   not final: {r['n_pending_judgments']} judgment(s) pending"
+                                                  if r.get("status") == "judging" else ""))
     for line in result["failures"]:
         print(f"  failed: {line}")
     for line in result["skipped"]:

@@ -14,18 +14,25 @@ def _pct(x: float | None, digits: int = 1) -> str:
     return "—" if x is None else f"{100 * x:.{digits}f}"
 
 
+def pending_pct(x: float | None, status: str | None, n_pending: int | None) -> str:
+    """An accuracy whose judgments are still pending reads as incomplete, never as a final number."""
+    if status == "judging":
+        return f"{_pct(x)} — not final, {n_pending} judgment(s) pending"
+    return _pct(x)
+
+
 def model_table(con: duckdb.DuckDBPyConnection, dataset: str) -> Table:
     t = Table(title=f"Jury accuracy — dataset {dataset}", title_justify="left")
     for col in ("panel", "model", "answered", "coverage %", "jury", "majority %", "± SE", "strict %",
                 "incomplete juries"):
         t.add_column(col, justify="left" if col in ("panel", "model") else "right")
-    for panel, m, nq, npred, maj, strict, cov, jury, inc, se in con.execute(
+    for panel, m, nq, npred, maj, strict, cov, jury, inc, se, status, pending in con.execute(
         "SELECT panel, model, n_questions, n_predictions, majority_accuracy, strict_accuracy, coverage, jury_size, "
-        "n_incomplete_juries, majority_se FROM model_accuracy WHERE dataset = ? "
+        "n_incomplete_juries, majority_se, status, n_pending_judgments FROM model_accuracy WHERE dataset = ? "
         "ORDER BY panel NULLS LAST, majority_accuracy DESC NULLS LAST, model", [dataset]
     ).fetchall():
-        t.add_row(panel or "(unjudged)", m, f"{npred}/{nq}", _pct(cov), str(jury or "—"), _pct(maj), _pct(se),
-                  _pct(strict), str(inc))
+        t.add_row(panel or "(unjudged)", m, f"{npred}/{nq}", _pct(cov), str(jury or "—"),
+                  pending_pct(maj, status, pending), _pct(se), pending_pct(strict, status, pending), str(inc))
     return t
 
 
@@ -84,7 +91,13 @@ def print_report(con: duckdb.DuckDBPyConnection, console: Console | None = None,
         console.print("note: the summary tables are older than the data (a writer has not refreshed them yet); "
                       "these numbers are computed live from the definitions. `ctsvqa db refresh` makes reads fast again.",
                       style="yellow")
-    for ds in [dataset] if dataset else datasets(con):
+    known = datasets(con)
+    if not known:
+        raise ValueError("the warehouse is empty: no dataset, so nothing to report; import one first "
+                         "(ctsvqa import-upstream PATH, or ctsvqa benchmark)")
+    if dataset is not None and dataset not in known:
+        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(known)}")
+    for ds in [dataset] if dataset else known:
         for line in incomplete_runs(con, ds):
             console.print(line, style="bold yellow")
         tables = [model_table(con, ds), judge_table(con, ds)]

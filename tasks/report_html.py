@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import secrets
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -144,6 +145,10 @@ def _json_block(spec: dict) -> str:
     return json.dumps(spec).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
+def _acc(x) -> str:
+    return "—" if x is None or x != x else f"{x:.1%}"
+
+
 def _table(df: pd.DataFrame, formats: dict[str, str] | None = None) -> str:
     formats = formats or {}
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
@@ -201,11 +206,16 @@ def build_charts(con: duckdb.DuckDBPyConnection, dataset: str, panel: str | None
         if len(acc):
             charts["accuracy"] = accuracy_chart(acc)
             shown = acc.assign(majority=acc["majority_accuracy"], ci=list(zip(acc["ci_low"], acc["ci_high"])))
+            final = shown["status"] != "judging"        # a run still being judged reads as incomplete
             tables["Headline"] = _table(
                 shown[["model", "n_predictions", "n_questions", "coverage", "jury_size", "majority", "ci",
                        "ci_method", "strict_accuracy", "n_failed_predictions"]]
-                .assign(ci=[f"{lo:.1%} – {hi:.1%}" for lo, hi in shown["ci"]]),
-                {"coverage": "{:.1%}", "majority": "{:.1%}", "strict_accuracy": "{:.1%}"})
+                .assign(ci=[f"{lo:.1%} – {hi:.1%}" for lo, hi in shown["ci"]],
+                        majority=[_acc(m) if ok else f"{_acc(m)} — not final, {n} judgment(s) pending"
+                                  for m, ok, n in zip(shown["majority"], final, shown["n_pending_judgments"])],
+                        strict_accuracy=[_acc(m) if ok else f"{_acc(m)} — not final"
+                                         for m, ok in zip(shown["strict_accuracy"], final)]),
+                {"coverage": "{:.1%}"})
             cats = con.execute("SELECT category, model, majority_accuracy, n FROM category_accuracy "
                                "WHERE dataset = ? AND panel = ?", [dataset, panel]).df()
             if len(cats):
@@ -239,27 +249,21 @@ def write_report(db, out: str | Path, dataset: str | None = None, panel: str | N
     import vl_convert as vlc
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     with warehouse.reader(db) as con:
         known = datasets(con)
+        if not known:
+            raise ValueError(f"the warehouse {warehouse.resolve_db(db)} is empty: no dataset, so no report; import one "
+                             f"first (ctsvqa import-upstream PATH, or ctsvqa benchmark)")
         if dataset is None:
             if len(known) != 1:
-                raise ValueError(f"the warehouse has {len(known)} datasets ({', '.join(known) or 'none'}); "
-                                 "pass --dataset")
+                raise ValueError(f"the warehouse has {len(known)} datasets ({', '.join(known)}); pass --dataset")
             dataset = known[0]
         elif dataset not in known:
-            raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(known) or 'none'}")
+            raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(known)}")
         panel = choose_panel(con, dataset, panel)
         charts, tables = build_charts(con, dataset, panel)
     specs = {name: chart.to_dict() for name, chart in charts.items()}
     report = Report(html=out / "report.html", dataset=dataset, panel=panel)
-    if images:
-        for name, spec in specs.items():
-            for suffix, render in (("svg", vlc.vegalite_to_svg), ("png", vlc.vegalite_to_png)):
-                path = out / f"{name}.{suffix}"
-                data = render(spec)
-                path.write_bytes(data if isinstance(data, bytes) else data.encode())
-                report.images.append(path)
     body = []
     for title, table in tables.items():
         body.append(f"<h2>{html.escape(title)}</h2>{table}")
@@ -273,7 +277,37 @@ def write_report(db, out: str | Path, dataset: str | None = None, panel: str | N
     # browser would refuse to run it.
     page = PAGE.format(nonce=secrets.token_urlsafe(16), title=html.escape(f"ctsvqa report — {dataset}"), note=html.escape(note),
                        body="\n".join(body), bundle=vlc.javascript_bundle().replace("</script", "<\\/script"))
-    tmp = report.html.with_suffix(".html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(report.html)
+    _write_all(out, report, specs, page, images, vlc)
     return report
+
+
+def _write_all(out: Path, report: Report, specs: dict, page: str, images: bool, vlc) -> None:
+    """The chart images, then the page (through a temporary file, renamed into place). A write that
+    fails (a full disk) removes what this call wrote, and the folder if it made it, and names the
+    file it could not write."""
+    made = not out.exists()
+    written: list[Path] = []
+    tmp = report.html.with_suffix(".html.tmp")
+    current = out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if images:
+            for name, spec in specs.items():
+                for suffix, render in (("svg", vlc.vegalite_to_svg), ("png", vlc.vegalite_to_png)):
+                    current = out / f"{name}.{suffix}"
+                    data = render(spec)
+                    written.append(current)
+                    current.write_bytes(data if isinstance(data, bytes) else data.encode())
+        current = tmp
+        written.append(tmp)
+        tmp.write_text(page, encoding="utf-8")
+        current = report.html
+        tmp.replace(report.html)
+    except OSError as exc:
+        for path in written:
+            path.unlink(missing_ok=True)
+        if made:
+            shutil.rmtree(out, ignore_errors=True)
+        raise OSError(exc.errno, f"could not write the report ({exc.strerror}); nothing of it was left behind",
+                      str(current)) from exc
+    report.images.extend(p for p in written if p != tmp)

@@ -218,7 +218,14 @@ def _volume_key(name):
     return rename
 
 
+def _control_character_in_a_line(root):
+    edit_jsonl_line(root / PRED.format("m3d"), 2, lambda s: s.replace('"prediction": "', '"prediction": "\x01', 1))
+
+
 HOSTILE = [
+    # the message used to end "Invalid control character at", the position cut off
+    (_control_character_in_a_line, "m3d_predictions_full.jsonl: line 2: invalid JSON: Invalid control character "
+                                   "at column 161"),
     (_volume_key("../../etc/passwd.nii.gz"), "volume '../../etc/passwd.nii.gz': a volume key must be a plain file name"),
     (_volume_key("/etc/passwd.nii.gz"), "volume '/etc/passwd.nii.gz': a volume key must be a plain file name"),
     (_volume_key(".hidden.nii.gz"), "volume '.hidden.nii.gz': a volume key must be a plain file name"),

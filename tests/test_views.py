@@ -269,3 +269,29 @@ def test_run_status_tells_a_half_judged_run_from_a_final_one(mini_db):
     assert got[("m3d", "offline")] == ["judging", 6 + 8, ["exact", "rules"]]
     assert got[("radfm", "offline")] == ["judging", 8 + 7, ["exact", "rules"]]
     assert ("merlin", "offline") not in got
+
+
+def test_a_half_judged_run_reads_as_not_final_in_model_accuracy_the_report_and_the_html(mini_db, tmp_path):
+    """It used to be shown as an ordinary number (e.g. 11.8 %) while most of its judgments were pending."""
+    from rich.console import Console
+
+    import warehouse
+    from tasks.report import print_report
+    from tasks.report_html import write_report
+
+    add_live_judge(mini_db, "exact", "offline", M3D, {A0: True, A1: False, A2: None})
+    with duckdb.connect(str(mini_db), read_only=True) as c:
+        got = {(m, p): r for m, p, *r in c.execute(
+            "SELECT model, panel, status, n_pending_judgments FROM model_accuracy").fetchall()}
+    assert got[("m3d", "offline")] == ["judging", 6]
+    assert got[("m3d", "upstream")] == ["complete", 0]
+    console = Console(record=True, width=400)
+    with warehouse.reader(mini_db) as con:
+        print_report(con, console=console)
+    text = console.export_text()
+    line = next(x for x in text.splitlines() if "offline" in x and "m3d" in x and "│" in x)
+    assert "not final, 6 judgment(s) pending" in line
+    assert not any("pending" in x for x in text.splitlines() if "upstream" in x and "m3d" in x and "│" in x)
+    report = write_report(mini_db, tmp_path / "html", panel="offline", images=False)
+    page = report.html.read_text()
+    assert "not final, 6 judgment(s) pending" in page

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import duckdb
 
-from warehouse.connection import WarehouseMissing, resolve_db, retry_on_lock, sql_literal
+from warehouse.connection import WarehouseError, WarehouseMissing, resolve_db, retry_on_lock, sql_literal
 from warehouse.migrate import SQL_DIR, ensure_schema, view_names
 
 
@@ -50,11 +50,16 @@ def publish_snapshot(db: str | os.PathLike | None, out: str | os.PathLike,
         con.execute((SQL_DIR / "queries" / "snapshot_info.sql").read_text(), {"source": str(src.resolve())})
         con.execute("USE memory")
         con.execute("DETACH snap")
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    finally:
+    except BaseException as exc:
         con.close()
+        for leftover in (tmp, Path(f"{tmp}.wal")):
+            leftover.unlink(missing_ok=True)
+        if isinstance(exc, (duckdb.IOException, OSError)) and not isinstance(exc, WarehouseError):
+            # a full disk, a read-only folder: the user's to fix, in one line naming the file
+            raise WarehouseError(f"could not write the snapshot {out}: {' '.join(str(exc).split())}; nothing "
+                                 f"was left behind (the previous snapshot, if any, is unchanged)") from exc
+        raise
+    con.close()
     os.chmod(tmp, 0o444)
     os.replace(tmp, out)
     return out

@@ -244,8 +244,9 @@ def _parse_json(raw: bytes, path: Path, where: str | None) -> Any:
         raise UpstreamFormatError(path, where, f"key {e.args[0]!r} appears twice in one JSON object; "
                                                "keep one (json.load would silently drop the first)") from None
     except json.JSONDecodeError as e:
-        place = where or f"line {e.lineno} column {e.colno}"
-        raise UpstreamFormatError(path, place, f"invalid JSON: {e.msg}") from None
+        # e.msg can end in "at" ("Invalid control character at"): the column completes it
+        at = f" column {e.colno}" if e.msg.endswith(" at") else f" (column {e.colno})"
+        raise UpstreamFormatError(path, where or f"line {e.lineno}", f"invalid JSON: {e.msg}{at}") from None
     except UnicodeDecodeError as e:
         raise UpstreamFormatError(path, where or f"byte {e.start}", "not UTF-8 text") from None
     except RecursionError:

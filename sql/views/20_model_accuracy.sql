@@ -1,6 +1,8 @@
 -- Per run and jury panel (a run nobody judged yet has one row with panel NULL). Accuracies are
 -- fractions over the questions that have a prediction (NULL while unjudged); coverage =
 -- n_predictions / questions in the run's dataset. majority_se = sqrt(p(1-p)/n).
+-- status (from run_status): 'judging' while some judge of the panel still owes judgments
+-- (n_pending_judgments of them): such an accuracy is not final and must not be read as one.
 CREATE OR REPLACE VIEW definitions.model_accuracy AS
 WITH n_q AS (
     SELECT dataset_id, count(*) AS n_questions FROM main.questions GROUP BY dataset_id
@@ -30,8 +32,11 @@ SELECT r.name AS model,
        coalesce(n_p.n_failed, 0) AS n_failed_predictions,
        sqrt(jury.majority_accuracy * (1 - jury.majority_accuracy) / jury.n_judged) AS majority_se,
        r.dataset_id AS dataset,
-       r.run_id
+       r.run_id,
+       coalesce(rs.status, 'unjudged') AS status,
+       coalesce(rs.n_pending_judgments, 0) AS n_pending_judgments
 FROM main.runs AS r
 LEFT JOIN n_q ON n_q.dataset_id = r.dataset_id
 LEFT JOIN n_p USING (run_id)
-LEFT JOIN jury USING (run_id);
+LEFT JOIN jury USING (run_id)
+LEFT JOIN definitions.run_status AS rs ON rs.run_id = r.run_id AND rs.panel IS NOT DISTINCT FROM jury.panel;
