@@ -286,3 +286,33 @@ def test_snapshot_parquet_honours_panel(mini_db, tmp_path):
         panels = con.execute(f"SELECT DISTINCT panel FROM '{tmp_path / 'pq' / view}.parquet'").fetchall()
         assert panels == [("offline",)], view
     assert con.execute(f"SELECT count(*) FROM '{tmp_path / 'pq' / 'judge_accuracy'}.parquet'").fetchall() == [(9,)]
+
+
+def test_threads_of_one_process_take_turns_between_a_reader_and_a_writer(tmp_path):
+    """DuckDB refuses a read-only and a read-write connection to one file at once in one process; the
+    lease heartbeat writes from its own thread while the runner reads, so they take turns."""
+    import threading
+    import time
+
+    import warehouse
+
+    db = tmp_path / "wh.duckdb"
+    with warehouse.writer(db):
+        pass
+    opened, release = threading.Event(), threading.Event()
+
+    def write() -> None:
+        with warehouse.writer(db) as con:
+            opened.set()
+            release.wait(10)
+            con.execute("CREATE TABLE t AS SELECT 1 AS x")
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    opened.wait(10)
+    threading.Timer(0.5, release.set).start()
+    t0 = time.monotonic()
+    with warehouse.reader(db) as con:                  # waits for the writer instead of failing
+        assert con.execute("SELECT x FROM t").fetchall() == [(1,)]
+    assert time.monotonic() - t0 >= 0.4
+    thread.join(10)

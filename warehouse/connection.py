@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -108,6 +109,41 @@ def retry_on_lock(fn, what: str | os.PathLike, timeout: float | None = None, rol
         raise WarehouseLocked(lock_message(what, exc, role, timeout)) from exc
 
 
+class _ModeGate:
+    """In one process, DuckDB refuses a read-only and a read-write connection to the same file at the
+    same time ("a different configuration than existing connections"). Threads of one process (the
+    lease heartbeat, judges flushing, the runner reading) take turns by mode here: connections of one
+    mode share the file, the other mode waits until they close. A thread that already holds the other
+    mode is not made to wait for itself (DuckDB refuses it as before)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.held: dict[str, list] = {}             # file -> [mode, count]
+        self.mine = threading.local()
+
+    @contextmanager
+    def hold(self, key: str, mode: str, timeout: float) -> Iterator[None]:
+        mine = self.mine.__dict__.setdefault("modes", {})
+        with self.cond:
+            if not any(m != mode and n for (k, m), n in mine.items() if k == key):
+                self.cond.wait_for(lambda: key not in self.held or self.held[key][0] == mode, timeout)
+            entry = self.held.setdefault(key, [mode, 0])
+            entry[1] += 1
+        mine[(key, mode)] = mine.get((key, mode), 0) + 1
+        try:
+            yield
+        finally:
+            mine[(key, mode)] -= 1
+            with self.cond:
+                entry[1] -= 1
+                if entry[1] == 0 and self.held.get(key) is entry:
+                    del self.held[key]
+                    self.cond.notify_all()
+
+
+mode_gate = _ModeGate()
+
+
 @contextmanager
 def connect(db: str | os.PathLike | None = None, *, read_only: bool = False,
             timeout: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -116,12 +152,14 @@ def connect(db: str | os.PathLike | None = None, *, read_only: bool = False,
         raise WarehouseMissing(f"no warehouse at {path}: load data first, e.g. `ctsvqa import-upstream PATH --db {path}`")
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
-    con = retry_on_lock(lambda: duckdb.connect(str(path), read_only=read_only), path, timeout,
-                        role="read" if read_only else "write")
-    try:
-        yield con
-    finally:
-        con.close()
+    with mode_gate.hold(os.path.abspath(path), "read" if read_only else "write",
+                    lock_timeout() if timeout is None else timeout):
+        con = retry_on_lock(lambda: duckdb.connect(str(path), read_only=read_only), path, timeout,
+                            role="read" if read_only else "write")
+        try:
+            yield con
+        finally:
+            con.close()
 
 
 def sql_literal(value: str | os.PathLike) -> str:

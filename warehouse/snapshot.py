@@ -10,7 +10,9 @@ from pathlib import Path
 
 import duckdb
 
-from warehouse.connection import WarehouseError, WarehouseMissing, resolve_db, retry_on_lock, sql_literal
+from warehouse.connection import (
+    WarehouseError, WarehouseMissing, mode_gate, lock_timeout, resolve_db, retry_on_lock, sql_literal,
+)
 from warehouse.migrate import SQL_DIR, ensure_schema, view_names
 
 
@@ -38,11 +40,12 @@ def publish_snapshot(db: str | os.PathLike | None, out: str | os.PathLike,
         leftover.unlink(missing_ok=True)
     con = duckdb.connect()
     try:
-        retry_on_lock(lambda: con.execute(f"ATTACH {sql_literal(src)} AS src (READ_ONLY)"), src, role="snapshot")
         options = f" (STORAGE_VERSION {sql_literal(storage_version)})" if storage_version else ""
         con.execute(f"ATTACH {sql_literal(tmp)} AS snap{options}")
-        con.execute("COPY FROM DATABASE src TO snap")
-        con.execute("DETACH src")              # the pipeline may write again from here on
+        with mode_gate.hold(os.path.abspath(src), "read", lock_timeout()):     # no writer of this process meanwhile
+            retry_on_lock(lambda: con.execute(f"ATTACH {sql_literal(src)} AS src (READ_ONLY)"), src, role="snapshot")
+            con.execute("COPY FROM DATABASE src TO snap")
+            con.execute("DETACH src")              # the pipeline may write again from here on
         con.execute("USE snap")
         # The copy gets the current schema and up-to-date summaries (a writer may have changed data
         # without refreshing them), so every view of the snapshot answers.

@@ -67,6 +67,7 @@ RADLLAMA_METADATA = ("config.json", "generation_config.json", "tokenizer_config.
 class Merlin(VariantAdapter):
     name = "merlin"
     version = "1"
+    OPTIONS = ("variant", "task", "max_new_tokens", "repetition_penalty", "stop_token_id", "radllama")
     default_recipe = "merlin"
     environment = "merlin"
     description = "Merlin report generator (merlin-vlm Clip3DForTextGeneration: I3D ResNet-152 + RadLLaMA-7b LoRA)"

@@ -208,6 +208,10 @@ class SliceChatAdapter(VariantAdapter):
     min_new_tokens: dict[str, int] = {"official": 0, "upstream-harness": 0}
     image_encoding: dict[str, str] = {"official": "none", "upstream-harness": "none"}
     packages = ("pillow", "tokenizers", "safetensors")
+    OPTIONS = ("variant", "max_new_tokens", "min_new_tokens", "repetition_penalty", "attn_implementation",
+               "prefill_attention", "compile_prefill", "compile_vision", "cuda_graph", "fuse_vision_gelu",
+               "image_backend", "image_device", "image_encoding", "encode_workers", "rows_per_volume", "split_k",
+               "volumes_per_batch", "volumes_per_call")
 
     def __init__(self, settings: AdapterSettings | None = None) -> None:
         super().__init__(settings)

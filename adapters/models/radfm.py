@@ -117,6 +117,7 @@ class _LlamaFromLanguageFiles:
 class RadFM(VariantAdapter):
     name = "radfm"
     version = "1"
+    OPTIONS = ("variant", "stop", "language_files")
     default_recipe = "radfm"
     environment = "radfm"
     description = "RadFM (LLaMA-13B + 3D ViT/perceiver) through its own MultiLLaMAForCausalLM (--code-dir: RadFM checkout)"
