@@ -16,6 +16,7 @@ from adapters.models.phantom_expert import PhantomExpert
 
 class ShardProbe(PhantomExpert):
     name = "shard-probe"
+    OPTIONS = None          # the probe's own test options (load_log, calls_log, die_on, ...): any is taken
 
     def load(self) -> None:
         super().load()
