@@ -9,6 +9,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 
 import warehouse
 from flows.import_upstream import import_upstream
@@ -70,7 +71,12 @@ def _interrupted(dataset: str, stage: str, left: str) -> dict:
     return {"dataset": dataset, "interrupted": stage, "left": left}
 
 
-@flow(name="benchmark", flow_run_name="benchmark", validate_parameters=False)
+def _run_name() -> str:
+    config = flow_run.parameters.get("config")
+    return f"benchmark/{Path(config).stem if config else 'default'}"
+
+
+@flow(name="benchmark", flow_run_name=_run_name)
 def benchmark(config: str | None = None, db: str | None = None, out: str | None = None) -> dict:
     log = get_run_logger()
     cfg: BenchmarkConfig = load_config(config)

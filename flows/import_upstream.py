@@ -60,7 +60,7 @@ def _run_name() -> str:
     return f"import-upstream/{params.get('dataset') or Path(params['path']).resolve().name}"
 
 
-@flow(name="import-upstream", flow_run_name=_run_name, validate_parameters=False)
+@flow(name="import-upstream", flow_run_name=_run_name)
 def import_upstream(path: str, db: str | None = None, dataset: str | None = None) -> dict:
     """Parse every file first, then load all of it in one transaction (all or nothing); skipped when
     the warehouse already holds an import of exactly these files."""

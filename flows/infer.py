@@ -62,7 +62,17 @@ def answer_task(db: str | None, request: InferRequest, sharding: dict | None = N
         return Failed(message=str(exc))
 
 
-@flow(name="infer", validate_parameters=False)
+def _run_name() -> str:
+    """infer/<run name>: the --name, else the model's name (a module:Class model's class), as the run is
+    named in the warehouse, so a benchmark's model runs tell apart in the UI."""
+    params = flow_run.parameters
+    if params.get("name"):
+        return f"infer/{params['name']}"
+    model = str(params.get("model", "")).rsplit(":", 1)[-1]
+    return f"infer/{model}" + ("-shuffled" if params.get("ablate") == "shuffle-volumes" else "")
+
+
+@flow(name="infer", flow_run_name=_run_name)
 def infer(model: str, checkpoint: str | None = None, name: str | None = None, dataset: str | None = None,
           device: str = "cpu", dtype: str | None = None, batch_size: int = 8, limit_volumes: int | None = None,
           seed: int = 0, options: dict | None = None, ablate: str | None = None, retry_failed: bool = False,

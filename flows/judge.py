@@ -14,24 +14,13 @@ from flows.artifacts import publish_accuracy
 from adapters.judges.spec import JudgeSpec, load_panel
 from tasks import judging
 from warehouse import summaries
-from warehouse.leases import LeaseHeld
+from flows.retrying import transient_only
 
 # Set by the CLI to drive a terminal progress bar; tasks run in threads of the same process.
 progress_hook: judging.ProgressFn | None = None
 
 
-def _retry(task, task_run, state) -> bool:
-    """Another session judging the same runs is not a transient fault: no retry."""
-    try:
-        state.result()
-    except LeaseHeld:
-        return False
-    except Exception:  # noqa: BLE001
-        return True
-    return True
-
-
-@task(name="judge-runs", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10, retry_condition_fn=_retry,
+@task(name="judge-runs", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10, retry_condition_fn=transient_only,
       task_run_name="judge-{spec.name}")
 def judge_task(db: str | None, spec: JudgeSpec, runs: list[str] | None, retry_failed: bool,
                wait: bool = False) -> judging.JudgeSummary:
@@ -57,7 +46,7 @@ def _run_name() -> str:
     return "judge/" + (judges.rsplit("/", 1)[-1].removesuffix(".yaml").removesuffix(".yml"))
 
 
-@flow(name="judge", task_runner=ThreadPoolTaskRunner(max_workers=4), validate_parameters=False,
+@flow(name="judge", task_runner=ThreadPoolTaskRunner(max_workers=4),
       flow_run_name=_run_name)
 def judge(judges: str = "offline", runs: list[str] | None = None, db: str | None = None,
           retry_failed: bool = False, dry_run: bool = False, wait: bool = False) -> list[dict]:

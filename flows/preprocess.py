@@ -8,7 +8,10 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
+from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.retrying import transient_only
 
 from flows.snapshot import refresh_snapshot
 from adapters.models.recipes import RECIPES, select
@@ -34,7 +37,8 @@ def _content_key(context, parameters) -> str:
 
 
 @task(name="preprocess-volume", cache_key_fn=_content_key, cache_expiration=timedelta(days=30),
-      persist_result=True, result_serializer="json", retries=1, task_run_name="preprocess-{job.volume}")
+      persist_result=True, result_serializer="json", retries=1, retry_condition_fn=transient_only,
+      task_run_name="preprocess-{job.volume}")
 def preprocess_volume(job: model_inputs.VolumeJob, out_root: str, decode_cache: str | None) -> list[dict]:
     return _pool.submit(model_inputs.process_volume, job, out_root, decode_cache).result()
 
@@ -45,7 +49,14 @@ def _for_job(rows: list[dict], job: model_inputs.VolumeJob) -> list[dict]:
     return [{**row, **job.source()} for row in rows]
 
 
-@flow(name="preprocess", task_runner=ThreadPoolTaskRunner(max_workers=2), validate_parameters=False)
+def _run_name() -> str:
+    params = flow_run.parameters
+    only = params.get("only_volumes")
+    return (f"preprocess/{params.get('dataset') or 'every-dataset'}"
+            + (f" ({len(only)} volume{'s' if len(only) != 1 else ''} for a run)" if only else ""))
+
+
+@flow(name="preprocess", task_runner=ThreadPoolTaskRunner(max_workers=2), flow_run_name=_run_name)
 def preprocess(recipes: str = "all", db: str | None = None, dataset: str | None = None,
                volumes: list[str] | None = None, out: str | None = None, workers: int = 2,
                decode_cache: str | None = None, max_cache: str | None = None,

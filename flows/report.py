@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 from prefect.artifacts import create_markdown_artifact
 
 import warehouse
@@ -13,7 +14,11 @@ from tasks.report_html import write_report
 from warehouse.snapshot import default_snapshot, publish_snapshot
 
 
-@flow(name="report", flow_run_name="report", validate_parameters=False)
+def _run_name() -> str:
+    return f"report/{flow_run.parameters.get('dataset') or 'the-dataset'}"
+
+
+@flow(name="report", flow_run_name=_run_name)
 def report(db: str | None = None, out: str = "out", dataset: str | None = None, panel: str | None = None) -> dict:
     out_dir = Path(out).resolve()
     written = write_report(db, out_dir / "report", dataset=dataset, panel=panel)

@@ -145,7 +145,10 @@ def start(db: str | os.PathLike | None = None, timeout: float = START_TIMEOUT_S)
         home = d / "home"
         home.mkdir(exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
-        env.update(SERVER_ENV, PREFECT_HOME=str(home))
+        # The UI asks /ui-settings where its API is; left alone, the answer is Prefect's default port 4200,
+        # where nothing of ours listens, and the UI's pages stay empty.
+        env.update(SERVER_ENV, PREFECT_HOME=str(home), PREFECT_SERVER_API_HOST="127.0.0.1",
+                   PREFECT_SERVER_API_PORT=str(port), PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api")
         with (d / "server.log").open("ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],

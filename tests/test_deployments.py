@@ -91,7 +91,7 @@ def test_deployments_run_through_a_real_worker_as_the_readme_says(resident_serve
     run("deployment", "run", "benchmark/benchmark-nightly", "--param", f"config={config}", "--param", f"db={bench_db}",
         "--param", f"out={out}")
     worker, log = _worker_run_once(prefect, env, timeout=600)
-    runs = [r for r in _api(state.url, "/flow_runs/filter") if r["name"] == "benchmark" and r.get("deployment_id")]
+    runs = [r for r in _api(state.url, "/flow_runs/filter") if r["name"] == "benchmark/nightly" and r.get("deployment_id")]
     assert runs and runs[0]["state_type"] == "COMPLETED", log[-3000:]
     children = [r for r in _api(state.url, "/flow_runs/filter") if r.get("parent_task_run_id")]
     assert {"import-upstream", "infer", "judge", "score"} <= {_flow_name(state.url, r["flow_id"]) for r in children}

@@ -240,3 +240,48 @@ def test_every_flow_refreshes_the_snapshot(prefect_server, db):
 
     score(db=str(db))
     assert count("SELECT count(*) FROM text_metrics") == 3       # one row per imported run
+
+
+def test_a_wrong_parameter_type_is_refused_before_the_flow_runs(prefect_server, mini_db):
+    """Prefect's parameter validation is on (it was off everywhere): what the UI's custom-run form sends
+    is checked against the flow's signature."""
+    from prefect.exceptions import ParameterTypeError
+
+    from flows.infer import infer
+    from flows.score import score
+
+    with pytest.raises(ParameterTypeError, match="batch_size"):
+        infer(model="blind", batch_size="abc", db=str(mini_db))
+    with pytest.raises(ParameterTypeError, match="runs"):
+        score(runs=5, db=str(mini_db))
+    con = duckdb.connect(str(mini_db), read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM runs WHERE name = 'blind'").fetchone() == (0,)
+    finally:
+        con.close()
+
+
+def test_bad_input_is_not_retried(prefect_server, mini_db):
+    """`score --run nosuch` used to be retried once, after a 5 s wait, to fail the same way."""
+    import asyncio
+    import time
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.score import score
+
+    state = score(runs=["nosuch"], db=str(mini_db), return_state=True)
+    assert state.is_failed() and "nosuch" in state.message
+
+    async def run_counts():
+        async with get_client() as client:
+            runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+            return {r.name.rsplit("-", 1)[0]: (r.run_count, r.state_type.value) for r in runs}
+
+    deadline, counts = time.monotonic() + 30, {}
+    while time.monotonic() < deadline and counts.get("score-text", (0, ""))[1] != "FAILED":
+        counts = asyncio.run(run_counts())
+        time.sleep(0.5)
+    assert counts["score-text"] == (1, "FAILED")

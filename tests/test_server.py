@@ -119,3 +119,30 @@ def test_kill_9_of_a_command_in_ephemeral_mode_leaves_no_prefect_server(tmp_path
         for pid in children:
             if not process_gone(pid, timeout=0):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_the_ui_calls_its_own_api_and_shows_the_runs_by_name_and_a_tasks_logs(resident_server, tmp_path):
+    """The UI asked /ui-settings for its API and got Prefect's default port 4200, where nothing listens:
+    the Runs page was empty. In a real browser: the runs by their names, and an answer task's log lines."""
+    from tests.browser import browser
+
+    db, state, _ = resident_server
+    with urllib.request.urlopen(f"{state.ui}/ui-settings", timeout=30) as reply:
+        assert json.load(reply)["api_url"] == state.url
+    done = ctsvqa("infer", "--model", "blind", "--db", str(db), "--dataset", "ct-spatialvqa", CTSVQA_PREFECT="resident")
+    assert done.returncode == 0, done.stderr
+    names = flow_run_names(state.url)
+    assert "infer/blind" in names and "import-upstream/upstream-mini" in names
+    req = urllib.request.Request(f"{state.url}/task_runs/filter", data=json.dumps({}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as reply:
+        answer = next(t for t in json.load(reply) if t["name"] == "answer-blind")
+    shots = Path(os.environ.get("CTSVQA_SCREENSHOTS", tmp_path))
+    with browser(tmp_path / "profile") as page:
+        page.open(f"{state.ui}/runs")
+        text = page.wait_for(lambda t: "infer/blind" in t and "import-upstream/upstream-mini" in t)
+        assert "Oops" not in text
+        page.screenshot(shots / "prefect-ui-runs.png")
+        page.open(f"{state.ui}/runs/task-run/{answer['id']}")
+        page.wait_for(lambda t: "questions answered" in t and "infer/blind" in t)
+        page.screenshot(shots / "prefect-ui-task-logs.png")
