@@ -402,7 +402,8 @@ def cmd_db_snapshot(args: argparse.Namespace) -> int:
     import warehouse
     from warehouse.snapshot import export_views_parquet, publish_snapshot
 
-    out = publish_snapshot(args.db, args.out, storage_version=args.storage_version)
+    out = publish_snapshot(args.db, args.out, **({"storage_version": args.storage_version}
+                                                  if args.storage_version else {}))
     print(f"snapshot written: {out} (open it with duckdb.connect({str(out)!r}, read_only=True))")
     with warehouse.reader(out) as con:
         taken_at, incomplete = con.execute("SELECT taken_at, runs_incomplete FROM snapshot_info").fetchall()[0]
@@ -605,7 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("out", type=Path, help="snapshot file, e.g. snapshots/ctsvqa.duckdb")
     s.add_argument("--parquet", type=Path, metavar="DIR", help="also write every view as Parquet here")
     s.add_argument("--storage-version", metavar="V",
-                   help="DuckDB storage version of the copy, e.g. v1.5.0 for older DuckDB CLIs")
+                   help="DuckDB storage version of the copy (default v1.5.0: DuckDB 1.5 and newer, the newest "
+                        "duckdb-cli on PyPI included, open it; `current`: this DuckDB's own)")
     s.add_argument("--dataset", help="Parquet: only this dataset's rows")
     s.add_argument("--panel", help="Parquet: only this jury panel's rows (views with a panel column)")
     s.set_defaults(func=cmd_db_snapshot)

@@ -194,6 +194,29 @@ def test_snapshot_for_older_duckdb_storage(mini_db, tmp_path):
         assert con.execute("SELECT count(*) FROM jury_verdicts").fetchone() == (23,)
 
 
+def test_the_default_snapshot_opens_in_the_newest_duckdb_cli_on_pypi_and_every_view_answers(mini_db, tmp_path):
+    """duckdb-cli 1.5.6 (the newest on PyPI) refused the 2.x storage format (version 69, it reads 64-68)."""
+    import subprocess
+    import sys
+
+    cli = Path(sys.executable).with_name("duckdb")
+    if not cli.is_file():
+        pytest.skip("the duckdb CLI (PyPI duckdb-cli, in the test extras) is not installed")
+    snap = publish_snapshot(mini_db, tmp_path / "snap.duckdb")
+    with warehouse.reader(mini_db) as con:
+        views = view_names(con)
+        expected = {v: con.execute(f'SELECT count(*) FROM "{v}"').fetchone()[0] for v in views}
+    script = "".join(f"SELECT '{v}', count(*) FROM \"{v}\";\n" for v in views)
+    done = subprocess.run([str(cli), "-readonly", "-csv", "-noheader", str(snap)], input=script, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and "Error" not in done.stderr, done.stderr[-2000:]
+    got = dict(line.rsplit(",", 1) for line in done.stdout.split())
+    assert {v: int(n) for v, n in got.items()} == expected
+    with pytest.raises(subprocess.CalledProcessError):      # the live warehouse needs DuckDB 2 (as the README says)
+        subprocess.run([str(cli), "-readonly", str(mini_db), "-c", "SELECT 1"], capture_output=True, check=True,
+                       timeout=60)
+
+
 def test_every_view_exported_as_parquet(mini_db, tmp_path):
     with warehouse.reader(mini_db) as con:
         files = export_views_parquet(con, tmp_path / "pq")

@@ -25,11 +25,20 @@ def default_snapshot(db: str | os.PathLike | None) -> Path:
     return src.with_name(f"{src.stem}-snapshot.duckdb")
 
 
+# The analysts' copy is written in the storage format of DuckDB 1.5 (storage version 68): the newest
+# DuckDB CLI on PyPI (duckdb-cli 1.5.6) reads versions 64 to 68 and refused the 2.x default (69).
+DEFAULT_STORAGE_VERSION = "v1.5.0"
+WRITERS_OWN = ("current", "newest")      # --storage-version current: the writing DuckDB's own format
+
+
 def publish_snapshot(db: str | os.PathLike | None, out: str | os.PathLike,
-                     storage_version: str | None = None) -> Path:
+                     storage_version: str | None = DEFAULT_STORAGE_VERSION) -> Path:
     """Copy every table and view of the warehouse into `out` (replacing it atomically), bring the
     copy's schema and summary tables up to date, record `snapshot_info` and make the file read-only.
-    storage_version, e.g. 'v1.5.0', lets older DuckDB CLIs open the copy."""
+    storage_version (default v1.5.0, which DuckDB 1.5 and newer open; None or 'current': this
+    DuckDB's own) decides which DuckDB CLIs can open the copy."""
+    if storage_version in WRITERS_OWN:
+        storage_version = None
     src = resolve_db(db)
     if not src.exists():
         raise WarehouseMissing(f"no warehouse at {src}")
