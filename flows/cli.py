@@ -15,6 +15,26 @@ import flows  # noqa: F401  (sets Prefect defaults before Prefect is imported)
 from flows.server import ensure_server
 
 
+def _print_json(obj) -> None:
+    """Machine-readable output: NaN and infinities become null (JSON has neither), paths and times text."""
+    import json
+    import math
+    from dataclasses import asdict, is_dataclass
+
+    def clean(x):
+        if is_dataclass(x) and not isinstance(x, type):
+            return clean(asdict(x))
+        if isinstance(x, dict):
+            return {str(k): clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        return x
+
+    print(json.dumps(clean(obj), indent=2, default=str))
+
+
 def _db_parent() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument("--db", metavar="FILE",
@@ -322,9 +342,11 @@ def cmd_models(args: argparse.Namespace) -> int:
                                         code_dir=args.code_dir or sec.get("code_dir"),
                                         options=dict(sec.get("options") or {})), sec.get("env"))
                  for name, sec in models_config.load(args.models_config).items()}
-    for info in describe(settings, per_model):
-        if args.model and info.name != args.model:
-            continue
+    infos = [i for i in describe(settings, per_model) if not args.model or i.name == args.model]
+    if args.json:
+        _print_json([{**{k: v for k, v in vars(i).items()}, "ready": i.ready} for i in infos])
+        return 0
+    for info in infos:
         state = "ready" if info.ready else ("not importable" if not info.importable else "missing requirements")
         print(f"{info.name:<16} recipe {info.recipe or '-':<26} {state:<20} {info.origin}: {info.target}")
         if info.description:
@@ -346,8 +368,14 @@ def cmd_env(args: argparse.Namespace) -> int:
             print(f"{st.family}: ready at {st.path} (Python {st.python_version}, "
                   + ", ".join(f"{k} {v}" for k, v in st.packages.items()) + f") in {time.monotonic() - t0:.0f} s")
             return 0
+        listed = envs.list_envs()
+        if args.json:
+            _print_json([{"family": st.family, "path": st.path, "ready": st.ready, "reason": st.reason,
+                          "python": st.python_version, "packages": st.packages, "fingerprint": st.fingerprint}
+                         for st in listed])
+            return 0
         print(f"family environments in {envs.root()} ($CTSVQA_ENVS):")
-        for st in envs.list_envs():
+        for st in listed:
             state = "ready" if st.ready else f"NOT READY ({st.reason})"
             print(f"{st.family:<10} {state}  {st.path}")
             if st.ready:
@@ -378,7 +406,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from tasks.report import print_report
 
     with warehouse.reader(args.db) as con:
-        print_report(con, dataset=args.dataset)
+        if args.json:
+            from tasks.report import report_data
+
+            _print_json(report_data(con, dataset=args.dataset))
+        else:
+            print_report(con, dataset=args.dataset)
     if args.html:
         from tasks.report_html import write_report
 
@@ -455,6 +488,11 @@ def cmd_server(args: argparse.Namespace) -> int:
             return 3
         print(f"export PREFECT_API_URL={state.url}")
         return 0
+    if args.json:
+        _print_json({"running": state.running, "healthy": state.healthy, "pid": state.pid, "port": state.port,
+                     "ui": state.ui if state.port else None, "api": state.url, "dir": state.dir,
+                     "log": state.log, "stale_pid_file_removed": state.stale})
+        return 0 if state.healthy else (3 if not state.running else 1)
     if not state.running:
         print(f"no Prefect server running for {state.dir.parent}{stale}")
         return 3
@@ -463,12 +501,22 @@ def cmd_server(args: argparse.Namespace) -> int:
     return 0 if state.healthy else 1
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("ctsvqa")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     db = _db_parent()
     parser = argparse.ArgumentParser(prog="ctsvqa", description="Benchmark 3D medical VLMs on CT-SpatialVQA.")
     parser.add_argument("--debug", action="store_true",
                         help="show Prefect's full console log and the traceback of an error ($CTSVQA_DEBUG=1)")
     parser.add_argument("--verbose", action="store_true", help="show Prefect's progress (INFO) log lines")
+    parser.add_argument("--version", action="version", version=f"ctsvqa {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("import-upstream", parents=[db],
@@ -563,6 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--code-dir", metavar="DIR", help="check this checkout of the model's own code")
     p.add_argument("--models-config", metavar="FILE",
                    help="YAML: per model checkpoint, code_dir, env, options (default: $CTSVQA_MODELS_CONFIG)")
+    p.add_argument("--json", action="store_true", help="print the adapters as JSON")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("env", help="the family environments that remote-code models run in (create|list)")
@@ -574,6 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "'torch==2.14.1 torchvision==0.29.1' (a package named here is dropped from the rest)")
     s.set_defaults(func=cmd_env)
     s = envsub.add_parser("list", help="each family: path, ready or not, Python and key package versions")
+    s.add_argument("--json", action="store_true", help="print the environments as JSON")
     s.set_defaults(func=cmd_env)
 
     p = sub.add_parser("score", parents=[db], help="text metrics (BLEU, ROUGE, METEOR, SBERT, exact match) per run")
@@ -586,6 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write a self-contained HTML report (charts inlined) and PNG/SVG charts here")
     p.add_argument("--panel", help="jury panel of the HTML report (default: paper, upstream, offline-learned, "
                                    "offline — the first that judged the dataset)")
+    p.add_argument("--json", action="store_true", help="print the tables as JSON (one object per dataset)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", parents=[db], help="write upstream-format CSV/JSON and Parquet of every view")
@@ -598,6 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the local Prefect server the commands share (start|stop|status|env)")
     p.add_argument("action", choices=("start", "stop", "status", "env"),
                    help="env prints `export PREFECT_API_URL=...` for the prefect CLI: eval \"$(ctsvqa server env)\"")
+    p.add_argument("--json", action="store_true", help="status: print the server's state as JSON")
     p.set_defaults(func=cmd_server)
 
     p = sub.add_parser("db", help="warehouse maintenance")
@@ -682,6 +734,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _console(debug, args.verbose):
             return args.func(args)
+    except BrokenPipeError:
+        # the reader went away (`ctsvqa report | head`): no error to report; end as a shell's SIGPIPE would
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        return 141
     except (UpstreamFormatError, WarehouseError, MissingKey, ServerError, ValueError, OSError) as exc:
         if debug:
             traceback.print_exc()

@@ -17,6 +17,11 @@ from warehouse.snapshot import export_views_parquet
 MATRIX_CSV = "correctness_matrix_avg3.csv"
 JURY_JSON = "llm_jury_accuracy.json"
 CATEGORY_CSV = "category_performance.csv"
+TEXT_CSV, TEXT_JSON = "text_metrics_summary.csv", "text_metrics_summary.json"
+# benchmarking/reports/metrics/text_metrics_summary.{csv,json} upstream: the CSV's columns sorted by
+# name (pandas' default there), the JSON's keys in the order its script wrote them
+TEXT_CSV_COLUMNS = ("bleu", "count", "meteor", "model", "rouge1_f", "rouge2_f", "rougeL_f", "sbert_cosine")
+TEXT_JSON_KEYS = ("model", "count", "sbert_cosine", "bleu", "rouge1_f", "rouge2_f", "rougeL_f", "meteor")
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -100,6 +105,29 @@ def category_performance_csv(con: duckdb.DuckDBPyConnection, dataset: str, panel
     return out.getvalue()
 
 
+def _text_rows(con: duckdb.DuckDBPyConnection, dataset: str) -> list[dict]:
+    from adapters.metrics.text import METRICS_VERSION
+
+    cols = ", ".join(dict.fromkeys(TEXT_JSON_KEYS))
+    cur = con.execute(f"SELECT {cols} FROM text_metrics WHERE dataset = ? AND metrics_version = ? ORDER BY model",
+                      [dataset, METRICS_VERSION])
+    return [dict(zip(TEXT_JSON_KEYS, row)) for row in cur.fetchall()]
+
+
+def text_metrics_summary_csv(con: duckdb.DuckDBPyConnection, dataset: str, panel: str | None) -> str:
+    """One row per scored run, upstream's columns and order (full float precision, as pandas writes)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(TEXT_CSV_COLUMNS)
+    for row in _text_rows(con, dataset):
+        writer.writerow(["" if row[c] is None else row[c] for c in TEXT_CSV_COLUMNS])
+    return out.getvalue()
+
+
+def text_metrics_summary_json(con: duckdb.DuckDBPyConnection, dataset: str, panel: str | None) -> str:
+    return json.dumps(_text_rows(con, dataset), indent=2)
+
+
 def export_all(con: duckdb.DuckDBPyConnection, out_dir: str | os.PathLike, dataset: str | None = None,
                panel: str | None = None) -> list[Path]:
     out_dir = Path(out_dir)
@@ -108,7 +136,8 @@ def export_all(con: duckdb.DuckDBPyConnection, out_dir: str | os.PathLike, datas
     panel = pick_panel(con, dataset, panel)
     written = []
     for name, render in ((MATRIX_CSV, correctness_matrix_csv), (JURY_JSON, llm_jury_accuracy_json),
-                         (CATEGORY_CSV, category_performance_csv)):
+                         (CATEGORY_CSV, category_performance_csv), (TEXT_CSV, text_metrics_summary_csv),
+                         (TEXT_JSON, text_metrics_summary_json)):
         _write_atomic(out_dir / name, render(con, dataset, panel))
         written.append(out_dir / name)
     written += export_views_parquet(con, out_dir / "parquet", dataset=dataset, panel=panel)

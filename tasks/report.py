@@ -107,3 +107,33 @@ def print_report(con: duckdb.DuckDBPyConnection, console: Console | None = None,
         for table in tables:
             console.print(table)
             console.print()
+
+
+REPORT_VIEWS = {   # what `report --json` gives per dataset: the views the terminal tables show
+    "model_accuracy": "SELECT * EXCLUDE (dataset) FROM model_accuracy WHERE dataset = ? "
+                      "ORDER BY panel NULLS LAST, majority_accuracy DESC NULLS LAST, model",
+    "judge_accuracy": "SELECT * EXCLUDE (dataset) FROM judge_accuracy WHERE dataset = ? ORDER BY model, judge",
+    "category_accuracy": "SELECT * EXCLUDE (dataset) FROM category_accuracy WHERE dataset = ? "
+                         "ORDER BY panel, category, model",
+    "judge_agreement": "SELECT * EXCLUDE (dataset) FROM judge_agreement WHERE dataset = ? "
+                       "ORDER BY model, judge_a, judge_b",
+}
+
+
+def report_data(con: duckdb.DuckDBPyConnection, dataset: str | None = None) -> dict:
+    """{dataset: {view: [row, ...]}} plus the warnings the terminal report prints."""
+    known = datasets(con)
+    if not known:
+        raise ValueError("the warehouse is empty: no dataset, so nothing to report; import one first "
+                         "(ctsvqa import-upstream PATH, or ctsvqa benchmark)")
+    if dataset is not None and dataset not in known:
+        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(known)}")
+    out = {}
+    for ds in [dataset] if dataset else known:
+        out[ds] = {}
+        for name, sql in REPORT_VIEWS.items():
+            rows = con.execute(sql, [ds]).fetchall()
+            out[ds][name] = [dict(zip([d[0] for d in con.description], row)) for row in rows]
+        out[ds]["warnings"] = incomplete_runs(con, ds)
+        out[ds]["summaries_live"] = summaries.reading_live(con)
+    return {"datasets": out}

@@ -122,6 +122,19 @@ def sharding_from(devices: str | Sequence[str] | None, gpus: int | None, address
         import ray  # noqa: F401
     except ImportError:
         raise ValueError("sharding over GPUs needs Ray: pip install 'ctsvqa[ray]'") from None
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        # a Ray started here sees this host's GPUs (or the logical ones declared): too few is bad input,
+        # said before Prefect and Ray start (a cluster's GPUs are counted once it is joined)
+        n = len(replicas) if isinstance(replicas, tuple) else replicas
+        have = init_kwargs.get("num_gpus")
+        if have is None:
+            import torch
+
+            have = torch.cuda.device_count()
+        if have < n:
+            raise ValueError(f"{n} replica(s) need {n} GPU(s) but this host has {have:g}; pass fewer "
+                             f"--gpus/--devices (or declare logical GPUs with ${INIT_ENV}='{{\"num_gpus\": {n}}}' "
+                             "to test without any)")
     return Sharding(replicas, address, init_kwargs)
 
 

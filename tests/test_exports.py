@@ -117,3 +117,28 @@ def test_report_warns_about_runs_still_being_judged(mini_db):
     lines = [line for line in console.export_text().splitlines() if line.startswith("warning:")]
     assert lines == ["warning: m3d (panel offline) is still being judged: 7 judgments pending from exact; "
                      "its accuracy is not final"]
+
+
+def test_text_metrics_summary_in_the_upstream_layout(mini_db, tmp_path):
+    """Beside the three jury files: upstream's text_metrics_summary.csv (columns sorted by name) and
+    .json (its key order), one row per scored run, the numbers of the text_metrics view."""
+    from tasks import scoring
+
+    scoring.score_runs(mini_db, None)
+    with warehouse.reader(mini_db) as con:
+        export_all(con, tmp_path)
+        view = {m: (n, b, r1, met, sb) for m, n, b, r1, met, sb in con.execute(
+            "SELECT model, count, bleu, rouge1_f, meteor, sbert_cosine FROM text_metrics").fetchall()}
+    lines = (tmp_path / "text_metrics_summary.csv").read_text().splitlines()
+    assert lines[0] == "bleu,count,meteor,model,rouge1_f,rouge2_f,rougeL_f,sbert_cosine"
+    rows = [dict(zip(lines[0].split(","), line.split(","))) for line in lines[1:]]
+    assert [r["model"] for r in rows] == sorted(view) == ["m3d", "merlin", "radfm"]
+    for r in rows:
+        n, bleu, r1, meteor, sbert = view[r["model"]]
+        # (DuckDB's parallel avg may differ in the last bit between two queries of the same view)
+        assert (int(r["count"]), float(r["bleu"]), float(r["rouge1_f"]), float(r["meteor"]),
+                float(r["sbert_cosine"])) == pytest.approx((n, bleu, r1, meteor, sbert), rel=1e-12)
+    js = json.loads((tmp_path / "text_metrics_summary.json").read_text())
+    assert [list(r) for r in js] == [["model", "count", "sbert_cosine", "bleu", "rouge1_f", "rouge2_f", "rougeL_f",
+                                      "meteor"]] * 3
+    assert {r["model"]: r["bleu"] for r in js} == pytest.approx({m: v[1] for m, v in view.items()}, rel=1e-12)

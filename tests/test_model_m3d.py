@@ -241,7 +241,7 @@ def test_missing_or_wrong_code_and_weights_say_what_to_fetch(checkpoints, tmp_pa
         (M3D, AdapterSettings(checkpoint=str(checkpoints["m3d"]), code_dir=str(tmp_path)),
          r"no LaMed/src/model/language_model/lamed_phi3\.py.*--code-dir DIR"),
         (M3D, AdapterSettings(checkpoint=str(tmp_path / "nope"), code_dir=str(M3D_CODE)),
-         r"huggingface-cli download GoodBaiBai88/M3D-LaMed-Phi-3-4B.*--checkpoint DIR"),
+         r"hf download GoodBaiBai88/M3D-LaMed-Phi-3-4B.*--checkpoint DIR"),
         (Med3DVLM, AdapterSettings(code_dir=str(MED3DVLM_CODE)),
          r"no --checkpoint given: download MagicXin/Med3DVLM-Qwen-2\.5-7B"),
         (Med3DVLM, AdapterSettings(checkpoint=str(checkpoints["m3d"]), code_dir=str(MED3DVLM_CODE)),

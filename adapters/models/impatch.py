@@ -201,7 +201,7 @@ class ImPatchAdapter(VariantAdapter):
 
     @classmethod
     def _weights_hint(cls) -> str:
-        return (f"download {cls.hub_id} with `huggingface-cli download {cls.hub_id} --local-dir DIR` and pass "
+        return (f"download {cls.hub_id} with `hf download {cls.hub_id} --local-dir DIR` and pass "
                 f"--checkpoint DIR")
 
     @classmethod

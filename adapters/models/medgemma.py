@@ -30,7 +30,7 @@ class MedGemma(SliceChatAdapter):
     cuda_image_device = "gpu"                     # slices normalized on the GPU: 3.22 -> 3.50 QA/s, same tokens
     hub_id = "google/medgemma-1.5-4b-it"
     download_note = (" (gated: accept the Health AI Developer Foundations terms on its Hugging Face page "
-                     "first, then log in with `huggingface-cli login`)")
+                     "first, then log in with `hf auth login`)")
     prompts = {"official": MEDGEMMA_NOTEBOOK, "upstream-harness": CTSVQA_HARNESS}
     max_new_tokens = {"official": 1024, "upstream-harness": 512}
     min_new_tokens = {"official": 0, "upstream-harness": 4}

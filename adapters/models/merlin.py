@@ -135,13 +135,13 @@ class Merlin(VariantAdapter):
 
     @classmethod
     def _hint(cls, task: str) -> str:
-        return (f"download {CHECKPOINTS[task]} from {HUB_ID} into a folder DIR (`huggingface-cli download {HUB_ID} "
+        return (f"download {CHECKPOINTS[task]} from {HUB_ID} into a folder DIR (`hf download {HUB_ID} "
                 f"{CHECKPOINTS[task]} --local-dir DIR`) and pass --checkpoint DIR")
 
     @staticmethod
     def _radllama_hint() -> str:
         return (f"download the config and tokenizer files of {RADLLAMA_ID} into DIR/{RADLLAMA_DIR} "
-                f"(`huggingface-cli download {RADLLAMA_ID} --include '*.json' '*.py' '*.model' --local-dir "
+                f"(`hf download {RADLLAMA_ID} --include '*.json' '*.py' '*.model' --local-dir "
                 f"DIR/{RADLLAMA_DIR}`; its weights are not needed: the Merlin checkpoint holds them) or pass "
                 f"--option radllama=FOLDER")
 

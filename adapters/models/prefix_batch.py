@@ -311,7 +311,7 @@ class SliceChatAdapter(VariantAdapter):
 
     @classmethod
     def _download_hint(cls) -> str:
-        return (f"download {cls.hub_id}{cls.download_note} with `huggingface-cli download {cls.hub_id} "
+        return (f"download {cls.hub_id}{cls.download_note} with `hf download {cls.hub_id} "
                 f"--local-dir DIR` and pass --checkpoint DIR")
 
     # -- loading ----------------------------------------------------------------------------------

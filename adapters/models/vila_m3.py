@@ -221,7 +221,7 @@ class VilaM3(VariantAdapter):
             reqs.append(Requirement(f"code {folder}", ok, f"{root}: found" if ok else
                                     (f"{root}: no {marker}; {todo}" if root else f"no --code-dir given; {todo}")))
         ckpt = p["ckpt"]
-        hint = f"download {HUB_ID} with `huggingface-cli download {HUB_ID} --local-dir DIR` and pass --checkpoint DIR"
+        hint = f"download {HUB_ID} with `hf download {HUB_ID} --local-dir DIR` and pass --checkpoint DIR"
         for what, rel in (("config", "config.json"), ("llm", "llm/config.json"), ("tokenizer", "llm/tokenizer_config.json"),
                           ("vision_tower", "vision_tower/config.json"), ("mm_projector", "mm_projector/config.json")):
             ok = ckpt is not None and (ckpt / rel).is_file()
