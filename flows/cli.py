@@ -80,8 +80,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from tasks import interrupt
 
     start_temporary_server_ignoring_ctrl_c()
+    from flows.progress import stage_bars
+
     with interrupt.ctrl_c("finishing the stage in hand and starting no other; storing what finished (Ctrl-C "
-                          "again: exit now)"):
+                          "again: exit now)"), stage_bars():
         result = benchmark(config=str(args.config) if args.config else None, db=args.db, out=str(args.out))
     if result.get("interrupted"):
         print(f"ctsvqa: interrupted in {result['interrupted']} (left: {result['left']}); what finished is stored: "
@@ -311,7 +313,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         with Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=console, disable=not console.is_terminal) as progress:
             bar = progress.add_task(plan.name, total=plan.n_pending)
-            infer_flow.progress_hook = lambda done, total: progress.update(bar, completed=done, total=total)
+            infer_flow.progress_hook = lambda _, done, total: progress.update(bar, completed=done, total=total)
             start_temporary_server_ignoring_ctrl_c()
             try:
                 with interrupt.ctrl_c("starting no new volume; storing what is answered (Ctrl-C again: exit now)"):

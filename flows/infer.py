@@ -16,8 +16,9 @@ from tasks.inference import InferenceError, InferRequest
 from warehouse import WarehouseLocked
 from warehouse.leases import LeaseHeld
 
-# Set by the CLI to drive a terminal progress bar; the answer task runs in this process.
-progress_hook: inference.ProgressFn | None = None
+# Set by the CLI to drive a terminal progress bar: (run label, done, total); the answer task runs in
+# this process.
+progress_hook = None
 
 
 @task(name="plan-inference", cache_policy=NO_CACHE)
@@ -39,7 +40,7 @@ def answer_task(db: str | None, request: InferRequest, sharding: dict | None = N
 
     def report(done: int, total: int) -> None:
         if progress_hook:
-            progress_hook(done, total)
+            progress_hook(request.name or request.model, done, total)
         decile = 10 * done // max(total, 1)
         if decile > step[0]:
             step[0] = decile

@@ -18,6 +18,8 @@ from adapters.models.recipes import RECIPES, select
 from tasks import input_cache, interrupt, model_inputs
 
 _pool = None
+# Set by the CLI to drive a terminal progress bar: (done, total) volumes of this flow run.
+progress_hook = None
 
 
 def _content_key(context, parameters) -> str:
@@ -76,7 +78,13 @@ def preprocess(recipes: str = "all", db: str | None = None, dataset: str | None 
         _pool = model_inputs.worker_pool(workers)
         try:
             futures = [preprocess_volume.submit(job, str(out_root), decode_cache) for job in jobs]
-            for job, future in zip(jobs, futures):
+            step = -1
+            for done, (job, future) in enumerate(zip(jobs, futures)):
+                if progress_hook:
+                    progress_hook(done, len(jobs))
+                if 10 * done // len(jobs) > step:
+                    step = 10 * done // len(jobs)
+                    log.info("%d/%d volumes preprocessed", done, len(jobs))
                 if interrupt.STOP.is_set() and future.wrapped_future.cancel():
                     continue                         # Ctrl-C: volumes not started are left for the next run
                 result = future.result()
@@ -88,6 +96,9 @@ def preprocess(recipes: str = "all", db: str | None = None, dataset: str | None 
                     log.info("recorded %d model inputs", model_inputs.record(db, rows))
                     rows = []
                 input_cache.evict(out_root, max_bytes)
+            if progress_hook:
+                progress_hook(len(jobs), len(jobs))
+            log.info("%d/%d volumes preprocessed", len(jobs), len(jobs))
         finally:
             model_inputs.record(db, rows)
             input_cache.evict(out_root, max_bytes)

@@ -233,3 +233,51 @@ def test_config_that_is_not_utf8_is_named(tmp_path, capsys):
     assert main(["benchmark", "--config", str(cfg), "--db", str(tmp_path / "wh.duckdb")]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line == f"ctsvqa: error: {cfg}: not UTF-8 text (byte 22); save the config as UTF-8"
+
+
+def test_the_benchmark_shows_each_stage_with_rate_and_time_left_in_a_terminal_and_nothing_when_not(
+        prefect_server, tmp_path):
+    import fcntl
+    import os
+    import pty
+    import re
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.conftest import REPO, cli_env
+
+    cfg = tmp_path / "bench.yaml"
+    cfg.write_text("dataset:\n  phantoms: {n: 2, seed: 5, size: small}\nmodels: [phantom-expert, blind]\n"
+                   "judges: [offline]\n")
+    env = cli_env(PREFECT_API_URL=PREFECT_API_URL.value(), TERM="xterm")
+    cmd = [sys.executable, "-m", "flows.cli", "benchmark", "--config", str(cfg), "--db", str(tmp_path / "wh.duckdb"),
+           "--out", str(tmp_path / "out")]
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:                     # EIO: the terminal's other end is closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(600) == 0
+    os.close(master)
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+    for stage in ("preprocess (volumes)", "infer phantom-expert (questions)", "infer blind (questions)",
+                  "judge exact (judgments)", "judge spatial-rules (judgments)"):
+        assert stage in screen, stage
+    assert re.search(r"infer blind \(questions\)\s.*\d+/\d+\s+[\d,.]+/s", screen)         # done/total and the rate
+    assert "left" in screen and "jury accuracy" in screen
+
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)     # not a terminal
+    assert again.returncode == 0
+    assert "(questions)" not in again.stderr and "(judgments)" not in again.stderr
