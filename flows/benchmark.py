@@ -134,7 +134,11 @@ def benchmark(config: str | None = None, db: str | None = None, out: str | None 
 
     report = write_report(db, out_dir / "report", dataset=dataset)
     snapshot = publish_snapshot(db, default_snapshot(db))
+    from tasks import leaderboard
+
     with warehouse.reader(db) as con:
+        board = leaderboard.table_rows(leaderboard.leaderboard(con, dataset))
+        caveat = leaderboard.caveat(con, dataset) if board else None
         headline = con.execute(
             "SELECT model, panel, n_predictions, n_questions, majority_accuracy, strict_accuracy, status, "
             "n_pending_judgments FROM model_accuracy WHERE dataset = ? AND panel = ? ORDER BY majority_accuracy DESC, model",
@@ -146,4 +150,4 @@ def benchmark(config: str | None = None, db: str | None = None, out: str | None 
         f"- snapshot: `{snapshot}`\n- {describe(cfg)}"))
     return {"dataset": dataset, "panel": report.panel, "report": str(report.html), "snapshot": str(snapshot),
             "db": str(warehouse.resolve_db(db)), "headline": headline, "failures": failures, "skipped": skipped,
-            "runs": runs, "juries": juries, "interrupted": None}
+            "runs": runs, "juries": juries, "interrupted": None, "leaderboard": board, "leaderboard_note": caveat}

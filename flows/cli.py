@@ -96,6 +96,12 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         print(f"  {r['model']:<28} {r['n_predictions']:>4}/{r['n_questions']:<4} {pct(r['majority_accuracy']):>11} "
               f"{pct(r['strict_accuracy']):>9}" + (f"   not final: {r['n_pending_judgments']} judgment(s) pending"
                                                   if r.get("status") == "judging" else ""))
+    if result.get("leaderboard"):
+        print("\nyour runs among the published ones (majority of each row's jury):")
+        if result.get("leaderboard_note"):
+            print(f"  {result['leaderboard_note']}")
+        for r in result["leaderboard"]:
+            print(f"  {r['rank']:>3}. {r['model']:<28} {r['majority %']:>6}  {r['answered']:>11}  {r['what']:<22} {r['jury']}")
     for line in result["failures"]:
         print(f"  failed: {line}")
     for line in result["skipped"]:

@@ -36,6 +36,23 @@ def model_table(con: duckdb.DuckDBPyConnection, dataset: str) -> Table:
     return t
 
 
+def leaderboard_table(con: duckdb.DuckDBPyConnection, dataset: str) -> Table | None:
+    from tasks import leaderboard
+
+    rows = leaderboard.table_rows(leaderboard.leaderboard(con, dataset))
+    if not rows:
+        return None
+    note = leaderboard.caveat(con, dataset)
+    t = Table(title="Your runs among the published ones (majority of each row's jury)" + (f"\n{note}" if note else ""),
+              title_justify="left")
+    for col in rows[0]:
+        t.add_column(col, justify="right" if col in ("rank", "majority %", "answered") else "left")
+    for r in rows:
+        style = "bold" if r["what"] == "yours" else None
+        t.add_row(*(str(v) for v in r.values()), style=style)
+    return t
+
+
 def judge_table(con: duckdb.DuckDBPyConnection, dataset: str) -> Table:
     t = Table(title="Per judge (accuracy over valid verdicts; no verdict = failed, unparsed or dropped)",
               title_justify="left")
@@ -100,7 +117,10 @@ def print_report(con: duckdb.DuckDBPyConnection, console: Console | None = None,
     for ds in [dataset] if dataset else known:
         for line in incomplete_runs(con, ds):
             console.print(line, style="bold yellow")
-        tables = [model_table(con, ds), judge_table(con, ds)]
+        tables = [model_table(con, ds)]
+        if board := leaderboard_table(con, ds):
+            tables.append(board)
+        tables.append(judge_table(con, ds))
         tables += [category_table(con, ds, p) for (p,) in con.execute(
             "SELECT DISTINCT panel FROM jury_verdicts WHERE dataset = ? ORDER BY panel", [ds]).fetchall()]
         tables.append(agreement_table(con, ds))

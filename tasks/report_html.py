@@ -58,10 +58,22 @@ def choose_panel(con: duckdb.DuckDBPyConnection, dataset: str, panel: str | None
 
 # --- charts ---------------------------------------------------------------------------------------
 
-def accuracy_chart(acc: pd.DataFrame) -> alt.Chart:
+PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#eeca3b", "#b279a2", "#ff9da6", "#9d755d",
+           "#bab0ac", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf")       # vega's tableau10 then category10: one colour per model in every chart
+
+
+def model_colours(models: list[str]) -> alt.Scale:
+    """The same colour for a model in every chart of the report (the questions and references grey)."""
+    models = sorted(models)
+    return alt.Scale(domain=["questions", "references", *models],
+                     range=["#9e9e9e", "#616161", *(PALETTE[i % len(PALETTE)] for i in range(len(models)))])
+
+
+def accuracy_chart(acc: pd.DataFrame, colours: alt.Scale) -> alt.Chart:
     order = acc.sort_values("majority_accuracy", ascending=False)["model"].tolist()
     base = alt.Chart(acc).encode(y=alt.Y("model:N", sort=order, title=None))
-    bars = base.mark_bar(color="#4c78a8").encode(
+    bars = base.mark_bar().encode(color=alt.Color("model:N", scale=colours, legend=None),
         x=alt.X("majority_accuracy:Q", title="majority accuracy (95% CI)", scale=alt.Scale(domain=[0, 1]),
                 axis=alt.Axis(format="%")),
         tooltip=["model", alt.Tooltip("majority_accuracy:Q", format=".1%"), alt.Tooltip("ci_low:Q", format=".1%"),
@@ -70,12 +82,12 @@ def accuracy_chart(acc: pd.DataFrame) -> alt.Chart:
     return (bars + whiskers).properties(title="Accuracy per model", width=520, height=28 * max(len(acc), 2))
 
 
-def category_chart(cats: pd.DataFrame) -> alt.Chart:
+def category_chart(cats: pd.DataFrame, colours: alt.Scale) -> alt.Chart:
     return alt.Chart(cats).mark_bar().encode(
         x=alt.X("model:N", title=None, axis=alt.Axis(labelAngle=-40)),
         y=alt.Y("majority_accuracy:Q", title="majority accuracy", axis=alt.Axis(format="%"),
                 scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("model:N", legend=None),
+        color=alt.Color("model:N", scale=colours, legend=None),
         tooltip=["category", "model", alt.Tooltip("majority_accuracy:Q", format=".1%"), "n"],
     ).properties(width=200, height=160).facet(facet=alt.Facet("category:N", title=None), columns=3).properties(
         title="Accuracy by spatial category (a question counts in each of its categories)")
@@ -94,13 +106,21 @@ def heatmap_chart(cells: pd.DataFrame, model_order: list[str], n_questions: int)
     ).properties(title="Correctness per question and model", width=40 * max(len(model_order), 3), height=420)
 
 
-def lengths_chart(lengths: pd.DataFrame) -> alt.Chart:
-    return alt.Chart(lengths).mark_line(point=True, interpolate="step-after").encode(
-        x=alt.X("words:Q", title="words (60 = 60 or more)"),
-        y=alt.Y("share:Q", title="share of texts", axis=alt.Axis(format="%")),
-        color=alt.Color("source:N", title=None),
-        tooltip=["source", "words", "n", alt.Tooltip("share:Q", format=".1%")],
-    ).properties(title="Length of questions, reference answers and each model's answers", width=560, height=260)
+def lengths_chart(lengths: pd.DataFrame, colours: alt.Scale) -> alt.Chart:
+    """One box per source, as upstream's answer-length plot: quartiles, 5th-95th percentile whiskers,
+    the median; whole-word ticks."""
+    order = lengths["source"].tolist()              # questions, references, then the runs by name
+    words = alt.Axis(tickMinStep=1, format="d")
+    base = alt.Chart(lengths).encode(x=alt.X("source:N", sort=order, title=None, axis=alt.Axis(labelAngle=-40)))
+    tip = ["source", "n", "lowest", "p05", "q1", "median", "q3", "p95", "highest", alt.Tooltip("mean:Q", format=".1f")]
+    whiskers = base.mark_rule().encode(y=alt.Y("p05:Q", title="words per text", axis=words), y2="p95:Q",
+                                       tooltip=tip)
+    boxes = base.mark_bar(size=22).encode(y="q1:Q", y2="q3:Q", color=alt.Color("source:N", scale=colours,
+                                                                               legend=None), tooltip=tip)
+    medians = base.mark_tick(color="#222222", size=22, thickness=2).encode(y="median:Q", tooltip=tip)
+    return (whiskers + boxes + medians).properties(
+        title="Length of questions, reference answers and each model's answers (box: quartiles; whiskers: "
+              "5th-95th percentile)", width=max(60 * len(order), 360), height=280)
 
 
 def agreement_chart(agreement: pd.DataFrame) -> alt.Chart:
@@ -200,11 +220,13 @@ def build_charts(con: duckdb.DuckDBPyConnection, dataset: str, panel: str | None
     charts: dict[str, alt.TopLevelMixin] = {}
     tables: dict[str, str] = {}
     lengths = _query(con, "report_lengths", dataset=dataset)
+    colours = model_colours([m for (m,) in con.execute("SELECT name FROM runs WHERE dataset_id = ?",
+                                                       [dataset]).fetchall()])
     if panel is not None:
         acc = _query(con, "report_accuracy", dataset=dataset, panel=panel)
         acc = acc[acc["majority_accuracy"].notna()]
         if len(acc):
-            charts["accuracy"] = accuracy_chart(acc)
+            charts["accuracy"] = accuracy_chart(acc, colours)
             shown = acc.assign(majority=acc["majority_accuracy"], ci=list(zip(acc["ci_low"], acc["ci_high"])))
             final = shown["status"] != "judging"        # a run still being judged reads as incomplete
             tables["Headline"] = _table(
@@ -216,10 +238,16 @@ def build_charts(con: duckdb.DuckDBPyConnection, dataset: str, panel: str | None
                         strict_accuracy=[_acc(m) if ok else f"{_acc(m)} — not final"
                                          for m, ok in zip(shown["strict_accuracy"], final)]),
                 {"coverage": "{:.1%}"})
+            from tasks import leaderboard
+
+            if board := leaderboard.table_rows(leaderboard.leaderboard(con, dataset)):
+                note = leaderboard.caveat(con, dataset)
+                tables["Your runs among the published ones" + (f" ({note})" if note else "")] = _table(
+                    pd.DataFrame(board))
             cats = con.execute("SELECT category, model, majority_accuracy, n FROM category_accuracy "
                                "WHERE dataset = ? AND panel = ?", [dataset, panel]).df()
             if len(cats):
-                charts["categories"] = category_chart(cats)
+                charts["categories"] = category_chart(cats, colours)
             n_questions = con.execute("SELECT count(*) FROM questions WHERE dataset_id = ?", [dataset]).fetchone()[0]
             cells = _query(con, "report_heatmap", dataset=dataset, panel=panel, max_questions=MAX_HEATMAP_QUESTIONS)
             if len(cells):
@@ -233,7 +261,7 @@ def build_charts(con: duckdb.DuckDBPyConnection, dataset: str, panel: str | None
         if len(agreement):
             charts["judge_agreement"] = agreement_chart(agreement)
     if len(lengths):
-        charts["answer_lengths"] = lengths_chart(lengths)
+        charts["answer_lengths"] = lengths_chart(lengths, colours)
     text = con.execute("SELECT model, count, bleu, rouge1_f, rouge2_f, rougeL_f, meteor, sbert_cosine, exact_match "
                        "FROM text_metrics WHERE dataset = ? ORDER BY model", [dataset]).df()
     if len(text):
@@ -264,12 +292,13 @@ def write_report(db, out: str | Path, dataset: str | None = None, panel: str | N
         charts, tables = build_charts(con, dataset, panel)
     specs = {name: chart.to_dict() for name, chart in charts.items()}
     report = Report(html=out / "report.html", dataset=dataset, panel=panel)
-    body = []
-    for title, table in tables.items():
-        body.append(f"<h2>{html.escape(title)}</h2>{table}")
+    # the headline and the leaderboard, then the charts, then the long tables (text metrics, examples)
+    lead = [t for t in tables if t == "Headline" or t.startswith("Your runs")]
+    body = [f"<h2>{html.escape(title)}</h2>{tables[title]}" for title in lead]
     for name, spec in specs.items():
         body.append(f'<div class="chart" id="chart-{name}"></div>'
                     f'<script type="application/json" data-chart="chart-{name}">{_json_block(spec)}</script>')
+    body += [f"<h2>{html.escape(title)}</h2>{table}" for title, table in tables.items() if title not in lead]
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     note = (f"dataset {dataset}; jury panel {panel or 'none (no verdicts yet)'}; made {stamp} from "
             f"{warehouse.resolve_db(db)}")

@@ -142,3 +142,35 @@ def test_text_metrics_summary_in_the_upstream_layout(mini_db, tmp_path):
     assert [list(r) for r in js] == [["model", "count", "sbert_cosine", "bleu", "rouge1_f", "rouge2_f", "rougeL_f",
                                       "meteor"]] * 3
     assert {r["model"]: r["bleu"] for r in js} == pytest.approx({m: v[1] for m, v in view.items()}, rel=1e-12)
+
+
+def test_your_runs_are_ranked_among_the_published_ones(mini_db):
+    """A run of yours, judged by the offline panel, among the imported runs (their published verdicts)
+    and the eight published jury accuracies, each marked with what it is and its jury."""
+    from adapters.judges.spec import load_panel
+    from tasks import judging, leaderboard
+    from tasks.inference import InferRequest, run_inference
+
+    run_inference(mini_db, InferRequest(model="blind"))
+    panel = load_panel("offline")
+    judging.register_panel(mini_db, panel)
+    for spec in panel.judges:
+        judging.judge_runs(mini_db, spec, ["blind"])
+    with warehouse.reader(mini_db) as con:
+        rows = leaderboard.leaderboard(con, "ct-spatialvqa")
+        acc = con.execute("SELECT majority_accuracy FROM model_accuracy WHERE model = 'blind' AND panel = 'offline'"
+                          ).fetchone()[0]
+    kinds = [(r.model, r.kind) for r in rows]
+    assert ("blind", "yours") in kinds and ("radfm", "published predictions") in kinds
+    assert sum(k == "published figure" for _, k in kinds) == 8 and ("CT-CHAT", "published figure") in kinds
+    assert next(r for r in rows if r.model == "blind").accuracy == acc
+    assert next(r for r in rows if r.model == "blind").jury == "panel offline"
+    assert [r.accuracy for r in rows] == sorted((r.accuracy for r in rows), reverse=True)
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    with warehouse.reader(mini_db) as con:
+        print_report(con, console=console)
+        assert leaderboard.leaderboard(con, "some-other-dataset") == []
+    text = console.export_text()
+    assert "Your runs among the published ones" in text and "Lingshu-7B (medevalkit)" in text

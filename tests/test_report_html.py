@@ -62,3 +62,46 @@ def test_report_renders_offline_and_escapes_model_output(mini_db, tmp_path):
 def test_report_refuses_an_unknown_panel(mini_db, tmp_path):
     with pytest.raises(ValueError, match="panel 'nope' has no verdicts in dataset 'ct-spatialvqa'; panels: upstream"):
         write_report(mini_db, tmp_path / "r", panel="nope")
+
+
+def test_report_order_colours_lengths_and_the_published_rows(mini_db, tmp_path):
+    """Headline and leaderboard first, the charts, then the long tables; one colour per model in every
+    chart; answer lengths as whole-word distributions per source; the published rows beside the runs."""
+    import json
+
+    from tasks.report_html import model_colours
+
+    report = write_report(mini_db, tmp_path / "report", images=False)
+    page = report.html.read_text()
+    first_chart = page.index('class="chart"')
+    assert page.index("<h2>Headline</h2>") < page.index("<h2>Your runs among the published ones") < first_chart
+    assert first_chart < page.index("<h2>Example answers")
+    board = page[page.index("<h2>Your runs among the published ones"):first_chart]
+    assert "published figure" in board and "CT-CHAT" in board and "published predictions" in board
+    assert "the published figures are over all 9,077" in board
+    specs = {m["id"]: json.loads(m["spec"].replace("\\u003c", "<").replace("\\u003e", ">").replace("\\u0026", "&"))
+             for m in re.finditer(r'data-chart="chart-(?P<id>[a-z_]+)">(?P<spec>.*?)</script>', page)}
+    scale = model_colours(["m3d", "merlin", "radfm"]).to_dict()
+
+    def colour_scales(spec):
+        found = []
+
+        def walk(x):
+            if isinstance(x, dict):
+                if "color" in x and isinstance(x["color"], dict) and "scale" in x["color"]:
+                    found.append(x["color"]["scale"])
+                for v in x.values():
+                    walk(v)
+            elif isinstance(x, list):
+                for v in x:
+                    walk(v)
+        walk(spec)
+        return found
+
+    for name in ("accuracy", "categories", "answer_lengths"):
+        assert colour_scales(specs[name]) and all(s == scale for s in colour_scales(specs[name])), name
+    lengths = specs["answer_lengths"]
+    assert '"tickMinStep": 1' in json.dumps(lengths) and '"format": "d"' in json.dumps(lengths)
+    data = next(iter(lengths["datasets"].values()))
+    assert [d["source"] for d in data] == ["questions", "references", "m3d", "merlin", "radfm"]
+    assert all(isinstance(d["median"], int) and d["q1"] <= d["median"] <= d["q3"] for d in data)
