@@ -123,16 +123,24 @@ def test_kill_9_of_a_command_in_ephemeral_mode_leaves_no_prefect_server(tmp_path
 
 def test_the_ui_calls_its_own_api_and_shows_the_runs_by_name_and_a_tasks_logs(resident_server, tmp_path):
     """The UI asked /ui-settings for its API and got Prefect's default port 4200, where nothing listens:
-    the Runs page was empty. In a real browser: the runs by their names, and an answer task's log lines."""
+    the Runs page was empty. In a real browser, after a benchmark: its runs by their names, and an
+    answer task's log lines."""
     from tests.browser import browser
 
     db, state, _ = resident_server
     with urllib.request.urlopen(f"{state.ui}/ui-settings", timeout=30) as reply:
         assert json.load(reply)["api_url"] == state.url
-    done = ctsvqa("infer", "--model", "blind", "--db", str(db), "--dataset", "ct-spatialvqa", CTSVQA_PREFECT="resident")
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("dataset:\n  phantoms: {n: 2, seed: 4, size: small}\nmodels: [phantom-expert, blind]\n"
+                   "judges: [offline]\n")
+    bench_db = db.parent / "bench-ui.duckdb"                  # beside it: the same resident server
+    done = ctsvqa("benchmark", "--config", str(cfg), "--db", str(bench_db), "--out", str(tmp_path / "out"),
+                  CTSVQA_PREFECT="resident")
     assert done.returncode == 0, done.stderr
     names = flow_run_names(state.url)
-    assert "infer/blind" in names and "import-upstream/upstream-mini" in names
+    expected = ["benchmark/tiny", "import-upstream/phantoms-small-s4-n2", "preprocess/phantom-small-s4",
+                "infer/phantom-expert", "infer/blind", "judge/offline", "score/phantom-expert,blind"]
+    assert set(expected) <= set(names), names
     req = urllib.request.Request(f"{state.url}/task_runs/filter", data=json.dumps({}).encode(),
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as reply:
@@ -140,9 +148,12 @@ def test_the_ui_calls_its_own_api_and_shows_the_runs_by_name_and_a_tasks_logs(re
     shots = Path(os.environ.get("CTSVQA_SCREENSHOTS", tmp_path))
     with browser(tmp_path / "profile") as page:
         page.open(f"{state.ui}/runs")
-        text = page.wait_for(lambda t: "infer/blind" in t and "import-upstream/upstream-mini" in t)
+        text = page.wait_for(lambda t: all(n in t for n in expected))
         assert "Oops" not in text
         page.screenshot(shots / "prefect-ui-runs.png")
         page.open(f"{state.ui}/runs/task-run/{answer['id']}")
         page.wait_for(lambda t: "questions answered" in t and "infer/blind" in t)
         page.screenshot(shots / "prefect-ui-task-logs.png")
+        page.open((tmp_path / "out" / "report" / "report.html").as_uri())
+        page.wait_for(lambda t: "Headline" in t and "Length of questions" in t)
+        page.screenshot(shots / "report.png")
