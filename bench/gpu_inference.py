@@ -12,6 +12,8 @@ second row at the upstream answer-length distribution.
 (a) upstream-style: one `model.generate()` per question on the processor's full prompt, the
     volume's slices re-encoded every time (GPU work only: the processor output is made before the
     clock starts; the harness also re-reads and re-encodes the images on the CPU per question).
+(u) the same loop written as the harness scripts are (their messages, the processor's chat template,
+    plain generate), sharing no code with (a) or (b): the baseline the ratio is quoted against.
 (b) the product path: `adapter.answer_many(items)`, the call `ctsvqa infer` makes (slices ->
     processor in worker threads -> vision + prefix prefill once per volume -> all questions of up
     to 16 volumes decoded together over one copy of each prefix KV -> CUDA-graph decode steps).
@@ -297,6 +299,62 @@ def upstream_loop(adapter, mi: ModelInput, questions, lengths, dev):
     return out
 
 
+# -- (u) an upstream loop that shares no code with the product path -----------------------------------
+# As benchmarking/inference/medgemma/run_custom_eval.py and .../medevalkit/run_custom_eval.py (Lingshu)
+# of github.com/Mashrafi27/CT-SpatialVQA write it: the harness's own messages (PIL slices between
+# "SLICE i" labels), the processor's chat template, one plain generate() per question. Nothing of the
+# adapter is called, so (b)/(u) cannot move with our own (a); (u) against (a) also checks that the
+# adapter's harness variant reproduces the harness's prompt (their tokens should agree).
+HARNESS_INSTRUCTION = ("You are an instructor teaching medical students. You are analyzing a contiguous block of "
+                       "CT slices. Please review the slices provided below carefully.")
+HARNESS_SUFFIX = ("\n\nBased on the visual evidence in the slices provided above, answer the question below. "
+                  "Provide concise reasoning and conclude with a final answer.")
+
+
+def harness_messages(slices: np.ndarray, question: str) -> list[dict]:
+    from PIL import Image
+
+    content = [{"type": "text", "text": HARNESS_INSTRUCTION}]
+    for i, rgb in enumerate(slices, 1):
+        content.append({"type": "image", "image": Image.fromarray(rgb)})
+        content.append({"type": "text", "text": f"SLICE {i}"})
+    content.append({"type": "text", "text": f"{HARNESS_SUFFIX}\n\nQuestion: {question}"})
+    return [{"role": "user", "content": content}]
+
+
+def harness_inputs(kind: str, processor, messages: list[dict]):
+    if kind == "medgemma":            # medgemma/run_custom_eval.py
+        return processor.apply_chat_template(messages, add_generation_prompt=True, continue_final_message=False,
+                                             return_tensors="pt", tokenize=True, return_dict=True)
+    # medevalkit/run_custom_eval.py: the template as text, the images through the processor
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    images = [c["image"] for c in messages[0]["content"] if c["type"] == "image"]
+    return processor(text=[text], images=images, padding=True, return_tensors="pt")
+
+
+def independent_loop(kind: str, model, processor, mi: ModelInput, questions, lengths, dev) -> list[dict]:
+    """One plain generate() per question on the harness's prompt; `seconds` is the GPU work (the
+    processor's output is made before the clock starts, as for (a)), `cpu_s` the processor's time."""
+    slices = mi.load()["slices"]
+    out = []
+    for q, n in zip(questions, lengths):
+        t = time.perf_counter()
+        inputs = harness_inputs(kind, processor, harness_messages(slices, q.question))
+        inputs = {k: (v.to(dev, model.dtype) if v.is_floating_point() else v.to(dev))
+                  for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+        cpu_s = time.perf_counter() - t
+        sync(dev)
+        t = time.perf_counter()
+        with torch.inference_mode():
+            gen = model.generate(**inputs, do_sample=False, max_new_tokens=n, min_new_tokens=n)
+        sync(dev)
+        out.append({"seconds": time.perf_counter() - t, "cpu_s": cpu_s,
+                    "tokens": gen[0, inputs["input_ids"].shape[1]:].tolist(),
+                    "prompt_tokens": int(inputs["input_ids"].shape[1])})
+        del gen
+    return out
+
+
 # -- (b) the product path -----------------------------------------------------------------------------
 
 class VisionClock:
@@ -455,6 +513,18 @@ def run_model(kind: str, args, dev, dtype, rows: list[dict]) -> None:
         a_per_q = float(np.median(a_s)) if label == "48" else float(np.mean(a_s))
         log(f"[{kind} {label}] (a) per question {[round(x, 3) for x in a_s]} s (median {a_per_q:.3f}); "
             f"prompt {a_runs[0]['prompt_tokens']} tokens; peak {a_peak:.1f} GiB")
+        # (u): the harness's own loop, the same weights and slices, before anything of (b) touches the model
+        u_q = a_q
+        independent_loop(kind, adapter.model, adapter.processor, timed[0], qs[:1], lengths[:1], dev)   # warm-up
+        u_runs = independent_loop(kind, adapter.model, adapter.processor, timed[0], qs[:u_q], lengths[:u_q], dev)
+        u_s = [r["seconds"] for r in u_runs]
+        u_per_q = float(np.median(u_s)) if label == "48" else float(np.mean(u_s))
+        u_vs_a = sum(x == y for ru, ra in zip(u_runs, a_runs) for x, y in zip(ru["tokens"], ra["tokens"]))
+        u_total = sum(max(len(ru["tokens"]), len(ra["tokens"])) for ru, ra in zip(u_runs, a_runs))
+        log(f"[{kind} {label}] (u) per question {[round(x, 3) for x in u_s]} s (median {u_per_q:.3f}); processor "
+            f"{float(np.median([r['cpu_s'] for r in u_runs])):.2f} s on the CPU per question; prompt "
+            f"{u_runs[0]['prompt_tokens']} tokens ((a): {a_runs[0]['prompt_tokens']}); tokens agree with (a) "
+            f"{u_vs_a}/{u_total}")
         # the split of (a): vision alone, and generate(max_new_tokens=1) = vision + prefill
         clock = VisionClock(adapter.model, dev)
         upstream_loop(adapter, timed[0], qs[:1], [1], dev)
@@ -503,6 +573,9 @@ def run_model(kind: str, args, dev, dtype, rows: list[dict]) -> None:
                 "b_steps": b["steps"], "b_decode_ms_step": b["decode_s"] / max(b["steps"], 1) * 1e3,
                 "b_cuda_graph": b["cuda_graph"], "b_graph_error": b["graph_error"],
                 "ratio": b["qa_s"] * a_per_q, "a_hours": BENCHMARK_QA * a_per_q / 3600,
+                "u_s_per_qa": u_per_q, "u_qa_s": 1 / u_per_q, "ratio_u": b["qa_s"] * u_per_q,
+                "u_prompt_tokens": u_runs[0]["prompt_tokens"], "a_prompt_tokens": a_runs[0]["prompt_tokens"],
+                "u_agrees_with_a": [u_vs_a, u_total],
                 "b_hours": BENCHMARK_QA / b["qa_s"] / 3600, "agreement": agree,
                 "settings": b_settings,
             }
@@ -512,7 +585,7 @@ def run_model(kind: str, args, dev, dtype, rows: list[dict]) -> None:
                 f"s/vol, suffix {b['suffix_s']:.2f}s, decode {b['decode_s']:.2f}s ({row['b_decode_ms_step']:.1f} "
                 f"ms/step, graph {b['cuda_graph']}), waiting for the CPU {b['wait_s']:.2f}s, the rest "
                 f"{b['seconds'] - b['prefix_s'] - b['suffix_s'] - b['decode_s'] - b['wait_s']:.2f}s; peak "
-                f"{b['peak_gib']:.1f} GiB; (b)/(a) {row['ratio']:.1f}x; tokens agree {agree['same']}/{agree['total']} "
+                f"{b['peak_gib']:.1f} GiB; (b)/(a) {row['ratio']:.1f}x, (b)/(u) {row['ratio_u']:.1f}x; tokens agree {agree['same']}/{agree['total']} "
                 f"{agree['first_differences']}")
             log(f"[{kind} {name}] (b) timeline: {json.dumps(b['timeline'])}")
             row["b_timeline"] = b["timeline"]
@@ -524,15 +597,15 @@ def run_model(kind: str, args, dev, dtype, rows: list[dict]) -> None:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| model | answers (mean new tokens) | (a) QA/s | (b) QA/s | (b)/(a) | 9,077 QA: (a) h | (b) h | "
+    head = ("| model | answers (mean new tokens) | (u) QA/s | (a) QA/s | (b) QA/s | (b)/(u) | (b)/(a) | 9,077 QA: (a) h | (b) h | "
             "peak GiB (a) / (b) | (a) split: vision / +prefill / decode ms/step | (b) split per volume: vision / "
             "+prefix, suffix s, decode s (ms/step), waiting for the CPU s | tokens agree |")
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         ag = r["agreement"]
         lines.append(
-            f"| {r['model']} | {r['answers']} ({r['new_tokens_mean']:.1f}) | {r['a_qa_s']:.3f} | {r['b_qa_s']:.3f} | "
-            f"**{r['ratio']:.1f}x** | {r['a_hours']:.2f} | {r['b_hours']:.2f} | {r['a_peak_gib']:.1f} / "
+            f"| {r['model']} | {r['answers']} ({r['new_tokens_mean']:.1f}) | {r['u_qa_s']:.3f} | {r['a_qa_s']:.3f} | "
+            f"{r['b_qa_s']:.3f} | **{r['ratio_u']:.1f}x** | {r['ratio']:.1f}x | {r['a_hours']:.2f} | {r['b_hours']:.2f} | {r['a_peak_gib']:.1f} / "
             f"{r['b_peak_gib']:.1f} | {r['a_vision_s']:.2f} / {r['a_prefill_s']:.2f} / {r['a_decode_ms_step']:.1f} | "
             f"{r['b_vision_s_per_vol']:.2f} / {r['b_prefix_s_per_vol']:.2f}, {r['b_suffix_s']:.2f}, "
             f"{r['b_decode_s']:.2f} ({r['b_decode_ms_step']:.1f}), {r['b_wait_s']:.2f} | {ag['same']}/{ag['total']} |")
