@@ -56,8 +56,25 @@ def test_benchmark_end_to_end_then_nothing_recomputed(prefect_server, tmp_path, 
     for name, value in acc.items():
         assert f"{100 * value:.1f}" in printed.split(name, 1)[1].splitlines()[0]
     before = _state(db)
+    runs_before = _flow_run_names()
     assert main(args) == 0
     assert _state(db) == before                      # nothing answered, judged, scored or built again
+    # no stage with nothing to do is started as a sub-flow (a second of Prefect's bookkeeping each)
+    from collections import Counter
+
+    added = Counter(_flow_run_names()) - Counter(runs_before)
+    assert set(added) <= {"benchmark/bench", "score/phantom-expert,blind,phantom-expert-shuffled"}, added
+
+
+def _flow_run_names() -> list[str]:
+    import asyncio
+
+    from prefect import get_client
+
+    async def names():
+        async with get_client() as client:
+            return [r.name for r in await client.read_flow_runs(limit=200)]
+    return asyncio.run(names())
 
 
 @pytest.mark.parametrize("text,message", [
