@@ -268,7 +268,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from adapters.models.base import AdapterError
-    from tasks.inference import InferenceError, InferRequest, plan_run
+    from tasks.inference import InferenceError, InferRequest, plan_run, replan
 
     from adapters.models import models_config
 
@@ -308,7 +308,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     with leases.held(args.db, [run_lease(plan)], f"run {plan.name} ({plan.run_id}) on {plan.dataset_id}",
                      wait=args.wait, on_wait=lambda h: print(f"ctsvqa: waiting for {h.describe()}, which holds run "
                                                             f"{plan.name}", file=sys.stderr)):
-        if args.wait and not (plan := plan_run(args.db, InferRequest(**params), device_here=not shard)).pending:
+        if args.wait and not (plan := replan(args.db, plan, InferRequest(**params))).pending:
             print(f"run {plan.name} ({plan.run_id}) on {plan.dataset_id}: the session waited for answered "
                   f"everything; nothing to do")
             return 0

@@ -232,13 +232,28 @@ def plan_run(db, request: InferRequest, adapter: ModelAdapter | None = None, dev
                 raise InferenceError(f"this configuration is already stored as run {stored[0]!r} ({run_id}); pass "
                                      f"--name {stored[0]} to resume it, or change the configuration")
             name = stored[0]
-        rows = con.execute((SQL / "pending_predictions.sql").read_text(), {
-            "run_id": run_id, "dataset": dataset_id, "limit": request.limit_volumes,
-            "retry_failed": request.retry_failed}).fetchall()
+        pending = _pending(con, run_id, dataset_id, request)
+    return RunPlan(run_id, name, dataset_id, adapter.name, adapter.recipe, config, mapping, bool(stored), pending)
+
+
+def _pending(con, run_id: str, dataset_id: str, request: InferRequest) -> dict[str, list[Question]]:
+    rows = con.execute((SQL / "pending_predictions.sql").read_text(), {
+        "run_id": run_id, "dataset": dataset_id, "limit": request.limit_volumes,
+        "retry_failed": request.retry_failed}).fetchall()
     pending: dict[str, list[Question]] = {}
     for volume, qid, question in rows:
         pending.setdefault(volume, []).append(Question(qid, question))
-    return RunPlan(run_id, name, dataset_id, adapter.name, adapter.recipe, config, mapping, bool(stored), pending)
+    return pending
+
+
+def replan(db, plan: RunPlan, request: InferRequest) -> RunPlan:
+    """The same plan with what is pending now (another session may have answered meanwhile): the
+    identity and its code fingerprints are not computed again."""
+    from dataclasses import replace
+
+    with warehouse.reader(db) as con:
+        exists = con.execute("SELECT 1 FROM runs WHERE run_id = ?", [plan.run_id]).fetchone() is not None
+        return replace(plan, exists=exists, pending=_pending(con, plan.run_id, plan.dataset_id, request))
 
 
 # -- inputs ----------------------------------------------------------------------------------------
@@ -689,8 +704,8 @@ def run_inference(db, request: InferRequest, progress: ProgressFn | None = None,
     leases.acquire(db, lease, f"run {plan.name} ({plan.run_id}) on {plan.dataset_id}", wait=request.wait,
                    on_wait=lambda h: log.warning("waiting for %s, which holds run %s", h.describe(), plan.name))
     try:
-        return _run_held(db, request, adapter, plan_run(db, request, adapter), t0, progress, flow_run_id,
-                         build_missing, flush_seconds, sharding)      # planned again: the holder may have answered
+        return _run_held(db, request, adapter, replan(db, plan, request), t0, progress, flow_run_id,
+                         build_missing, flush_seconds, sharding)      # the holder may have answered meanwhile
     finally:
         leases.release(db, lease)
 
