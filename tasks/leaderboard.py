@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import duckdb
@@ -29,7 +30,9 @@ class Row:
     kind: str                 # 'yours' | 'published predictions' | 'published figure'
 
 
+@lru_cache(maxsize=1)
 def published() -> dict:
+    """The pinned published figures (read once per process)."""
     return json.loads(PUBLISHED.read_text())
 
 

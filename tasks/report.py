@@ -102,19 +102,25 @@ def incomplete_runs(con: duckdb.DuckDBPyConnection, dataset: str) -> list[str]:
                 "WHERE dataset = ? AND status = 'judging' ORDER BY model, panel", [dataset]).fetchall()]
 
 
+def report_datasets(con: duckdb.DuckDBPyConnection, dataset: str | None, where: str = "the warehouse") -> list[str]:
+    """The datasets a report covers: `dataset`, else every one; an empty warehouse or an unknown
+    dataset is an error saying so."""
+    known = datasets(con)
+    if not known:
+        raise ValueError(f"{where} is empty: no dataset, so nothing to report; import one first "
+                         "(ctsvqa import-upstream PATH, or ctsvqa benchmark)")
+    if dataset is not None and dataset not in known:
+        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(known)}")
+    return [dataset] if dataset else known
+
+
 def print_report(con: duckdb.DuckDBPyConnection, console: Console | None = None, dataset: str | None = None) -> None:
     console = console or Console(width=None if Console().is_terminal else 120)
     if summaries.reading_live(con):
         console.print("note: the summary tables are older than the data (a writer has not refreshed them yet); "
                       "these numbers are computed live from the definitions. `ctsvqa db refresh` makes reads fast again.",
                       style="yellow")
-    known = datasets(con)
-    if not known:
-        raise ValueError("the warehouse is empty: no dataset, so nothing to report; import one first "
-                         "(ctsvqa import-upstream PATH, or ctsvqa benchmark)")
-    if dataset is not None and dataset not in known:
-        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(known)}")
-    for ds in [dataset] if dataset else known:
+    for ds in report_datasets(con, dataset):
         for line in incomplete_runs(con, ds):
             console.print(line, style="bold yellow")
         tables = [model_table(con, ds)]
@@ -142,14 +148,8 @@ REPORT_VIEWS = {   # what `report --json` gives per dataset: the views the termi
 
 def report_data(con: duckdb.DuckDBPyConnection, dataset: str | None = None) -> dict:
     """{dataset: {view: [row, ...]}} plus the warnings the terminal report prints."""
-    known = datasets(con)
-    if not known:
-        raise ValueError("the warehouse is empty: no dataset, so nothing to report; import one first "
-                         "(ctsvqa import-upstream PATH, or ctsvqa benchmark)")
-    if dataset is not None and dataset not in known:
-        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(known)}")
     out = {}
-    for ds in [dataset] if dataset else known:
+    for ds in report_datasets(con, dataset):
         out[ds] = {}
         for name, sql in REPORT_VIEWS.items():
             rows = con.execute(sql, [ds]).fetchall()

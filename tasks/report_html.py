@@ -21,7 +21,7 @@ import duckdb
 import pandas as pd
 
 import warehouse
-from tasks.exports import datasets
+from tasks.report import report_datasets
 
 SQL = Path(__file__).resolve().parent.parent / "sql" / "queries"
 PANEL_PREFERENCE = ("paper", "upstream", "offline-learned", "offline")
@@ -278,16 +278,10 @@ def write_report(db, out: str | Path, dataset: str | None = None, panel: str | N
 
     out = Path(out)
     with warehouse.reader(db) as con:
-        known = datasets(con)
-        if not known:
-            raise ValueError(f"the warehouse {warehouse.resolve_db(db)} is empty: no dataset, so no report; import one "
-                             f"first (ctsvqa import-upstream PATH, or ctsvqa benchmark)")
-        if dataset is None:
-            if len(known) != 1:
-                raise ValueError(f"the warehouse has {len(known)} datasets ({', '.join(known)}); pass --dataset")
-            dataset = known[0]
-        elif dataset not in known:
-            raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(known)}")
+        known = report_datasets(con, dataset, where=f"the warehouse {warehouse.resolve_db(db)}")
+        if len(known) != 1:
+            raise ValueError(f"the warehouse has {len(known)} datasets ({', '.join(known)}); pass --dataset")
+        dataset = known[0]
         panel = choose_panel(con, dataset, panel)
         charts, tables = build_charts(con, dataset, panel)
     specs = {name: chart.to_dict() for name, chart in charts.items()}
