@@ -82,6 +82,16 @@ def rows(db: Path, sql: str, params=None) -> list[tuple]:
         return con.execute(sql, params or []).fetchall()
 
 
+def echo_plugin(site: Path) -> Path:
+    """A distribution that exists only as a dist-info folder whose entry point names the test adapter
+    `echo-test` (tests/infer_adapters.py): put `site` on sys.path or PYTHONPATH to install it."""
+    info = site / "ctsvqa_test_plugin-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ctsvqa-test-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[ctsvqa.models]\necho-test = tests.infer_adapters:EchoModel\n")
+    return site
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     """Environment for `python -m flows.cli` subprocesses run from the repository root."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}

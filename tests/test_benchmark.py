@@ -129,13 +129,9 @@ def test_ctrl_c_of_the_benchmark_stops_after_the_stage_in_hand_and_the_same_comm
 
     from prefect.settings import PREFECT_API_URL
 
-    from tests.conftest import REPO, cli_env
+    from tests.conftest import REPO, cli_env, echo_plugin
 
-    site = tmp_path / "site"
-    info = site / "ctsvqa_test_plugin-0.1.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ctsvqa-test-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[ctsvqa.models]\necho-test = tests.infer_adapters:EchoModel\n")
+    site = echo_plugin(tmp_path / "site")
     cfg = tmp_path / "bench.yaml"
     cfg.write_text("dataset:\n  phantoms: {n: 3, seed: 5, size: small}\nmodels: [echo-test, blind]\njudges: [offline]\n")
     db, out, log_file = tmp_path / "wh.duckdb", tmp_path / "out", tmp_path / "answered.log"
@@ -182,13 +178,9 @@ def test_an_analysts_lock_during_a_model_stops_the_benchmark_with_the_whole_lock
 
     from prefect.settings import PREFECT_API_URL
 
-    from tests.conftest import REPO, cli_env
+    from tests.conftest import REPO, cli_env, echo_plugin
 
-    site = tmp_path / "site"
-    info = site / "ctsvqa_test_plugin-0.1.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ctsvqa-test-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[ctsvqa.models]\necho-test = tests.infer_adapters:EchoModel\n")
+    site = echo_plugin(tmp_path / "site")
     cfg = tmp_path / "bench.yaml"
     cfg.write_text("dataset:\n  phantoms: {n: 3, seed: 5, size: small}\nmodels: [echo-test, blind]\njudges: [offline]\n")
     db, out = tmp_path / "wh.duckdb", tmp_path / "out"

@@ -24,7 +24,7 @@ from adapters.models.baselines import Blind, RandomAnswer
 from tasks import inference
 from tasks.inference import InferenceError, InferRequest, derangement, run_inference
 from tasks.upstream_import import import_upstream
-from tests.conftest import REPO, rows
+from tests.conftest import REPO, echo_plugin, rows
 
 N_VOLUMES = 3
 ECHO = "echo-test"
@@ -54,12 +54,7 @@ def pdb(template_db, tmp_path) -> Path:
 @pytest.fixture(scope="module")
 def plugin_dir(tmp_path_factory) -> Path:
     """A distribution that exists only as a dist-info folder whose entry point names the test adapter."""
-    site = tmp_path_factory.mktemp("site")
-    info = site / "ctsvqa_test_plugin-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ctsvqa-test-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[ctsvqa.models]\n{ECHO} = tests.infer_adapters:EchoModel\n")
-    return site
+    return echo_plugin(tmp_path_factory.mktemp("site"))
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from adapters.datasets.phantom import generate
 from tasks import inference
 from tasks.inference import InferRequest, run_inference
 from tasks.upstream_import import import_upstream
-from tests.conftest import REPO, cli_env, rows
+from tests.conftest import REPO, cli_env, echo_plugin, rows
 from warehouse import leases
 
 ECHO = "echo-test"
@@ -47,11 +47,7 @@ def db(template, tmp_path) -> Path:
 
 @pytest.fixture
 def plugin(tmp_path, monkeypatch) -> Path:
-    site = tmp_path / "site"
-    info = site / "ctsvqa_test_plugin-0.1.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ctsvqa-test-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[ctsvqa.models]\n{ECHO} = tests.infer_adapters:EchoModel\n")
+    site = echo_plugin(tmp_path / "site")
     monkeypatch.syspath_prepend(str(site))
     return site
 
