@@ -1,6 +1,6 @@
 """How well the phantom expert reads a phantom set, on its own volumes and on shuffled ones.
 
-    python bench/phantom_expert.py [--n 12] [--seed 11] [--size small] [--shuffle-seed 0] [--wrong]
+    python bench/phantom_expert.py [--n 12] [--seed 11] [--size small] [--version 2] [--shuffle-seed 0] [--wrong]
 
 Generates the set, builds every volume's `phantom-expert` recipe input (decode + build, as the
 preprocess flow does), answers every question, and judges each answer against the reference with
@@ -117,13 +117,14 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=12)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--size", default="small")
+    ap.add_argument("--version", type=int, default=2, help="phantom generator version (1 or 2)")
     ap.add_argument("--shuffle-seed", type=int, default=0)
     ap.add_argument("--wrong", action="store_true", help="list every wrong or failed answer on own volumes")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
-        cases = generate(tmp / "set", args.n, args.seed, args.size)
+        cases = generate(tmp / "set", args.n, args.seed, args.size, args.version)
         inputs = build_inputs(cases, tmp)
         t1 = time.perf_counter()
         own = run(cases, inputs, list(range(len(cases))))
@@ -131,7 +132,7 @@ def main(argv=None) -> int:
         shuffled = run(cases, inputs, derangement(len(cases), args.shuffle_seed))
     majority = majority_rows(cases)
     n_q = len(own)
-    print(f"phantom set: n={args.n} seed={args.seed} size={args.size}, {n_q} questions; "
+    print(f"phantom set v{args.version}: n={args.n} seed={args.seed} size={args.size}, {n_q} questions; "
           f"generate+preprocess {t1 - t0:.1f} s, answer {t2 - t1:.1f} s ({(t2 - t1) / len(cases):.2f} s/volume)")
     for name, rows in (("own", own), ("shuffled", shuffled), ("majority", majority)):
         errors = sum(r["status"] == "error" for r in rows)

@@ -27,17 +27,19 @@ from tasks.benchmark_config import BenchmarkConfig, PhantomSet, describe, load_c
 def phantom_set(spec: PhantomSet, out: str) -> str:
     """Generated once: the same files are kept (a re-generation would change their mtimes, and with them
     every input built from them)."""
-    from adapters.datasets.phantom import GENERATOR, MANIFEST_JSON, generate
+    from adapters.datasets.phantom import GENERATORS, MANIFEST_JSON, generate
 
-    root = Path(out) / f"phantoms-{spec.size}-s{spec.seed}-n{spec.n}"
+    version = f"-v{spec.version}" if spec.version != 1 else ""
+    root = Path(out) / f"phantoms{version}-{spec.size}-s{spec.seed}-n{spec.n}"
     manifest = root / MANIFEST_JSON
     try:
         have = json.loads(manifest.read_text())
     except (OSError, ValueError):
         have = {}
     if {k: have.get(k) for k in ("n", "seed", "size", "generator")} != {"n": spec.n, "seed": spec.seed,
-                                                                         "size": spec.size, "generator": GENERATOR}:
-        generate(root, spec.n, spec.seed, spec.size)
+                                                                         "size": spec.size,
+                                                                         "generator": GENERATORS[spec.version]}:
+        generate(root, spec.n, spec.seed, spec.size, spec.version)
     return str(root)
 
 

@@ -208,7 +208,7 @@ def cmd_judge_train(args: argparse.Namespace) -> int:
 def cmd_phantoms(args: argparse.Namespace) -> int:
     from adapters.datasets.phantom import generate
 
-    cases = generate(args.out, args.n, args.seed, args.size)
+    cases = generate(args.out, args.n, args.seed, args.size, args.version)
     n_qa = sum(len(c.qa) for c in cases)
     print(f"wrote {len(cases)} phantom volume(s) and {n_qa} questions under {args.out} (upstream layout; "
           f"load with: ctsvqa import-upstream {args.out})")
@@ -569,6 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--size", choices=("small", "full"), default="small",
                    help="small: fast demo volumes; full: CT-RATE sized (512x512x200-300)")
+    p.add_argument("--version", type=int, choices=(1, 2), default=2,
+                   help="generator version: 2 (default) mirrors half the bodies so no answer is fixed by anatomy; "
+                        "1 reproduces the earlier sets")
     p.set_defaults(func=cmd_phantoms)
 
     p = sub.add_parser("preprocess", parents=[db], help="build model inputs for the volumes of a dataset")

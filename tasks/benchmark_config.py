@@ -23,6 +23,7 @@ class PhantomSet:
     n: int = 12
     seed: int = 11
     size: str = "small"
+    version: int = 2            # the phantom generator: 2 mirrors half the bodies (no question is blind-answerable)
 
 
 @dataclass
@@ -32,7 +33,7 @@ class BenchmarkConfig:
     volumes: list[str] = field(default_factory=list)      # where its .nii.gz files are (CT-RATE layout)
     dataset: str | None = None               # dataset id (default: the layout's manifest name)
     models: list[dict[str, Any]] = field(default_factory=lambda: [
-        {"model": "phantom-expert"}, {"model": "blind"}, {"model": "random"},
+        {"model": "phantom-expert"}, {"model": "blind"}, {"model": "blind-oracle"}, {"model": "random"},
         {"model": "phantom-expert", "ablate": "shuffle-volumes"}])
     # The learned judge reached the paid jury's agreement (κ >= 0.80 vs the published majority on unseen
     # volumes and models, bench/learned_judge.py) and agrees with spatial-rules on phantom answers.
@@ -54,6 +55,7 @@ class PhantomSpec(_Strict):
     n: Annotated[int, Field(ge=2)] = 12
     seed: int = 11
     size: Literal["small", "full"] = "small"
+    version: Literal[1, 2] = 2
 
 
 class DatasetSpec(_Strict):
@@ -86,7 +88,7 @@ HINTS = {   # what to write, by field, where pydantic's own words would not say 
     "models": "expected a non-empty list of {model: NAME, ...}",
     "judges": "expected a list of presets or judges files (e.g. [offline, paper])",
     "dataset": "expected a mapping (phantoms: {n, seed, size} or upstream: PATH)",
-    "dataset.phantoms": "expected n and seed integers, size small|full",
+    "dataset.phantoms": "expected n and seed integers, size small|full, version 1|2",
     "dataset.phantoms.n": "expected a whole number, n at least 2",
     "limit_volumes": "expected a whole number of at least 1 (leave it out for every volume)",
     "batch_size": "expected a whole number of at least 1",
@@ -176,7 +178,8 @@ def load_config(path: str | Path | None) -> BenchmarkConfig:
             volumes = [ds.volumes] if isinstance(ds.volumes, str) else ds.volumes
             cfg.volumes = [str((path.parent / v).resolve()) for v in volumes]
         elif ds.phantoms is not None:
-            cfg.phantoms = PhantomSet(n=ds.phantoms.n, seed=ds.phantoms.seed, size=ds.phantoms.size)
+            cfg.phantoms = PhantomSet(n=ds.phantoms.n, seed=ds.phantoms.seed, size=ds.phantoms.size,
+                                      version=ds.phantoms.version)
         cfg.dataset = ds.name
     if spec.models is not None:
         cfg.models = [_check_model(path, i, ModelSpec(model=m) if isinstance(m, str) else m)
@@ -218,7 +221,8 @@ def _check_model(path: Path, i: int, m: ModelSpec) -> dict[str, Any]:
 
 
 def describe(cfg: BenchmarkConfig) -> str:
-    data = (f"phantoms n={cfg.phantoms.n} seed={cfg.phantoms.seed} size={cfg.phantoms.size}" if cfg.phantoms
+    data = (f"phantoms v{cfg.phantoms.version} n={cfg.phantoms.n} seed={cfg.phantoms.seed} size={cfg.phantoms.size}"
+            if cfg.phantoms
             else f"upstream layout {cfg.upstream}")
     models = ", ".join(m["model"] + (f" ({m['ablate']})" if m.get("ablate") else "") for m in cfg.models)
     return f"{data}; models: {models}; juries: {', '.join(cfg.judges)} [{cfg.source}]"

@@ -93,6 +93,27 @@ def agreement_table(con: duckdb.DuckDBPyConnection, dataset: str) -> Table:
     return t
 
 
+def blind_ceiling_table(con: duckdb.DuckDBPyConnection, dataset: str, panel: str) -> Table | None:
+    from tasks import blind_ceiling
+
+    table = blind_ceiling.rows(con, dataset, panel)
+    if not table:
+        return None
+    total = blind_ceiling.overall(table)
+    title = (f"Blind ceiling per question template — {blind_ceiling.ORACLE} (the commonest answer to the same "
+             f"question in the other volumes), panel {panel}")
+    if total:
+        title += (f"\noverall {_pct(total['blind_oracle'])} % against chance {_pct(total['chance'])} % "
+                  f"over {total['asked']} questions")
+    t = Table(title=title, title_justify="left")
+    for col in ("template", "asked", "answers", "chance %", "blind-oracle %", "commonest answer %"):
+        t.add_column(col, justify="left" if col == "template" else "right")
+    for r in table:
+        t.add_row(r["template"], str(r["asked"]), r["answers"], _pct(r["chance"]), _pct(r["blind_oracle"]),
+                  _pct(r["commonest_answer_share"]))
+    return t
+
+
 def incomplete_runs(con: duckdb.DuckDBPyConnection, dataset: str) -> list[str]:
     """One warning line per run and panel whose numbers are not final yet (run_status 'judging')."""
     return [f"warning: {model} (panel {panel}) is still being judged: {n} judgments pending from "
@@ -130,6 +151,8 @@ def print_report(con: duckdb.DuckDBPyConnection, console: Console | None = None,
         tables += [category_table(con, ds, p) for (p,) in con.execute(
             "SELECT DISTINCT panel FROM jury_verdicts WHERE dataset = ? ORDER BY panel", [ds]).fetchall()]
         tables.append(agreement_table(con, ds))
+        tables += [t for (p,) in con.execute("SELECT DISTINCT panel FROM jury_verdicts WHERE dataset = ? ORDER BY panel",
+                                             [ds]).fetchall() if (t := blind_ceiling_table(con, ds, p))]
         for table in tables:
             console.print(table)
             console.print()
@@ -154,6 +177,10 @@ def report_data(con: duckdb.DuckDBPyConnection, dataset: str | None = None) -> d
         for name, sql in REPORT_VIEWS.items():
             rows = con.execute(sql, [ds]).fetchall()
             out[ds][name] = [dict(zip([d[0] for d in con.description], row)) for row in rows]
+        from tasks import blind_ceiling
+
+        out[ds]["blind_ceiling"] = {p: blind_ceiling.rows(con, ds, p) for (p,) in con.execute(
+            "SELECT DISTINCT panel FROM jury_verdicts WHERE dataset = ? ORDER BY panel", [ds]).fetchall()}
         out[ds]["warnings"] = incomplete_runs(con, ds)
         out[ds]["summaries_live"] = summaries.reading_live(con)
     return {"datasets": out}

@@ -255,6 +255,15 @@ def build_charts(con: duckdb.DuckDBPyConnection, dataset: str, panel: str | None
             pairs = reliance_pairs(acc)
             if len(pairs):
                 charts["image_reliance"] = reliance_chart(pairs)
+        from tasks import blind_ceiling
+
+        if ceiling := blind_ceiling.rows(con, dataset, panel):
+            total = blind_ceiling.overall(ceiling)
+            title = f"Blind ceiling per question template ({blind_ceiling.ORACLE}: the commonest answer in the other volumes)"
+            if total:
+                title += f": {total['blind_oracle']:.1%} overall against chance {total['chance']:.1%}"
+            tables[title] = _table(pd.DataFrame(ceiling), {"chance": "{:.1%}", "blind_oracle": "{:.1%}",
+                                                           "commonest_answer_share": "{:.1%}"})
         agreement = con.execute("SELECT a.* FROM judge_agreement AS a JOIN run_juries AS j ON j.run_id = a.run_id "
                                 "AND j.judge = a.judge_a WHERE a.dataset = ? AND j.panel = ?",
                                 [dataset, panel]).df()

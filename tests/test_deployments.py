@@ -125,7 +125,7 @@ def test_deployments_run_through_a_real_worker_as_the_readme_says(resident_serve
 
     bench_db, upstream_db = checkout / "warehouse" / "benchmark.duckdb", checkout / "warehouse" / "upstream.duckdb"
     with duckdb.connect(str(bench_db), read_only=True) as con:
-        assert [d for (d,) in con.execute("SELECT dataset_id FROM datasets").fetchall()] == ["phantom-small-s3"]
+        assert [d for (d,) in con.execute("SELECT dataset_id FROM datasets").fetchall()] == ["phantom-v2-small-s3"]
         runs_acc = dict(con.execute("SELECT model, majority_accuracy FROM model_accuracy WHERE panel = 'offline'")
                         .fetchall())
         assert set(runs_acc) == {"phantom-expert", "blind"}

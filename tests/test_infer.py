@@ -14,13 +14,14 @@ import time
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pytest
 
 import warehouse
 from adapters.datasets.phantom import generate
 from adapters.models import registry
 from adapters.models.base import AdapterError, DatasetQuestion, Question
-from adapters.models.baselines import Blind, RandomAnswer
+from adapters.models.baselines import Blind, BlindOracle, RandomAnswer, _half
 from tasks import inference
 from tasks.inference import InferenceError, InferRequest, derangement, run_inference
 from tasks.upstream_import import import_upstream
@@ -404,6 +405,28 @@ def test_random_draws_per_qid_from_the_category_in_other_volumes_and_falls_back(
     lone = RandomAnswer()
     lone.prepare([_dq("a::0", "q", "A0", "Laterality")])
     assert lone.answer(None, [Question("a::0", "q")])[0].status == "error"
+
+
+def test_blind_oracle_answers_the_commonest_answer_of_the_other_half_and_the_median_in_mm():
+    volumes = [f"v{i}" for i in range(12)]
+    halves = {v: _half(v) for v in volumes}
+    assert set(halves.values()) == {0, 1}
+    side = {v: ("left" if i % 3 else "right") for i, v in enumerate(volumes)}          # 2/3 left
+    size = {v: 10 + i for i, v in enumerate(volumes)}
+    data = ([_dq(f"{v}::0", "Which side?", side[v]) for v in volumes]
+            + [_dq(f"{v}::1", "How big?", f"About {size[v]} mm.") for v in volumes]
+            + [_dq("v0::2", "Asked once?", "yes")])
+    oracle = BlindOracle()
+    oracle.prepare(data)
+    answers = {a.qid: a for a in oracle.answer(None, [Question(q.qid, q.question) for q in data])}
+    for v in volumes:
+        other = [u for u in volumes if halves[u] != halves[v]]
+        lefts = sum(side[u] == "left" for u in other)
+        want = "left" if lefts > len(other) - lefts else "right" if lefts < len(other) - lefts else "left"
+        assert answers[f"{v}::0"].text == want and answers[f"{v}::0"].meta["pool"] == "other half"
+        assert answers[f"{v}::1"].text == f"About {int(round(float(np.median([size[u] for u in other]))))} mm."
+    assert answers["v0::2"].status == "error" and "no other volume" in answers["v0::2"].reason
+    assert oracle.answer(None, [Question("nope::0", "q")])[0].status == "error"
 
 
 def test_multi_volume_adapter_gets_groups_and_a_failing_group_is_retried_volume_by_volume(pdb, tmp_path,

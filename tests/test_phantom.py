@@ -315,3 +315,101 @@ def test_bad_arguments_are_refused():
         P.make_case(0, SEED, findings=[("nodule", "RXL")])
     with pytest.raises(ValueError, match="at most one per kind"):
         P.make_case(0, SEED, findings=[("nodule", "RUL"), ("nodule", "LLL")])
+    with pytest.raises(ValueError, match="version"):
+        P.make_case(0, SEED, version=3)
+    with pytest.raises(ValueError, match="version"):
+        P.generate(Path("/nonexistent"), 1, SEED, version=0)
+
+
+# ---- v1 stays what it was; v2: half the bodies mirrored, no answer fixed by anatomy -----------
+
+V1_QA_SHA = "4d46b474ce180017025d322c0d19742ed7c140963d700b9dd17c14174ee13841"   # seed 777, cases 0-7
+
+
+def test_v1_is_reproduced_seed_for_seed():
+    qa = [P.qa_from_labels(a.labels_stored, a.affine, a.findings, variant=i)
+          for i, a in ((i, P.make_case(i, 777, "small")) for i in range(8))]
+    assert hashlib.sha256(json.dumps(qa, sort_keys=True).encode()).hexdigest() == V1_QA_SHA
+    assert not any(P.make_case(i, 777, "small").inversus for i in range(8))
+
+
+V2_SEED = 20          # cases 1, 3, 4, 5 are mirrored, 0 and 2 are not
+
+
+@pytest.fixture(scope="module")
+def dataset_v2(tmp_path_factory) -> tuple[Path, list[P.PhantomCase]]:
+    out = tmp_path_factory.mktemp("phantom_v2")
+    return out, P.generate(out, 6, V2_SEED, "small", version=2)
+
+
+def lobe_text(img, lab, label_id) -> str:
+    """The lobe a finding sits in, named from where that lobe lies (its side) and its tier."""
+    counts = {lobe_id: 0 for lobe_id in P.LOBE_TIER}
+    m = np.pad(lab == label_id, 1)
+    grown = m.copy()
+    for ax in range(3):
+        grown |= np.roll(m, 1, ax) | np.roll(m, -1, ax)
+    shell = np.pad(lab, 1)[grown & ~m]
+    for lobe_id in counts:
+        counts[lobe_id] = int((shell == lobe_id).sum())
+    lobe_id = max(counts, key=counts.get)
+    side = "right" if world(img, lab == lobe_id)[:, 0].mean() > midline_x(img, lab) else "left"
+    return f"{side} {P.LOBE_TIER[lobe_id]} lobe"
+
+
+def test_v2_mirrors_half_the_bodies_and_its_answers_agree_with_the_label_map(dataset_v2):
+    out, cases = dataset_v2
+    assert [c.situs for c in cases] == ["solitus", "inversus", "solitus", "inversus", "inversus", "inversus"]
+    manifest = json.loads((out / "ctsvqa_dataset.json").read_text())
+    assert manifest["name"] == "phantom-v2-small-s20" and manifest["generator"] == "ctsvqa.phantom v2"
+    checked = 0
+    for i, case in enumerate(cases):
+        img, lab = labels_of(case.labels_path)
+        mid = midline_x(img, lab)
+        everything = {q["question"]: q["answer"] for q in
+                      P.qa_from_labels(lab, img.affine, case.findings, variant=i, max_qa=None, version=2)}
+        for q in case.qa:
+            assert everything[q["question"]] == q["answer"]
+            assert q["question"] not in P.NOT_IN_V2
+        heart = world(img, lab == P.LABELS["heart"])[:, 0].mean() - mid
+        liver = world(img, lab == P.LABELS["liver"])[:, 0].mean() - mid
+        trilobed = world(img, lab == 5)[:, 0].mean() - mid               # the middle lobe's lung
+        assert (heart > 0) == (liver < 0) == (trilobed < 0) == (case.situs == "inversus")
+        heart_side, three = ("right" if heart > 0 else "left"), ("right" if trilobed > 0 else "left")
+        truth = {"Which side of the chest is the heart predominantly located on?": f"On the {heart_side} side.",
+                 "Which lung has three lobes?": f"The {three} lung."}
+        for f in case.findings:
+            if f.kind in ("nodule", "mass"):
+                truth[f"In which lobe is the {f.kind} located?"] = f"In the {lobe_text(img, lab, f.label_id)}."
+                assert f"In the {P.LOBE_TEXT[f.lobe_or_site]}." == truth[f"In which lobe is the {f.kind} located?"]
+        # (expected_answers names lobes by label id, as in situs solitus: `truth` names them by where they lie)
+        for question, answer in {**expected_answers(img, lab, case.findings), **truth}.items():
+            if question in everything:
+                assert everything[question] == answer, (case.volume, question)
+                checked += 1
+    assert checked >= 20
+
+
+def test_v2_forced_findings_are_named_as_they_end_up():
+    a = P.make_case(3, 11, "small", findings=[("nodule", "LML"), ("lymph_node", "left paratracheal")],
+                    version=2, inversus=True)
+    qa = {q["question"]: q["answer"] for q in P.qa_from_labels(a.labels_stored, a.affine, a.findings,
+                                                               max_qa=None, version=2)}
+    assert a.inversus and qa["In which lobe is the nodule located?"] == "In the left middle lobe."
+    assert qa["Where is the enlarged lymph node located?"] == "In the left paratracheal region."
+    assert qa["Which side of the chest is the heart predominantly located on?"] == "On the right side."
+    with pytest.raises(ValueError, match="unknown finding"):      # a mirrored body has no right middle lobe
+        P.make_case(3, 11, "small", findings=[("nodule", "RML")], version=2, inversus=True)
+
+
+def test_every_v2_template_has_more_than_one_answer():
+    """On 60 volumes, no template asked five times or more has one answer everywhere (v1: ten do)."""
+    def fixed(version):
+        seen: dict[str, list] = {}
+        for i in range(60):
+            a = P.make_case(i, 777, "small", version=version)
+            for q in P.qa_from_labels(a.labels_stored, a.affine, a.findings, variant=i, version=version):
+                seen.setdefault(q["question"], []).append(q["answer"])
+        return [q for q, answers in seen.items() if len(answers) >= 5 and len(set(answers)) == 1]
+    assert fixed(2) == []
+    assert len(fixed(1)) >= 9

@@ -110,6 +110,32 @@ def test_accuracy_on_a_small_generated_set(tmp_path):
     assert sum(verdicts) / (len(verdicts) + errors) >= 0.8
 
 
+def test_a_mirrored_body_is_read_where_its_organs_lie(tmp_path):
+    """Situs inversus (phantom v2): the same case mirrored gives the mirrored answers, in two storages."""
+    expert = PhantomExpert()
+    said = {}
+    for inversus, codes in ((False, "LPS"), (True, "LPS"), (True, "PLS")):
+        arrays = make_case(2, seed=5, size="small", orientation=codes, version=2, inversus=inversus,
+                           findings=[("mass", "LUL" if inversus else "RUL"), ("effusion", "left")])
+        vol = tmp_path / f"{inversus}-{codes}.nii.gz"
+        save_case(arrays, vol, tmp_path / f"{inversus}-{codes}_labels.nii.gz")
+        qas = qa_from_labels(arrays.labels_stored, arrays.affine, arrays.findings, max_qa=None, version=2)
+        answers = ask(expert, model_input(vol, tmp_path / "inputs"), qas)
+        checked = 0
+        for qa, answer in zip(qas, answers):
+            if qa["question"] in ("Which side of the chest is the heart predominantly located on?",
+                                  "Which lung has three lobes?", "In which lobe is the mass located?",
+                                  "Which side is the pleural effusion on?", "Which hemidiaphragm is higher?"):
+                assert answer.text == qa["answer"], (inversus, codes, qa["question"], answer.reason)
+                checked += 1
+        assert checked == 4, (inversus, codes)
+        said[(inversus, codes)] = {qa["question"]: qa["answer"] for qa in qas}
+    assert said[(False, "LPS")]["In which lobe is the mass located?"] == "In the right upper lobe."
+    assert said[(True, "LPS")]["In which lobe is the mass located?"] == "In the left upper lobe."
+    assert said[(True, "LPS")]["Which lung has three lobes?"] == "The left lung."
+    assert said[(True, "PLS")] == said[(True, "LPS")]
+
+
 def test_it_reads_nothing_but_its_input(oriented):
     """No label map, manifest or QA file is opened while answering: only the recipe's npz (the
     fixture has answered already, so lazy imports are done)."""

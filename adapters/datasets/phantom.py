@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -38,7 +39,14 @@ from adapters.datasets.upstream import CATEGORIES, CATEGORIES_JSON, DATASET_JSON
 
 LAT, LON, AP, ML, ADJ, EXT = CATEGORIES
 
-GENERATOR = "ctsvqa.phantom v1"
+# v1: the anatomy of situs solitus in every volume, so a third of its questions (heart on the left,
+# three right lobes, ...) have one answer everywhere and a question-only model scores well.
+# v2: the same generator and measurements, but every volume is mirrored left-right with p = 0.5
+# (situs inversus totalis) and the questions whose answer is fixed by anatomy even then (front-back
+# constants, a midline trachea) are not asked. v1 stays what it was, seed for seed.
+GENERATORS = {1: "ctsvqa.phantom v1", 2: "ctsvqa.phantom v2"}
+VERSIONS = tuple(GENERATORS)
+LATEST = 2
 
 # Label-map ids. Anatomy < 100; a finding instance gets FINDING_BASE[kind] + k (k = 0, 1, ...),
 # so the kind of any finding voxel can be read off its id alone.
@@ -57,11 +65,20 @@ LOBES = ("RUL", "RML", "RLL", "LUL", "LLL")
 LOBE_LABEL = {"RUL": 4, "RML": 5, "RLL": 6, "LUL": 7, "LLL": 8}
 LOBE_OF_LABEL = {v: k for k, v in LOBE_LABEL.items()}
 LOBE_TEXT = {"RUL": "right upper lobe", "RML": "right middle lobe", "RLL": "right lower lobe",
-             "LUL": "left upper lobe", "LLL": "left lower lobe"}
+             "LUL": "left upper lobe", "LLL": "left lower lobe",
+             "LML": "left middle lobe"}                 # situs inversus: the three-lobed lung is the left
+# Label ids name a lobe by its tier in its lung (4-6: the three-lobed lung, 7-8: the two-lobed one);
+# its side is read from where it lies, which situs inversus swaps.
+LOBE_TIER = {4: "upper", 5: "middle", 6: "lower", 7: "upper", 8: "lower"}
+MIRROR_SITE = {"RUL": "LUL", "RML": "LML", "RLL": "LLL", "LUL": "RUL", "LLL": "RLL", "LML": "RML",
+               "right paratracheal": "left paratracheal", "left paratracheal": "right paratracheal",
+               "right hilar": "left hilar", "left hilar": "right hilar",
+               "left": "right", "right": "left"}
 LOBE_SIDE = {"RUL": "right", "RML": "right", "RLL": "right", "LUL": "left", "LLL": "left"}
 RIGHT_LOBES = (4, 5, 6)
 LEFT_LOBES = (7, 8)
 LN_SITES = ("prevascular", "right paratracheal", "subcarinal", "right hilar", "left hilar")
+LN_SITES_V2 = ("right paratracheal", "right hilar", "left hilar")
 EFFUSION_SIDES = ("left", "right", "bilateral")
 FINDING_SITES = {"nodule": LOBES, "mass": LOBES, "effusion": EFFUSION_SIDES, "lymph_node": LN_SITES}
 
@@ -102,6 +119,7 @@ class PhantomCase:
     shape: tuple[int, int, int] = (0, 0, 0)          # stored array shape
     spacing: tuple[float, float, float] = (0.0, 0.0, 0.0)   # RAS x, y, z voxel size (mm)
     slope_inter: tuple[float, float] = (1.0, 0.0)
+    situs: str = "solitus"      # or "inversus" (v2 mirrors half the bodies)
 
 
 class PhantomArrays(NamedTuple):
@@ -116,6 +134,7 @@ class PhantomArrays(NamedTuple):
     orientation: str
     slope_inter: tuple[float, float]
     findings: list[Finding]
+    inversus: bool = False      # mirrored left-right (v2)
 
 
 @dataclass(frozen=True)
@@ -442,7 +461,7 @@ def _rho(lab, axes, mid, i, j, k, side) -> float | None:
     return (abs(axes[0][i] - mid) - lo) / max(hi - lo, 1e-6)
 
 
-def _place_lesion(lab, g, axes, rng, kind, label_id, lobe, mode) -> Finding | None:
+def _place_lesion(lab, g, axes, rng, kind, label_id, lobe, mode, version: int = 1) -> Finding | None:
     side = LOBE_SIDE[lobe]
     lobe_id = LOBE_LABEL[lobe]
     sxy, _, sz = g.spacing
@@ -489,6 +508,12 @@ def _place_lesion(lab, g, axes, rng, kind, label_id, lobe, mode) -> Finding | No
                 continue
             if m == "central" and outside.any():
                 continue
+            # v2 (half its masses central): a central lesion keeps two voxels of lung from the
+            # mediastinum, so it reads as a lesion and not as a bulge of the heart
+            if version >= 2 and m == "central":
+                clear = sub[d2 <= (r + 2 * max(g.spacing)) ** 2]
+                if not np.isin(clear, (4, 5, 6, 7, 8, 9)).all():
+                    continue
             # pleural-based lesions are clipped by the pleura: paint only the lobe's voxels
             sub[inside & (sub == lobe_id)] = label_id
             return Finding(kind, label_id, lobe, side, tuple(round(float(x), 2) for x in c), round(diam, 2), round(hu, 1), calcified)
@@ -565,7 +590,7 @@ def _check_plan(forced) -> list[tuple[str, str]]:
     return plan
 
 
-def _place_findings(lab, g, rng, forced) -> list[Finding]:
+def _place_findings(lab, g, rng, forced, version: int = 1) -> list[Finding]:
     axes = g.axes()
     if forced is None:
         k = int(rng.choice([1, 2, 3, 4], p=[0.25, 0.35, 0.25, 0.15]))
@@ -577,8 +602,12 @@ def _place_findings(lab, g, rng, forced) -> list[Finding]:
                 plan.append((kind, LOBES[int(rng.integers(5))]))
             elif kind == "effusion":
                 plan.append((kind, EFFUSION_SIDES[int(rng.integers(3))]))
-            else:
+            elif version == 1:
                 plan.append((kind, LN_SITES[int(rng.integers(len(LN_SITES)))]))
+            else:
+                # v2: only the stations an image reader can see in a phantom without mediastinal fat
+                # (a node bulging into the lung), paratracheal or hilar alike; mirroring sides them
+                plan.append((kind, LN_SITES_V2[int(rng.choice(len(LN_SITES_V2), p=[0.5, 0.25, 0.25]))]))
     else:
         plan = _check_plan(forced)
     # effusion first (it replaces lung), then lesions inside what is left, then nodes
@@ -592,8 +621,10 @@ def _place_findings(lab, g, rng, forced) -> list[Finding]:
         elif kind == "lymph_node":
             f = _place_lymph_node(lab, g, axes, rng, label_id, site)
         else:
-            mode = "peripheral" if rng.random() < (0.7 if kind == "mass" else 0.5) else "central"
-            f = _place_lesion(lab, g, axes, rng, kind, label_id, site, mode)
+            # v1 put 70 % of masses at the pleura; v2 balances the central-or-peripheral answer
+            p_peripheral = 0.7 if kind == "mass" and version == 1 else 0.5
+            mode = "peripheral" if rng.random() < p_peripheral else "central"
+            f = _place_lesion(lab, g, axes, rng, kind, label_id, site, mode, version)
         if f is None:
             if forced is not None:
                 raise RuntimeError(f"could not place forced finding {kind} at {site}")
@@ -667,12 +698,38 @@ def _to_orientation(arr_ras: np.ndarray, affine_ras: np.ndarray, codes: str) -> 
     return arr, affine_ras @ nio.inv_ornt_aff(t, arr_ras.shape)
 
 
+def situs_inversus(index: int, seed: int, version: int) -> bool:
+    """v2 mirrors a volume with p = 0.5, from its own stream (v1's three streams stay untouched)."""
+    if version < 2:
+        return False
+    return bool(np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 0x5175])).random() < 0.5)
+
+
+def _mirror(arr_ras: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(arr_ras[::-1])
+
+
+def _mirror_finding(f: Finding, affine_ras: np.ndarray, nx: int) -> Finding:
+    x0, sx = affine_ras[0, 3], affine_ras[0, 0]
+    cx, cy, cz = f.center_ras
+    return Finding(f.kind, f.label_id, MIRROR_SITE.get(f.lobe_or_site, f.lobe_or_site), MIRROR_SITE.get(f.side, f.side),
+                   (round(float(2 * x0 + (nx - 1) * sx - cx), 2), cy, cz), f.diameter_mm, f.hu, f.calcified)
+
+
 def make_case(index: int, seed: int, size: str = "small", orientation: str | None = None,
-              findings: Sequence[tuple[str, str]] | None = None, rescaled: bool | None = None) -> PhantomArrays:
+              findings: Sequence[tuple[str, str]] | None = None, rescaled: bool | None = None,
+              version: int = 1, inversus: bool | None = None) -> PhantomArrays:
     """Build one case in memory. `findings` forces the finding list, e.g. [("nodule", "LLL"),
     ("effusion", "bilateral"), ("lymph_node", "subcarinal")]; otherwise 1-4 random findings.
     Orientation cycles through ORIENTATIONS and the slope/intercept convention alternates with
-    `index` unless given."""
+    `index` unless given. `version` 2 mirrors the body left-right (situs inversus) with p = 0.5, or
+    as `inversus` says; forced findings are then named as they end up (a mirrored case's
+    three-lobed lung is the left: "LML" is its middle lobe)."""
+    if version not in GENERATORS:
+        raise ValueError(f"phantom version must be one of {list(GENERATORS)}, got {version!r}")
+    mirrored = situs_inversus(index, seed, version) if inversus is None else bool(inversus)
+    if findings is not None and mirrored:
+        findings = [(k, MIRROR_SITE.get(site, site)) for k, site in findings]
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
     codes = orientation or ORIENTATIONS[index % len(ORIENTATIONS)]
@@ -682,16 +739,19 @@ def make_case(index: int, seed: int, size: str = "small", orientation: str | Non
     rng_geo, rng_find, rng_noise = (np.random.default_rng(s) for s in ss.spawn(3))
     g = _sample_anatomy(rng_geo, size)
     lab = _build_labels(g)
-    found = _place_findings(lab, g, rng_find, findings)
+    found = _place_findings(lab, g, rng_find, findings, version)
     hu = _hu_from_labels(lab, g, found, rng_noise)
     aff_ras = g.affine()
+    if mirrored:
+        hu, lab = _mirror(hu), _mirror(lab)
+        found = [_mirror_finding(f, aff_ras, lab.shape[0]) for f in found]
     hu_st, aff = _to_orientation(hu, aff_ras, codes)
     lab_st, _ = _to_orientation(lab, aff_ras, codes)
     # CT-RATE ships both conventions: raw HU (1/0), or HU + 1024 with slope 1 / intercept -1024
     rescaled = bool(index % 2) if rescaled is None else rescaled
     slope_inter = (1.0, -1024.0) if rescaled else (1.0, 0.0)
     stored = (hu_st + np.int16(1024)).astype(np.int16) if rescaled else hu_st
-    return PhantomArrays(hu, lab, aff_ras, stored, lab_st, aff, codes, slope_inter, found)
+    return PhantomArrays(hu, lab, aff_ras, stored, lab_st, aff, codes, slope_inter, found, mirrored)
 
 
 def _nifti(data: np.ndarray, affine: np.ndarray, slope_inter=(1.0, 0.0)) -> nib.Nifti1Image:
@@ -716,32 +776,39 @@ def volume_name(index: int) -> str:
     return f"valid_{1001 + index}_a_1.nii.gz"
 
 
-def generate(out_dir: Path, n: int, seed: int, size: str = "small") -> list[PhantomCase]:
+def dataset_name(size: str, seed: int, version: int = 1) -> str:
+    return f"phantom-{size}-s{seed}" if version == 1 else f"phantom-v{version}-{size}-s{seed}"
+
+
+def generate(out_dir: Path, n: int, seed: int, size: str = "small", version: int = 1) -> list[PhantomCase]:
     """Write n cases plus the upstream-layout JSON files under out_dir; return the cases."""
+    if version not in GENERATORS:
+        raise ValueError(f"phantom version must be one of {list(GENERATORS)}, got {version!r}")
     out_dir = Path(out_dir)
     cases = []
     for index in range(n):
-        arrays = make_case(index, seed, size)
+        arrays = make_case(index, seed, size, version=version)
         name = volume_name(index)
         stem = name[: -len(".nii.gz")]
         folder = out_dir / "volumes" / ct_rate_folder(name)
         path, labels_path = folder / name, folder / f"{stem}_labels.nii.gz"
         save_case(arrays, path, labels_path)
         # the answers come from what was written: stored label array and its affine
-        qa = qa_from_labels(arrays.labels_stored, arrays.affine, arrays.findings, variant=index)
+        qa = qa_from_labels(arrays.labels_stored, arrays.affine, arrays.findings, variant=index, version=version)
         cases.append(PhantomCase(name, path, labels_path, arrays.orientation, arrays.findings, qa,
                                  tuple(arrays.stored.shape), tuple(float(s) for s in np.abs(np.diag(arrays.affine_ras))[:3]),
-                                 arrays.slope_inter))
+                                 arrays.slope_inter, "inversus" if arrays.inversus else "solitus"))
     _write_json(out_dir / DATASET_JSON,
                 {c.volume: {"qa_pairs": [{"question": q["question"], "answer": q["answer"]} for q in c.qa]} for c in cases})
     _write_json(out_dir / CATEGORIES_JSON, {c.volume: {"qa_pairs": [dict(q) for q in c.qa]} for c in cases})
     _write_json(out_dir / MANIFEST_JSON, {
-        "name": f"phantom-{size}-s{seed}",
+        "name": dataset_name(size, seed, version),
         "synthetic": True,
         "description": (f"{n} synthetic chest-CT phantoms ({size}); findings at known positions, every answer "
                         "measured from the saved label map in RAS world coordinates; storage orientation "
-                        f"cycles through {', '.join(ORIENTATIONS)}, slope/intercept alternates 1/0 and 1/-1024."),
-        "generator": GENERATOR,
+                        f"cycles through {', '.join(ORIENTATIONS)}, slope/intercept alternates 1/0 and 1/-1024."
+                        + (" Each body is mirrored left-right (situs inversus) with p = 0.5." if version >= 2 else "")),
+        "generator": GENERATORS[version],
         "n": n,
         "seed": seed,
         "size": size,
@@ -838,12 +905,24 @@ class LabelGeometry:
         return sub[dil & ~m]
 
 
+def _lobe_side(geo: LabelGeometry, lobe_id: int) -> str:
+    return "right" if geo.centroid([lobe_id])[0] > geo.midline else "left"
+
+
+def _lung_ids(geo: LabelGeometry, side: str) -> tuple[int, ...]:
+    """The lobe labels of the lung that lies on `side` (measured: situs inversus puts the
+    three-lobed lung on the left)."""
+    ids = tuple(i for i in range(4, 9) if geo.count([i]) and _lobe_side(geo, i) == side)
+    return ids or (RIGHT_LOBES if side == "right" else LEFT_LOBES)
+
+
 def _lobe_of(geo: LabelGeometry, label_id: int) -> str | None:
     shell = geo.shell_labels(label_id)
     counts = np.bincount(shell, minlength=256)[4:9]
     if counts.sum() == 0:
         return None
-    return LOBE_OF_LABEL[int(np.argmax(counts)) + 4]
+    lobe_id = int(np.argmax(counts)) + 4
+    return ("R" if _lobe_side(geo, lobe_id) == "right" else "L") + LOBE_TIER[lobe_id][0].upper() + "L"
 
 
 def _lesion_facts(geo: LabelGeometry, label_id: int) -> dict:
@@ -854,7 +933,7 @@ def _lesion_facts(geo: LabelGeometry, label_id: int) -> dict:
     side = facts["side"]
     if side is None:
         return facts
-    lobes = _side_of_lobe_labels(side)
+    lobes = _lung_ids(geo, side)
     # level: centroid height against the lung's craniocaudal span
     z_lo, z_hi = geo.extent(lobes, 2)
     t = (c[2] - (z_lo + z_hi) / 2) / (z_hi - z_lo)
@@ -964,7 +1043,7 @@ def _effusion_facts(geo: LabelGeometry, label_id: int) -> dict:
     facts: dict = {"sides": sides, "posterior": {}, "level": {}}
     for s in sides:
         p = pts[right] if s == "right" else pts[~right]
-        lobes = _side_of_lobe_labels(s)
+        lobes = _lung_ids(geo, s)
         lung_c = geo.centroid(lobes)
         facts["posterior"][s] = bool(p[:, 1].mean() < lung_c[1] - 10)
         z_lo, z_hi = geo.extent(lobes, 2)
@@ -1071,9 +1150,20 @@ def _node_qas(geo, kind: str, label_id: int, variant: int) -> list[dict]:
     return out
 
 
+# Normal-anatomy questions whose answer is the same in situs solitus and inversus: asked in v1 only.
+SITUS_INDEPENDENT = frozenset({
+    "Is the heart anterior or posterior to the spine?", "Where is the trachea located?",
+    "Is the trachea anterior or posterior to the spine?", "Is the heart anterior or posterior to the descending aorta?"})
+# Finding questions the generator can only answer one way (it asks them only when the answer is
+# clear, and it is clear one way only): asked in v1 only.
+ONE_ANSWER = frozenset({"Does the pleural effusion extend to the lung apex?", "Is the mass adjacent to the pleura?"})
+NOT_IN_V2 = SITUS_INDEPENDENT | ONE_ANSWER
+
+
 def _anatomy_qas(geo: LabelGeometry) -> list[dict]:
     """Normal-anatomy questions, each emitted only when the label map gives a clear answer.
-    Ordered so that consecutive entries cover different categories."""
+    Ordered so that consecutive entries cover different categories. Sides are measured (never
+    assumed from which label is which), so a mirrored body gets mirrored answers."""
     L, out = LABELS, []
     mid = geo.midline
     present = lambda *names: all(geo.count([L[n]]) > 0 for n in names)  # noqa: E731
@@ -1085,11 +1175,13 @@ def _anatomy_qas(geo: LabelGeometry) -> list[dict]:
                        f"On the {geo.side(heart[0], 8.0)} side.", LAT, ML))
     # 1 hemidiaphragm heights: the top of the organs under each dome
     if present("liver") and (present("stomach") or present("spleen")):
-        r_top = geo.extent([L["liver"]], 2)[1]
-        l_top = geo.extent([L["stomach"], L["spleen"]], 2)[1]
-        if abs(r_top - l_top) > 5:
+        liver_top = geo.extent([L["liver"]], 2)[1]
+        other_top = geo.extent([L["stomach"], L["spleen"]], 2)[1]
+        liver_side = "right" if geo.centroid([L["liver"]])[0] > mid else "left"
+        other_side = "left" if liver_side == "right" else "right"
+        if abs(liver_top - other_top) > 5:
             out.append(_qa("Which hemidiaphragm is higher?",
-                           f"The {'right' if r_top > l_top else 'left'} hemidiaphragm is higher.", LON, LAT))
+                           f"The {liver_side if liver_top > other_top else other_side} hemidiaphragm is higher.", LON, LAT))
     # 2 heart vs spine, front-back
     if heart is not None and spine is not None and abs(heart[1] - spine[1]) > 20:
         out.append(_qa("Is the heart anterior or posterior to the spine?",
@@ -1104,13 +1196,14 @@ def _anatomy_qas(geo: LabelGeometry) -> list[dict]:
             if where:
                 out.append(_qa("Where is the trachea located?", where, ML))
     # 4 which lung has three lobes
-    nr = sum(geo.count([i]) > 0 for i in RIGHT_LOBES)
-    nl = sum(geo.count([i]) > 0 for i in LEFT_LOBES)
+    right_lung, left_lung = _lung_ids(geo, "right"), _lung_ids(geo, "left")
+    nr = sum(geo.count([i]) > 0 for i in right_lung)
+    nl = sum(geo.count([i]) > 0 for i in left_lung)
     if {nr, nl} == {2, 3}:
         out.append(_qa("Which lung has three lobes?", f"The {'right' if nr == 3 else 'left'} lung.", LAT, ADJ))
     # 5 craniocaudal extent of the right lung
     if nr:
-        z_lo, z_hi = geo.extent(RIGHT_LOBES, 2)
+        z_lo, z_hi = geo.extent(right_lung, 2)
         out.append(_qa("What is the craniocaudal extent of the right lung?", _mm(z_hi - z_lo + geo.spacing[2]), EXT))
     # 6 descending aorta vs spine: aorta voxels in the lowest third of its span are descending
     if present("aorta") and spine is not None:
@@ -1124,11 +1217,12 @@ def _anatomy_qas(geo: LabelGeometry) -> list[dict]:
                 out.append(_qa("On which side of the spine does the descending aorta run?",
                                f"On the {'right' if dx > 0 else 'left'} side of the spine.", LAT, ML))
     # 7 liver relative to the right hemidiaphragm
-    if present("liver") and nr:
-        liver, lung = geo.centroid([L["liver"]]), geo.centroid(RIGHT_LOBES)
-        if liver[2] < lung[2] - 20 and geo.side(liver[0]) == "right":
+    liver_side = geo.side(geo.centroid([L["liver"]])[0]) if present("liver") else None
+    if liver_side and (nr if liver_side == "right" else nl):
+        liver, lung = geo.centroid([L["liver"]]), geo.centroid(right_lung if liver_side == "right" else left_lung)
+        if liver[2] < lung[2] - 20:
             out.append(_qa("Where is the liver located relative to the diaphragm?",
-                           "Below the right hemidiaphragm, in the right upper abdomen.", LON, ADJ, LAT))
+                           f"Below the {liver_side} hemidiaphragm, in the {liver_side} upper abdomen.", LON, ADJ, LAT))
     # 8 trachea vs spine, front-back
     if carina is not None and spine is not None:
         tr = _airway_at(geo, carina + 20)
@@ -1136,7 +1230,7 @@ def _anatomy_qas(geo: LabelGeometry) -> list[dict]:
             out.append(_qa("Is the trachea anterior or posterior to the spine?",
                            f"{'Anterior' if tr[1] > spine[1] else 'Posterior'} to the spine.", AP))
     # 9 which lung is larger (volume)
-    vr, vl = geo.count(RIGHT_LOBES), geo.count(LEFT_LOBES)
+    vr, vl = geo.count(right_lung), geo.count(left_lung)
     if vr and vl and abs(vr - vl) > 0.08 * max(vr, vl):
         out.append(_qa("Which lung is larger?", f"The {'right' if vr > vl else 'left'} lung is larger.", LAT, EXT))
     # 10 transverse width of the chest (body outline)
@@ -1153,15 +1247,59 @@ def _anatomy_qas(geo: LabelGeometry) -> list[dict]:
     return out
 
 
+# How many answers each question template can have by design (None: a measurement, "About N mm."):
+# chance for a template is 1/k, a uniform guess among them (bench/blind_ceiling.py, the report).
+_LESION_OPTIONS = {"Which side is the {k} on?": 2, "Which lung contains the {k}?": 2, "In which lobe is the {k} located?": 5,
+                   "What is the largest diameter of the {k}?": None, "Is the {k} in the upper or lower part of the lung?": 2,
+                   "Is the {k} central or peripheral?": 2, "Is the {k} adjacent to the pleura?": 2,
+                   "Is the {k} in the anterior or posterior part of the lung?": 2}
+ANSWER_OPTIONS: dict[str, int | None] = {        # v2, the current generator
+    **{q.format(k=k): n for k in ("nodule", "mass") for q, n in _LESION_OPTIONS.items()},
+    "Is the pleural effusion bilateral?": 3, "Where is the pleural effusion located?": 3,
+    "What is the maximum thickness of the pleural effusion?": None,
+    "Is the pleural effusion in the upper or lower part of the hemithorax?": 2,
+    "Does the pleural effusion extend to the lung apex?": 2, "Which side is the pleural effusion on?": 3,
+    "Where is the enlarged lymph node located?": 4, "Which side is the enlarged lymph node on?": 2,
+    "What is the short-axis diameter of the enlarged lymph node?": None,
+    "Is the enlarged lymph node anterior or posterior to the trachea?": 2,
+    "Is the enlarged lymph node above or below the carina?": 2,
+    "Which side of the chest is the heart predominantly located on?": 2, "Which hemidiaphragm is higher?": 2,
+    "Is the heart anterior or posterior to the spine?": 2, "Where is the trachea located?": 3,
+    "Which lung has three lobes?": 2, "What is the craniocaudal extent of the right lung?": None,
+    "On which side of the spine does the descending aorta run?": 2,
+    "Where is the liver located relative to the diaphragm?": 2, "Is the trachea anterior or posterior to the spine?": 2,
+    "Which lung is larger?": 2, "What is the maximum transverse width of the chest?": None,
+    "Is the heart anterior or posterior to the descending aorta?": 2,
+}
+
+
+# v1: no mirroring, five node stations (three sides, midline included)
+_V1_OPTIONS = {"Where is the enlarged lymph node located?": 5, "Which side is the enlarged lymph node on?": 3}
+
+
+def answer_options(version: int = LATEST) -> dict[str, int | None]:
+    """Question template -> how many answers it can have in that generator version (None: a measurement)."""
+    return {**ANSWER_OPTIONS, **(_V1_OPTIONS if version == 1 else {})}
+
+
+def version_of(dataset_id: str) -> int:
+    """The generator version of a phantom data set, from the name `generate` gives it."""
+    m = re.match(r"phantom-v(\d+)-", dataset_id)
+    return int(m.group(1)) if m else 1
+
+
 def qa_from_labels(labels: np.ndarray, affine: np.ndarray, findings: Sequence[Finding],
-                   variant: int = 0, max_qa: int | None = 10) -> list[dict]:
+                   variant: int = 0, max_qa: int | None = 10, version: int = 1) -> list[dict]:
     """Spatial QA measured from a label map (any orientation) and its affine.
 
     From `findings` only `kind` and `label_id` are read (which id is which finding); side, lobe,
     level, depth, centricity, contact and size are all measured in RAS world coordinates.
     `variant` picks phrasings and rotates the normal-anatomy questions, so a data set covers all
     six categories; each case gets 6-10 QAs, finding questions first. max_qa=None returns every
-    question the label map answers clearly, unselected."""
+    question the label map answers clearly, unselected. `version` 2 leaves out the questions
+    whose answer no mirroring changes, and those only ever answered one way (NOT_IN_V2)."""
+    if version not in GENERATORS:
+        raise ValueError(f"phantom version must be one of {list(GENERATORS)}, got {version!r}")
     geo = LabelGeometry(labels, affine)
     per_finding = []
     for f in findings:
@@ -1171,10 +1309,14 @@ def qa_from_labels(labels: np.ndarray, affine: np.ndarray, findings: Sequence[Fi
         make = {"nodule": _lesion_qas, "mass": _lesion_qas, "effusion": _effusion_qas, "lymph_node": _node_qas}[kind]
         per_finding.append(make(geo, kind, f.label_id, variant))
     # finding questions round-robin over findings, so every finding gets its first questions
+    if version >= 2:
+        per_finding = [[q for q in qas if q["question"] not in NOT_IN_V2] for qas in per_finding]
     ranked: list[dict] = []
     for rank in range(max((len(x) for x in per_finding), default=0)):
         ranked += [qas[rank] for qas in per_finding if rank < len(qas)]
     anatomy = _anatomy_qas(geo)
+    if version >= 2:
+        anatomy = [q for q in anatomy if q["question"] not in NOT_IN_V2]
     if max_qa is None:
         return ranked + anatomy
     start = (2 * variant) % max(len(anatomy), 1)

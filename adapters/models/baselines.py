@@ -127,3 +127,67 @@ class Blind(ModelAdapter):
             pick = self.pool[best]
             out.append(Answer(q.qid, pick.answer, meta={"from_qid": pick.qid, "similarity": round(float(row[best]), 6)}))
         return out
+
+
+def _half(volume: str) -> int:
+    return hashlib.sha256(volume.encode()).digest()[0] % 2
+
+
+_MEASUREMENT = re.compile(r"^about (\d+(?:\.\d+)?) mm\.?$", re.IGNORECASE)
+
+
+class BlindOracle(ModelAdapter):
+    """The perfect question-only model for a data set whose questions repeat across volumes (the
+    phantom templates): the most frequent reference answer to the same question text in the other
+    volumes (ties: the alphabetically first), or for "About N mm." measurements their median. Its
+    score is the blind ceiling: what a model can reach without the image.
+
+    "The other volumes" are those of the other half of the data set (volumes split in two by a hash
+    of their name), not every volume but this one: leaving out only the volume's own answer tips a
+    balanced template's majority to the other answer every time, and a 50/50 question would score 0 %."""
+
+    name = "blind-oracle"
+    version = "1"
+    OPTIONS = ()
+    description = "question only: the commonest answer to the same question in other volumes (median for mm)"
+
+    def generation(self) -> dict[str, Any]:
+        return {"pool": "same question text, volumes of the other half (sha256 of the volume name, mod 2)",
+                "categorical": "most frequent, ties alphabetical",
+                "measurement": "median of 'About N mm.', rounded half to even"}
+
+    def prepare(self, dataset: Sequence[DatasetQuestion]) -> None:
+        self.by_qid = {q.qid: q for q in dataset}
+        self.by_text: dict[str, list[DatasetQuestion]] = defaultdict(list)
+        for q in sorted(dataset, key=lambda q: q.qid):
+            self.by_text[q.question.strip().lower()].append(q)
+
+    def answer(self, model_input: ModelInput | None, questions: Sequence[Question]) -> list[Answer]:
+        out = []
+        for q in questions:
+            own = self.by_qid.get(q.qid)
+            if own is None:
+                out.append(_unknown(q))
+                continue
+            same = self.by_text[own.question.strip().lower()]
+            others = [o.answer.strip() for o in same if _half(o.volume) != _half(own.volume)]
+            pool = "other half"
+            if not others:          # the question is asked in one half only
+                others, pool = [o.answer.strip() for o in same if o.volume != own.volume], "other volumes"
+            if not others:
+                out.append(Answer(q.qid, None, "error", "no other volume asks this question: nothing to learn its "
+                                                        "answer from"))
+                continue
+            numbers = [_MEASUREMENT.match(a) for a in others]
+            if all(numbers):
+                mm = float(np.median([float(m.group(1)) for m in numbers]))
+                out.append(Answer(q.qid, f"About {int(round(mm))} mm.", meta={"rule": "median", "pool": pool,
+                                                                              "pool_size": len(others)}))
+                continue
+            counts: dict[str, int] = defaultdict(int)
+            for a in others:
+                counts[a] += 1
+            text = min(counts, key=lambda a: (-counts[a], a))
+            out.append(Answer(q.qid, text, meta={"rule": "most frequent", "share": round(counts[text] / len(others), 4),
+                                                 "pool": pool, "pool_size": len(others)}))
+        return out

@@ -105,7 +105,7 @@ class PhantomExpert(ModelAdapter):
         self._cache: tuple[str, Segmentation | Exception, dict] | None = None
 
     def generation(self) -> dict:
-        return {"method": "classical segmentation + phantom QA templates", "segmenter": "phantom_segment v1"}
+        return {"method": "classical segmentation + phantom QA templates", "segmenter": "phantom_segment v2 (situs inversus mirrored)"}
 
     def _read(self, model_input: ModelInput) -> tuple[Segmentation | Exception, dict]:
         key = f"{model_input.path}:{model_input.volume}"

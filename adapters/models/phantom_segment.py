@@ -127,7 +127,25 @@ def _ellipse_radii(mask2d_count: np.ndarray, U: np.ndarray, V: np.ndarray,
 
 
 def segment(hu: np.ndarray, spacing: tuple[float, float, float]) -> Segmentation:
-    """hu: (x, y, z) RAS voxel order; spacing (sx, sy, sz) mm."""
+    """hu: (x, y, z) RAS voxel order; spacing (sx, sy, sz) mm. The segmenter knows the anatomy of
+    situs solitus (heart and stomach left, liver right, three right lobes); a body where it finds no
+    heart is tried once more mirrored left-right (situs inversus) and, if the heart is there, its
+    label map is mirrored back, so every side is read where it lies."""
+    seg = _segment_solitus(hu, spacing)
+    if "heart" in seg.notes:
+        return seg
+    try:
+        mirrored = _segment_solitus(np.ascontiguousarray(np.asarray(hu)[::-1]), spacing)
+    except NotAPhantom:
+        return seg
+    if "heart" not in mirrored.notes:
+        return seg
+    mirrored.labels = np.ascontiguousarray(mirrored.labels[::-1])
+    mirrored.notes["situs"] = "inversus (segmented mirrored, labels mirrored back)"
+    return mirrored
+
+
+def _segment_solitus(hu: np.ndarray, spacing: tuple[float, float, float]) -> Segmentation:
     hu = np.asarray(hu, dtype=np.float32)
     if hu.ndim != 3 or min(hu.shape) < 8:
         raise NotAPhantom(f"expected a 3-D volume of at least 8 voxels per axis, got shape {hu.shape}")

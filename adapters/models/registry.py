@@ -20,6 +20,7 @@ ENTRY_POINT_GROUP = "ctsvqa.models"
 
 SHIPPED: dict[str, str] = {
     "blind": "adapters.models.baselines:Blind",
+    "blind-oracle": "adapters.models.baselines:BlindOracle",
     "random": "adapters.models.baselines:RandomAnswer",
     "phantom-expert": "adapters.models.phantom_expert:PhantomExpert",
     "medgemma": "adapters.models.medgemma:MedGemma",
