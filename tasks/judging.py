@@ -104,7 +104,9 @@ def pending_work(con: duckdb.DuckDBPyConnection, spec: JudgeSpec, runs: Sequence
         "judge_id": spec.judge_id, "runs": list(runs or []), "retry_failed": retry_failed}).fetchall()
     work: dict[str, Work] = {}
     for run_id, qid, question, answer, prediction, item_key in rows:
-        w = work.setdefault(item_key, Work(item_key, Item(question, answer, prediction)))
+        # not shared: every (run, question) is its own item, sent on its own
+        key = item_key if spec.share_verdicts else f"{item_key}:{run_id}:{qid}"
+        w = work.setdefault(key, Work(item_key, Item(question, answer, prediction)))
         w.targets.append((run_id, qid))
     return list(work.values()), len(rows)
 
@@ -135,6 +137,7 @@ class JudgmentWriter:
         self.buffer_lock = threading.Lock()
         self.judgments: list[dict] = []
         self.cache: list[dict] = []
+        self._cached: set[str] = set()
         self.calls: list[dict] = []
         self.oldest: float | None = None           # when the oldest buffered row arrived
         self.stored = 0                            # judgment rows stored so far
@@ -150,12 +153,14 @@ class JudgmentWriter:
             "status": outcome.status, "reason": outcome.reason, "raw_response": outcome.raw,
             "tokens_in": outcome.tokens_in, "tokens_out": outcome.tokens_out, "latency_ms": outcome.latency_ms,
             "cost_usd": outcome.cost_usd if source != "cache" else 0.0, "source": source,
-            "item_key": work.item_key, "call_id": outcome.call_id,
-        } for run_id, qid in work.targets]
+            "item_key": work.item_key, "call_id": outcome.call_id, "shared": source == "cache" or i > 0,
+        } for i, (run_id, qid) in enumerate(work.targets)]
         with self.buffer_lock:
             self._arrived()
             self.judgments.extend(rows)
-            if outcome.status == "ok" and source != "cache":
+            # (not sharing, one content can be judged twice in one flush: the cache keeps the first)
+            if outcome.status == "ok" and source != "cache" and work.item_key not in self._cached:
+                self._cached.add(work.item_key)
                 self.cache.append({"item_key": work.item_key, "judge_id": self.judge_id,
                                    "verdict": outcome.verdict, "raw_response": outcome.raw,
                                    "call_id": outcome.call_id})
@@ -203,7 +208,7 @@ JUDGMENT_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("qid", pa.string()), ("judge_id", pa.string()), ("verdict", pa.bool_()),
     ("status", pa.string()), ("reason", pa.string()), ("raw_response", pa.string()), ("tokens_in", pa.int32()),
     ("tokens_out", pa.int32()), ("latency_ms", pa.float64()), ("cost_usd", pa.float64()), ("source", pa.string()),
-    ("item_key", pa.string()), ("call_id", pa.string())])
+    ("item_key", pa.string()), ("call_id", pa.string()), ("shared", pa.bool_())])
 CACHE_SCHEMA = pa.schema([("item_key", pa.string()), ("judge_id", pa.string()), ("verdict", pa.bool_()),
                           ("raw_response", pa.string()), ("call_id", pa.string())])
 CALL_SCHEMA = pa.schema([
@@ -365,7 +370,7 @@ def _judge_held(db, spec: JudgeSpec, runs, retry_failed: bool, progress, flush_e
     summary = JudgeSummary(spec.name, spec.judge_id)
     with warehouse.writer(db) as con:             # again, under the lease: a holder before us may have judged them
         work, summary.pending = pending_work(con, spec, runs, retry_failed)
-        cache = cached_verdicts(con, [w.item_key for w in work])
+        cache = cached_verdicts(con, [w.item_key for w in work]) if spec.share_verdicts else {}
     writer = JudgmentWriter(db, spec.judge_id, every=flush_every, seconds=flush_seconds)
     for w in work:
         if w.item_key in cache:
@@ -396,7 +401,7 @@ def forecast(db, panel: Panel, runs: Sequence[str] | None = None, retry_failed: 
         check_runs(con, runs)
         for spec in panel.judges:
             work, pending = pending_work(con, spec, runs, retry_failed)
-            cache = cached_verdicts(con, [w.item_key for w in work]) if _has_cache(con) else {}
+            cache = cached_verdicts(con, [w.item_key for w in work]) if _has_cache(con) and spec.share_verdicts else {}
             to_send = [w for w in work if w.item_key not in cache]
             tokens_in = tokens_out = calls = 0
             if not spec.offline:

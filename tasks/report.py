@@ -114,6 +114,42 @@ def blind_ceiling_table(con: duckdb.DuckDBPyConnection, dataset: str, panel: str
     return t
 
 
+def _p(x) -> str:
+    return "—" if x is None or x != x else (f"{x:.1e}" if x < 1e-3 else f"{x:.3f}")
+
+
+def comparison_table(con: duckdb.DuckDBPyConnection, dataset: str, panel: str) -> Table | None:
+    rows = con.execute(
+        "SELECT model_a, model_b, diff, p_value, p_holm, p_clustered_holm, common_judges, same_jury, common_diff, "
+        "common_p_holm FROM model_comparisons WHERE dataset = ? AND panel = ? ORDER BY model_a, model_b",
+        [dataset, panel]).fetchall()
+    if not rows:
+        return None
+    t = Table(title=f"Pairwise comparisons — panel {panel} (difference in majority accuracy, a − b, on the questions "
+                    f"both answered; p: exact McNemar, Holm-adjusted over these {len(rows)}; clustered: the paired "
+                    f"difference with volumes as clusters). Where the two juries differ, the common-jury columns "
+                    f"compare them on the judges both have.", title_justify="left")
+    for col in ("a", "b", "a − b pts", "p", "p Holm", "p clustered, Holm", "common jury", "a − b pts (common)",
+                "p Holm (common)"):
+        t.add_column(col, justify="left" if col in ("a", "b", "common jury") else "right")
+    for a, b, diff, p, ph, pch, judges, same, cdiff, cph in rows:
+        common = "same jury" if same else ("none" if not judges else "+".join(judges)) if same is not None else "—"
+        t.add_row(a, b, "—" if diff is None else f"{100 * diff:+.2f}", _p(p), _p(ph), _p(pch), common,
+                  "—" if same or cdiff is None else f"{100 * cdiff:+.2f}", "—" if same else _p(cph))
+    return t
+
+
+def shared_note(con: duckdb.DuckDBPyConnection, dataset: str) -> str | None:
+    """One line saying which verdicts were shared between identical items, if any were."""
+    rows = con.execute("SELECT judge, sum(n_shared), sum(n_verdicts), count(DISTINCT run_id) FROM shared_verdicts "
+                       "WHERE dataset = ? GROUP BY judge HAVING sum(n_shared) > 0 ORDER BY judge", [dataset]).fetchall()
+    if not rows:
+        return None
+    parts = ", ".join(f"{judge} {shared:,} of {total:,} over {runs} run(s)" for judge, shared, total, runs in rows)
+    return (f"note: verdicts shared between identical question/reference/prediction items (judged once, reused): "
+            f"{parts}; `share_verdicts: false` in a judges file judges each item on its own")
+
+
 def incomplete_runs(con: duckdb.DuckDBPyConnection, dataset: str) -> list[str]:
     """One warning line per run and panel whose numbers are not final yet (run_status 'judging')."""
     return [f"warning: {model} (panel {panel}) is still being judged: {n} judgments pending from "
@@ -144,6 +180,8 @@ def print_report(con: duckdb.DuckDBPyConnection, console: Console | None = None,
     for ds in report_datasets(con, dataset):
         for line in incomplete_runs(con, ds):
             console.print(line, style="bold yellow")
+        if note := shared_note(con, ds):
+            console.print(note)
         tables = [model_table(con, ds)]
         if board := leaderboard_table(con, ds):
             tables.append(board)
@@ -151,8 +189,10 @@ def print_report(con: duckdb.DuckDBPyConnection, console: Console | None = None,
         tables += [category_table(con, ds, p) for (p,) in con.execute(
             "SELECT DISTINCT panel FROM jury_verdicts WHERE dataset = ? ORDER BY panel", [ds]).fetchall()]
         tables.append(agreement_table(con, ds))
-        tables += [t for (p,) in con.execute("SELECT DISTINCT panel FROM jury_verdicts WHERE dataset = ? ORDER BY panel",
-                                             [ds]).fetchall() if (t := blind_ceiling_table(con, ds, p))]
+        panels = [p for (p,) in con.execute("SELECT DISTINCT panel FROM jury_verdicts WHERE dataset = ? ORDER BY panel",
+                                            [ds]).fetchall()]
+        tables += [t for p in panels if (t := comparison_table(con, ds, p))]
+        tables += [t for p in panels if (t := blind_ceiling_table(con, ds, p))]
         for table in tables:
             console.print(table)
             console.print()
@@ -166,6 +206,8 @@ REPORT_VIEWS = {   # what `report --json` gives per dataset: the views the termi
                          "ORDER BY panel, category, model",
     "judge_agreement": "SELECT * EXCLUDE (dataset) FROM judge_agreement WHERE dataset = ? "
                        "ORDER BY model, judge_a, judge_b",
+    "model_comparisons": "SELECT * EXCLUDE (dataset) FROM model_comparisons WHERE dataset = ? "
+                         "ORDER BY panel, model_a, model_b",
 }
 
 
@@ -181,6 +223,9 @@ def report_data(con: duckdb.DuckDBPyConnection, dataset: str | None = None) -> d
 
         out[ds]["blind_ceiling"] = {p: blind_ceiling.rows(con, ds, p) for (p,) in con.execute(
             "SELECT DISTINCT panel FROM jury_verdicts WHERE dataset = ? ORDER BY panel", [ds]).fetchall()}
+        out[ds]["shared_verdicts"] = [dict(zip(("model", "judge", "n_verdicts", "n_shared"), r)) for r in con.execute(
+            "SELECT model, judge, n_verdicts, n_shared FROM shared_verdicts WHERE dataset = ? ORDER BY model, judge",
+            [ds]).fetchall()]
         out[ds]["warnings"] = incomplete_runs(con, ds)
         out[ds]["summaries_live"] = summaries.reading_live(con)
     return {"datasets": out}

@@ -255,6 +255,17 @@ def build_charts(con: duckdb.DuckDBPyConnection, dataset: str, panel: str | None
             pairs = reliance_pairs(acc)
             if len(pairs):
                 charts["image_reliance"] = reliance_chart(pairs)
+        comparisons = con.execute(
+            "SELECT model_a, model_b, diff, p_value, p_holm, p_clustered, p_clustered_holm, common_judges, same_jury, "
+            "common_diff, common_p_value, common_p_holm FROM model_comparisons WHERE dataset = ? AND panel = ? "
+            "ORDER BY model_a, model_b", [dataset, panel]).df()
+        if len(comparisons):
+            comparisons["common_judges"] = ["+".join(j) if j is not None else None for j in comparisons["common_judges"]]
+            tables["Pairwise comparisons (a − b on shared questions; McNemar, Holm over the family, volume-clustered; "
+                   "common_*: on the judges both juries have)"] = _table(
+                comparisons, {"diff": "{:+.2%}", "common_diff": "{:+.2%}", "p_value": "{:.3g}", "p_holm": "{:.3g}",
+                              "p_clustered": "{:.3g}", "p_clustered_holm": "{:.3g}", "common_p_value": "{:.3g}",
+                              "common_p_holm": "{:.3g}"})
         from tasks import blind_ceiling
 
         if ceiling := blind_ceiling.rows(con, dataset, panel):
@@ -293,6 +304,9 @@ def write_report(db, out: str | Path, dataset: str | None = None, panel: str | N
         dataset = known[0]
         panel = choose_panel(con, dataset, panel)
         charts, tables = build_charts(con, dataset, panel)
+        from tasks.report import shared_note
+
+        shared = shared_note(con, dataset)
     specs = {name: chart.to_dict() for name, chart in charts.items()}
     report = Report(html=out / "report.html", dataset=dataset, panel=panel)
     # the headline and the leaderboard, then the charts, then the long tables (text metrics, examples)
@@ -305,6 +319,8 @@ def write_report(db, out: str | Path, dataset: str | None = None, panel: str | N
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     note = (f"dataset {dataset}; jury panel {panel or 'none (no verdicts yet)'}; made {stamp} from "
             f"{warehouse.resolve_db(db)}")
+    if shared:
+        note += ". " + shared.removeprefix("note: ")
     # Only our two scripts carry the nonce: even if some text escaped into the page as a <script>, the
     # browser would refuse to run it.
     page = PAGE.format(nonce=secrets.token_urlsafe(16), title=html.escape(f"ctsvqa report — {dataset}"), note=html.escape(note),

@@ -4,12 +4,15 @@ lands in the warehouse."""
 
 from __future__ import annotations
 
+import json
+
 import duckdb
 import pytest
 import yaml
 
 import adapters.judges.base as judge_base
-from adapters.judges.spec import load_panel
+import warehouse
+from adapters.judges.spec import JudgeConfigError, load_panel
 from tasks import judging
 from tests.fake_providers import FakeProviders, delay, fault, oracle, status
 
@@ -260,6 +263,56 @@ def test_identical_content_is_never_sent_twice_across_runs(tmp_path, mini_db, fa
     n_requests = len(fake.requests())
     again = judge_m3d(mini_db, panel, runs=("m3d", "radfm"))
     assert again.pending == 0 and len(fake.requests()) == n_requests
+
+
+def test_share_verdicts_false_judges_every_item_on_its_own(tmp_path, mini_db, fake):
+    """As the upstream scripts did: identical items of one run and of another run are each sent."""
+    from tasks.report import shared_note
+
+    panel = make_panel(tmp_path, fake, "openai", share_verdicts=False)
+    first = judge_m3d(mini_db, panel, runs=("m3d",))
+    assert first.pending == 8 and first.distinct_sent == 8 and len(fake.asked_items()) == 8
+    second = judge_m3d(mini_db, panel, runs=("radfm",))
+    assert second.from_cache == 0 and second.distinct_sent == second.pending
+    assert fake.asked_items().count(("Is there pleural effusion?", "No pleural effusion.", "No")) >= 6
+    assert_all_match_oracle(mini_db)
+    with warehouse.reader(mini_db) as con:
+        assert shared_note(con, "ct-spatialvqa") is None
+        assert con.execute("SELECT sum(n_shared) FROM shared_verdicts").fetchone()[0] == 0
+    with pytest.raises(JudgeConfigError, match="share_verdicts must be true or false"):
+        make_panel(tmp_path, fake, "openai", share_verdicts="no")
+
+
+def test_shared_verdicts_are_counted_and_named_in_the_report(tmp_path, mini_db, fake):
+    from tasks.report import shared_note
+
+    panel = make_panel(tmp_path, fake, "openai")
+    judge_m3d(mini_db, panel, runs=("m3d",))
+    judge_m3d(mini_db, panel, runs=("radfm",))
+    with warehouse.reader(mini_db) as con:
+        per_run = dict(con.execute("SELECT model, n_shared FROM shared_verdicts").fetchall())
+        note = shared_note(con, "ct-spatialvqa")
+    assert per_run["m3d"] == 2 and per_run["radfm"] == 3        # 3 identical "No" in m3d: 1 sent; radfm's 3 cached
+    assert note and "openai-judge 5 of" in note
+
+
+def test_the_older_gemini_prompt_asks_for_reasoning_and_is_its_own_judge(tmp_path, mini_db, fake):
+    old = make_panel(tmp_path, fake, "gemini", prompt="upstream-batch5-gemini-reasoning-v1")
+    new = make_panel(tmp_path, fake, "gemini")
+    assert old.judges[0].judge_id != new.judges[0].judge_id
+    judge_m3d(mini_db, old)
+    assert_all_match_oracle(mini_db)
+    prompt = json.dumps(fake.requests("gemini")[0].body)
+    assert '\\"reasoning\\": \\"short justification\\"' in prompt
+    from adapters.judges.spec import load_panel as load
+
+    preset = load("paper-gemini-reasoning")
+    gemini = next(j for j in preset.judges if j.provider == "gemini")
+    assert gemini.prompt == "upstream-batch5-gemini-reasoning-v1"
+    # GPT and Qwen are the paper preset's judges: their verdicts are shared between the two panels
+    paper = {j.provider: j.judge_id for j in load("paper").judges}
+    assert {j.provider: j.judge_id for j in preset.judges if j.provider != "gemini"} == \
+        {k: v for k, v in paper.items() if k != "gemini"}
 
 
 def test_dry_run_forecasts_and_sends_nothing(tmp_path, mini_db, fake):

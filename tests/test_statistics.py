@@ -80,3 +80,78 @@ def test_statistics_on_the_imported_example_match_the_views_and_statsmodels(mini
     stale = con.execute("SELECT bool_and(stale) FROM accuracy_ci WHERE model = 'm3d'").fetchone()[0]
     con.close()
     assert stale
+
+
+def test_clustered_paired_test_is_statsmodels_cluster_robust_ols():
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng(4)
+    volumes = np.repeat(np.arange(30), 6)
+    effect = rng.normal(0, 0.6, 30)[volumes]                  # volumes differ: questions of one are correlated
+    diff = np.clip(np.round(effect + rng.normal(0.15, 0.5, len(volumes))), -1, 1)
+    fit = sm.OLS(diff, np.ones((len(diff), 1))).fit(cov_type="cluster", cov_kwds={"groups": volumes})
+    assert statistics.clustered_paired_test(diff, volumes) == pytest.approx(float(fit.pvalues[0]), rel=1e-9)
+    # one question per volume: the cluster test is the plain robust one, and no difference is p 1
+    assert statistics.clustered_paired_test(np.zeros(10), np.arange(10)) is None
+    assert statistics.clustered_paired_test(np.array([1.0, 0.0]), np.array([0, 0])) is None
+
+
+def test_holm_matches_statsmodels_and_skips_missing():
+    from statsmodels.stats.multitest import multipletests
+
+    p = [0.035, 0.029, 0.2, 1e-5, 0.04, 0.5]
+    assert statistics.holm(p) == pytest.approx(list(multipletests(p, method="holm")[1]))
+    first, missing, last = statistics.holm([0.01, None, 0.04])      # a family of two
+    assert missing is None and (first, last) == pytest.approx((0.02, 0.04))
+
+
+def test_comparisons_on_the_common_jury_leave_out_a_judge_one_run_lacks():
+    """Run b has no verdicts from judge z: against b, a counts only x and y, and says so."""
+    qs = [f"v{i // 2}::{i % 2}" for i in range(8)]
+    votes = []
+    for q in qs:
+        i = int(q[1:].split("::")[0]) * 2 + int(q[-1])
+        for judge, yes in (("x", i < 6), ("y", i < 4), ("z", True)):
+            votes.append({"run_id": "a", "panel": "p", "dataset": "d", "volume": q.split("::")[0], "qid": q,
+                          "judge": judge, "verdict": yes})
+        for judge, yes in (("x", i % 2 == 0), ("y", i % 2 == 0)):
+            votes.append({"run_id": "b", "panel": "p", "dataset": "d", "volume": q.split("::")[0], "qid": q,
+                          "judge": judge, "verdict": yes})
+    votes = pd.DataFrame(votes)
+    def majority(run, n):
+        yes = votes[votes.run_id == run].groupby("qid")["verdict"].sum()
+        return yes * 2 > n
+    outcomes = pd.DataFrame([{"run_id": r, "panel": "p", "dataset": "d", "volume": q.split("::")[0], "qid": q,
+                              "majority_correct": bool(majority(r, n)[q]), "strict_correct": False}
+                             for r, n in (("a", 3), ("b", 2)) for q in qs])
+    (row,) = statistics.comparisons(outcomes, votes).to_dict("records")
+    assert row["common_judges"] == ["x", "y"] and row["same_jury"] is False
+    a3, b2 = majority("a", 3), majority("b", 2)          # as published: a on its 3 judges
+    a2 = votes[(votes.run_id == "a") & votes.judge.isin(["x", "y"])].groupby("qid")["verdict"].sum() * 2 > 2
+    assert (row["only_a"], row["only_b"]) == (int((a3 & ~b2).sum()), int((~a3 & b2).sum()))
+    assert (row["common_only_a"], row["common_only_b"]) == (int((a2 & ~b2).sum()), int((~a2 & b2).sum()))
+    assert row["diff"] == pytest.approx(a3.mean() - b2.mean())
+    assert row["common_diff"] == pytest.approx(a2.mean() - b2.mean()) and row["common_diff"] != row["diff"]
+
+
+def test_upstream_comparisons_follow_the_common_jury(upstream_root, tmp_path):
+    """On the published files: merlin has no Gemini file, so against merlin only GPT and Qwen count,
+    and the merlin-vila order flips (the published majority of merlin is GPT and Qwen both yes)."""
+    from tasks.upstream_import import import_upstream
+
+    db = tmp_path / "wh.duckdb"
+    import_upstream(upstream_root, db)
+    statistics.refresh_statistics(db, n_resamples=200, seed=1)
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        rows = {(r["model_a"], r["model_b"]): r for r in con.execute(
+            "SELECT * FROM model_comparisons WHERE panel = 'upstream'").df().to_dict("records")}
+    finally:
+        con.close()
+    mv = rows[("merlin", "vila_m3_vista3d")]
+    assert list(mv["common_judges"]) == ["gpt", "qwen"] and not mv["same_jury"]
+    assert mv["diff"] < 0 < mv["common_diff"] and mv["common_p_value"] < 0.01
+    same = rows[("m3d", "med3dvlm")]
+    assert same["same_jury"] and same["common_diff"] == pytest.approx(same["diff"])
+    assert same["p_value"] < 0.05 < same["p_holm"]                    # does not survive Holm
+    assert all(r["p_holm"] >= r["p_value"] for r in rows.values())

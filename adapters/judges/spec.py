@@ -57,6 +57,12 @@ class JudgeSpec:
     api_key_env: str | None = None          # name of the variable holding the key, never the key
     api_key_secret: str | None = None       # name of a Prefect Secret block holding the key
     options: dict[str, Any] = field(default_factory=dict)
+    # One verdict per distinct (question, reference, prediction), reused for every run and question that
+    # has it (the verdict cache). False judges every (run, question) on its own, as the upstream scripts
+    # did: what to set to reproduce published files item for item. A verdict's `source` ('cache' or
+    # 'judge') records which it was; the setting itself is no part of the judge's identity (the same
+    # judge, prompt and settings give the verdict either way), so both kinds of verdict are one judge's.
+    share_verdicts: bool = True
 
     @property
     def offline(self) -> bool:
@@ -160,6 +166,8 @@ def _spec(raw: Any, where: str) -> JudgeSpec:
         spec = JudgeSpec(**values)
     except TypeError as exc:
         raise JudgeConfigError(f"{where}: {exc}") from None
+    if not isinstance(spec.share_verdicts, bool):
+        raise JudgeConfigError(f"{where}: share_verdicts must be true or false, not {spec.share_verdicts!r}")
     if spec.max_concurrency < 1 or spec.max_attempts < 1:
         raise JudgeConfigError(f"{where}: max_concurrency and max_attempts must be at least 1")
     return spec

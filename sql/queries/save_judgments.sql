@@ -9,5 +9,5 @@ ON CONFLICT (run_id, qid, judge_id) DO UPDATE SET
     verdict = excluded.verdict, status = excluded.status, reason = excluded.reason,
     raw_response = excluded.raw_response, tokens_in = excluded.tokens_in, tokens_out = excluded.tokens_out,
     latency_ms = excluded.latency_ms, cost_usd = excluded.cost_usd, source = excluded.source,
-    item_key = excluded.item_key, call_id = excluded.call_id, created_at = now()
+    item_key = excluded.item_key, call_id = excluded.call_id, shared = excluded.shared, created_at = now()
 WHERE judgments.status <> 'ok';
