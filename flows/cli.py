@@ -194,10 +194,15 @@ def _judge(args: argparse.Namespace, panel) -> int:
 
 def cmd_judge_train(args: argparse.Namespace) -> int:
     from adapters.judges.learned import HEAD_DIR
-    from tasks.judge_training import train
+    from tasks.judge_training import LOO_DIR, train, train_all
 
     out = args.out or HEAD_DIR
-    m = train(args.db, target=args.target, out=out, seed=args.seed, embed_cache=args.embed_cache)
+    if args.leave_one_out:
+        m, *loo = train_all(args.db, out=out, seed=args.seed, embed_cache=args.embed_cache, target=args.target)
+        print(f"leave-one-out heads written under {Path(out) / LOO_DIR}: "
+              + ", ".join(f"{x['left_out_run']} (threshold {x['decision_rule']['threshold']})" for x in loo))
+    else:
+        m = train(args.db, target=args.target, out=out, seed=args.seed, embed_cache=args.embed_cache)
     print(f"head written: {Path(out) / 'head.npz'} ({m['head_bytes']:,} bytes, sha256 {m['head_sha256'][:12]}) "
           f"from {m['data']['n_items']} {m['target']} verdicts; threshold {m['decision_rule']['threshold']}, "
           f"abstain in [{m['decision_rule']['abstain_low']}, {m['decision_rule']['abstain_high']}); "
@@ -561,6 +566,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--embed-cache", type=Path, metavar="FILE",
                    help="keep the text embeddings in this .npz so a re-training embeds nothing twice")
+    p.add_argument("--no-leave-one-out", dest="leave_one_out", action="store_false",
+                   help="train only the head on every run, not also one per run without that run's verdicts "
+                        "(OUT/leave-one-out/<run>/, what a judge with options.leave_one_out scores that run with)")
     p.set_defaults(func=cmd_judge_train)
 
     p = sub.add_parser("phantoms", help="generate a synthetic chest-CT data set in the upstream layout")

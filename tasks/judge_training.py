@@ -163,14 +163,22 @@ def fit_head(x: np.ndarray, y: np.ndarray, seed: int, hidden: int = 64, alpha: f
     return arrays
 
 
-def choose_rule(p: np.ndarray, y: np.ndarray, max_abstain: float) -> dict[str, float]:
-    """The threshold with the best kappa against `y`, then the abstention band around it (at most
-    `max_abstain` of the items) with the best kappa on the items it keeps."""
+def choose_rule(p: np.ndarray, y: np.ndarray, max_abstain: float, rule: str = "kappa") -> dict[str, float]:
+    """The threshold — with the best kappa against `y` (rule 'kappa'), or (rule 'prevalence') the one
+    that calls as many items correct as `y` has: the judge then reports accuracy without the lean a
+    kappa-best threshold takes toward the commoner 'incorrect' — then the abstention band around it
+    (at most `max_abstain` of the items) with the best kappa on the items it keeps."""
     y = y.astype(bool)
     grid = np.round(np.arange(0.05, 0.951, 0.01), 2)
     scores = [kappa(p >= t, y) for t in grid]
-    t = float(grid[int(np.nanargmax(scores))])
-    best = (scores[int(np.nanargmax(scores))], t, t)
+    if rule == "prevalence":
+        i = int(np.argmin([abs(float((p >= t).mean()) - float(y.mean())) for t in grid]))
+    elif rule == "kappa":
+        i = int(np.nanargmax(scores))
+    else:
+        raise ValueError(f"decision rule must be 'kappa' or 'prevalence', not {rule!r}")
+    t = float(grid[i])
+    best = (scores[i], t, t)
     if max_abstain > 0:
         steps = np.round(np.arange(0.0, 0.301, 0.01), 2)
         for dl in steps:
@@ -187,8 +195,10 @@ def choose_rule(p: np.ndarray, y: np.ndarray, max_abstain: float) -> dict[str, f
 
 # --- training as a command ------------------------------------------------------------------------
 
-# hidden 0: logistic regression (alpha is then its C); the rule from in-sample training predictions.
-DEFAULTS = {"hidden": 0, "alpha": 0.02, "epochs": 60, "inner_folds": 0, "max_abstain": 0.03}
+# hidden 0: logistic regression (alpha is then its C); the rule from in-sample training predictions:
+# the threshold that calls as many correct as the training verdicts do, and no abstention (an
+# abstention counts as not correct in a one-judge majority, which biased accuracy down by ~2 points).
+DEFAULTS = {"hidden": 0, "alpha": 0.02, "epochs": 60, "inner_folds": 0, "max_abstain": 0.0, "rule": "prevalence"}
 
 
 def labels_for(items: Items, target: str) -> np.ndarray:
@@ -222,7 +232,8 @@ def fit_with_rule(x: np.ndarray, y: np.ndarray, folds: np.ndarray, seed: int, pa
         scored = probe(arrays, everything)
     seen = ~np.isnan(scored)
     p, y = scored[seen], y[seen].astype(bool)
-    rule = choose_rule(p, y, params["max_abstain"]) if len(np.unique(y)) == 2 else dict(NO_RULE)
+    rule = (choose_rule(p, y, params["max_abstain"], params.get("rule", "kappa")) if len(np.unique(y)) == 2
+            else dict(NO_RULE))
     keep = ~((p >= rule["abstain_low"]) & (p < rule["abstain_high"]))
     metrics = {"rule_rows": int(len(y)), "kappa_all": kappa(p >= rule["threshold"], y),
                "kappa_covered": kappa(p[keep] >= rule["threshold"], y[keep]),
@@ -260,12 +271,25 @@ def _dist_version(name: str) -> str:
     return version(name)
 
 
+def without_run(items: Items, run: str) -> Items:
+    """Every item but `run`'s, and but any identical (question, reference, prediction) to one of its:
+    a head trained on this never saw that run's verdicts."""
+    if run not in set(items.model.tolist()):
+        raise ValueError(f"no upstream run {run!r} to leave out; runs: {', '.join(sorted(set(items.model.tolist())))}")
+    keys = items.keys()
+    mine = items.model == run
+    return items.subset(~mine & ~np.isin(keys, keys[mine]))
+
+
 def train(db, target: str = "majority", out: Path = learned.HEAD_DIR, seed: int = 0,
-          embed_cache: Path | None = None, params: dict | None = None) -> dict:
-    """Train on every judged upstream item that has a `target` verdict; write `head.npz` and
-    `manifest.json` under `out`. Returns the manifest."""
+          embed_cache: Path | None = None, params: dict | None = None, exclude: str | None = None,
+          items: Items | None = None) -> dict:
+    """Train on every judged upstream item that has a `target` verdict (but `exclude`'s, see
+    without_run); write `head.npz` and `manifest.json` under `out`. Returns the manifest."""
     params = {**DEFAULTS, **(params or {})}
-    items = load_items(db)
+    items = items if items is not None else load_items(db)
+    if exclude is not None:
+        items = without_run(items, exclude)
     y_all = labels_for(items, target)
     items = items.subset(~np.isnan(y_all))
     y = labels_for(items, target)
@@ -283,11 +307,12 @@ def train(db, target: str = "majority", out: Path = learned.HEAD_DIR, seed: int 
     manifest = {
         "judge_model": "learned-v1", "features": learned.FEATURES_VERSION,
         "head_sha256": hashlib.sha256(blob).hexdigest(), "head_bytes": len(blob),
-        "target": target, "seed": seed, "params": params,
+        "target": target, "seed": seed, "params": params, "left_out_run": exclude,
         "data": {"sha256": data_hash(items, y), "n_items": len(items), "n_distinct_items": len(set(items.keys())),
                  "n_volumes": len(set(items.volume.tolist())), "runs": sorted(set(items.model.tolist())),
                  "positive_rate": float(y.mean())},
-        "split": "all items train the head; threshold and abstention band from " + (
+        "split": ("" if exclude is None else f"every item but {exclude}'s (and any identical to one of them); ")
+                 + "all items train the head; threshold and abstention band from " + (
             f"out-of-fold predictions over {params['inner_folds']} volume folds (sha256 of salt+volume mod k; "
             "identical items stay in one fold)" if params["inner_folds"] >= 2 else
             "the head's in-sample predictions on the training items"),
@@ -298,3 +323,18 @@ def train(db, target: str = "majority", out: Path = learned.HEAD_DIR, seed: int 
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
+
+
+LOO_DIR = "leave-one-out"
+
+
+def train_all(db, out: Path = learned.HEAD_DIR, seed: int = 0, embed_cache: Path | None = None,
+              params: dict | None = None, target: str = "majority") -> list[dict]:
+    """The head on every run, and one per run trained without it (out/leave-one-out/<run>/), which the
+    learned judge uses when it scores that run: its accuracy there is then held out."""
+    items = load_items(db)
+    out = Path(out)
+    manifests = [train(db, target, out, seed, embed_cache, params, items=items)]
+    for run in sorted(set(items.model.tolist())):
+        manifests.append(train(db, target, out / LOO_DIR / run, seed, embed_cache, params, exclude=run, items=items))
+    return manifests

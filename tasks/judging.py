@@ -103,10 +103,12 @@ def pending_work(con: duckdb.DuckDBPyConnection, spec: JudgeSpec, runs: Sequence
     rows = con.execute((SQL / "pending_judgments.sql").read_text(), {
         "judge_id": spec.judge_id, "runs": list(runs or []), "retry_failed": retry_failed}).fetchall()
     work: dict[str, Work] = {}
-    for run_id, qid, question, answer, prediction, item_key in rows:
-        # not shared: every (run, question) is its own item, sent on its own
-        key = item_key if spec.share_verdicts else f"{item_key}:{run_id}:{qid}"
-        w = work.setdefault(key, Work(item_key, Item(question, answer, prediction)))
+    for run_id, run_name, qid, question, answer, prediction, item_key in rows:
+        # not shared: every (run, question) is its own item, sent on its own (and the judge may know its run)
+        if spec.share_verdicts:
+            w = work.setdefault(item_key, Work(item_key, Item(question, answer, prediction)))
+        else:
+            w = work.setdefault(f"{item_key}:{run_id}:{qid}", Work(item_key, Item(question, answer, prediction, run_name)))
         w.targets.append((run_id, qid))
     return list(work.values()), len(rows)
 

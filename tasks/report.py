@@ -150,6 +150,18 @@ def shared_note(con: duckdb.DuckDBPyConnection, dataset: str) -> str | None:
             f"{parts}; `share_verdicts: false` in a judges file judges each item on its own")
 
 
+def held_out_note(con: duckdb.DuckDBPyConnection, dataset: str) -> str | None:
+    """Which runs a learned judge scored with a head that never saw their verdicts (leave one out)."""
+    rows = con.execute(
+        "SELECT jd.name, list(DISTINCT r.name ORDER BY r.name) FROM judgments AS j JOIN runs AS r USING (run_id) "
+        "JOIN judges AS jd USING (judge_id) WHERE r.dataset_id = ? AND jd.provider = 'learned' "
+        "AND j.reason LIKE '%(head trained without %' GROUP BY jd.name ORDER BY jd.name", [dataset]).fetchall()
+    if not rows:
+        return None
+    return "note: " + "; ".join(f"judge {judge} scored {', '.join(runs)} with heads trained without each one's "
+                                f"verdicts (leave one model out): their accuracy is held out" for judge, runs in rows)
+
+
 def incomplete_runs(con: duckdb.DuckDBPyConnection, dataset: str) -> list[str]:
     """One warning line per run and panel whose numbers are not final yet (run_status 'judging')."""
     return [f"warning: {model} (panel {panel}) is still being judged: {n} judgments pending from "
@@ -180,8 +192,9 @@ def print_report(con: duckdb.DuckDBPyConnection, console: Console | None = None,
     for ds in report_datasets(con, dataset):
         for line in incomplete_runs(con, ds):
             console.print(line, style="bold yellow")
-        if note := shared_note(con, ds):
-            console.print(note)
+        for note in (shared_note(con, ds), held_out_note(con, ds)):
+            if note:
+                console.print(note)
         tables = [model_table(con, ds)]
         if board := leaderboard_table(con, ds):
             tables.append(board)
@@ -226,6 +239,7 @@ def report_data(con: duckdb.DuckDBPyConnection, dataset: str | None = None) -> d
         out[ds]["shared_verdicts"] = [dict(zip(("model", "judge", "n_verdicts", "n_shared"), r)) for r in con.execute(
             "SELECT model, judge, n_verdicts, n_shared FROM shared_verdicts WHERE dataset = ? ORDER BY model, judge",
             [ds]).fetchall()]
+        out[ds]["held_out"] = held_out_note(con, ds)
         out[ds]["warnings"] = incomplete_runs(con, ds)
         out[ds]["summaries_live"] = summaries.reading_live(con)
     return {"datasets": out}

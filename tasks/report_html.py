@@ -304,9 +304,9 @@ def write_report(db, out: str | Path, dataset: str | None = None, panel: str | N
         dataset = known[0]
         panel = choose_panel(con, dataset, panel)
         charts, tables = build_charts(con, dataset, panel)
-        from tasks.report import shared_note
+        from tasks.report import held_out_note, shared_note
 
-        shared = shared_note(con, dataset)
+        shared = " ".join(n for n in (shared_note(con, dataset), held_out_note(con, dataset)) if n)
     specs = {name: chart.to_dict() for name, chart in charts.items()}
     report = Report(html=out / "report.html", dataset=dataset, panel=panel)
     # the headline and the leaderboard, then the charts, then the long tables (text metrics, examples)
@@ -320,7 +320,7 @@ def write_report(db, out: str | Path, dataset: str | None = None, panel: str | N
     note = (f"dataset {dataset}; jury panel {panel or 'none (no verdicts yet)'}; made {stamp} from "
             f"{warehouse.resolve_db(db)}")
     if shared:
-        note += ". " + shared.removeprefix("note: ")
+        note += ". " + shared.replace("note: ", "")
     # Only our two scripts carry the nonce: even if some text escaped into the page as a <script>, the
     # browser would refuse to run it.
     page = PAGE.format(nonce=secrets.token_urlsafe(16), title=html.escape(f"ctsvqa report — {dataset}"), note=html.escape(note),

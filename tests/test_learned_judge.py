@@ -156,3 +156,73 @@ def test_cli_judge_train_writes_the_head(mini_wh, tmp_path, capsys):
     assert main(["db", "migrate", "--db", str(empty)]) == 0
     assert main(["judge-train", "--db", str(empty), "--out", str(out)]) == 2
     assert "no upstream judgments to train on" in capsys.readouterr().err
+    # the leave-one-out heads beside it, one per run, each without that run's items
+    for run in ("m3d", "merlin", "radfm"):
+        m = json.loads((out / "leave-one-out" / run / "manifest.json").read_text())
+        assert m["left_out_run"] == run and run not in m["data"]["runs"]
+    assert "leave-one-out heads written" in said
+
+
+def test_a_head_without_a_run_never_saw_it_nor_its_twins(mini_wh):
+    items = jt.load_items(mini_wh)
+    rest = jt.without_run(items, "m3d")
+    assert "m3d" not in set(rest.model.tolist())
+    mine = set(items.keys()[items.model == "m3d"])
+    assert not mine & set(rest.keys())                     # radfm's copies of m3d's answers left out too
+    assert len(rest) < int((items.model != "m3d").sum())
+    with pytest.raises(ValueError, match="no upstream run 'gpt5'"):
+        jt.without_run(items, "gpt5")
+
+
+@pytest.fixture(scope="module")
+def loo_heads(mini_wh, heads, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("loo")
+    jt.train_all(mini_wh, out=root, embed_cache=heads["a"].parent / "emb.npz", params=SMALL)
+    return root
+
+
+@pytest.mark.prefect
+def test_leave_one_out_scores_each_run_with_the_head_that_never_saw_it(prefect_server, mini_wh, loo_heads,
+                                                                       tmp_path, capsys):
+    from adapters.judges.spec import JudgeConfigError, load_panel
+
+    db = tmp_path / "wh.duckdb"
+    shutil.copy(mini_wh, db)
+    panel = tmp_path / "judges.yaml"
+    panel.write_text(f"panel: loo\njudges:\n  - name: learned-loo\n    provider: learned\n    model: learned-v1\n"
+                     f"    options: {{head: {loo_heads / 'head.npz'}, leave_one_out: true}}\n")
+    (spec,) = load_panel(panel).judges
+    assert spec.share_verdicts is False                      # a verdict per run: nothing shared between runs
+    assert set(spec.identity_settings()["leave_one_out_sha256"]) == {"m3d", "merlin", "radfm"}
+    assert main(["judge", "--judges", str(panel), "--db", str(db)]) == 0
+    judge = learned.LearnedJudge(spec)
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute("SELECT r.name, q.question, q.answer, p.text, j.reason, j.source FROM judgments j "
+                           "JOIN runs r USING (run_id) JOIN predictions p USING (run_id, qid) "
+                           "JOIN questions q ON q.dataset_id = r.dataset_id AND q.qid = j.qid "
+                           "WHERE j.judge_id = ?", [spec.judge_id]).fetchall()
+    assert len(rows) == 23 and {r[5] for r in rows} == {"judge"}
+    scored = [r for r in rows if r[4] != "empty prediction"]          # an empty answer needs no head
+    assert len(scored) >= 20
+    for run, question, answer, prediction, reason, _ in scored:
+        assert f"(head trained without {run}'s verdicts)" in reason
+        x = learned.features([Item(question, answer, prediction, run)], learned.sbert_embed)
+        assert f"P(correct) {judge.loo[run].predict_proba(x)[0]:.3f}" in reason
+    # the report says which runs were scored held out
+    assert main(["report", "--db", str(db)]) == 0
+    assert "with heads trained without each one's verdicts" in capsys.readouterr().out
+    panel.write_text(panel.read_text() + "    share_verdicts: true\n")
+    with pytest.raises(JudgeConfigError, match="cannot share verdicts between runs"):
+        load_panel(panel)
+
+
+def test_the_preset_scores_the_published_runs_held_out():
+    from adapters.judges.spec import load_panel
+
+    (spec,) = load_panel("offline-learned").judges
+    loo = spec.identity_settings()["leave_one_out_sha256"]
+    assert set(loo) == {"m3d", "med3dvlm", "merlin", "radfm", "vila_m3_vista3d"} and not spec.share_verdicts
+    for run, sha in loo.items():
+        manifest = json.loads((learned.HEAD_DIR / "leave-one-out" / run / "manifest.json").read_text())
+        assert manifest["head_sha256"] == sha and manifest["left_out_run"] == run
+        assert run not in manifest["data"]["runs"]

@@ -7,6 +7,11 @@ manifest `learned/manifest.json`); its sha256 is part of the judge's identity, s
 new judge. Decision rule, fixed at training time on training data only: P >= threshold is correct,
 P < threshold incorrect, and P inside the abstention band [abstain_low, abstain_high) gives
 `no_verdict` (the item is counted, but casts no vote).
+
+With options.leave_one_out, an item of a run that has a head trained without it (leave-one-out/<run>/
+beside the head) is scored by that head: the published runs the heads learned from are then judged by
+a head that never saw their verdicts. The verdict then depends on the run, so such a judge does not
+share verdicts between runs (share_verdicts is off), and every head's sha256 is part of its identity.
 """
 
 from __future__ import annotations
@@ -164,6 +169,30 @@ def head_path(spec: JudgeSpec) -> Path:
     return Path(head).expanduser().resolve() if head else DEFAULT_HEAD
 
 
+LOO_DIR = "leave-one-out"
+
+
+def loo_paths(spec: JudgeSpec) -> dict[str, Path]:
+    """With options.leave_one_out: run name -> the head trained without that run's verdicts, from
+    <head's folder>/leave-one-out/<run>/head.npz (`ctsvqa judge-train` writes them)."""
+    if not spec.options.get("leave_one_out"):
+        return {}
+    root = head_path(spec).parent / LOO_DIR
+    heads = {p.parent.name: p for p in sorted(root.glob("*/head.npz"))}
+    if not heads:
+        raise FileNotFoundError(f"judge {spec.name!r}: options.leave_one_out is set but {root} holds no "
+                                f"<run>/head.npz; train them with `ctsvqa judge-train` or unset it")
+    return heads
+
+
+def loo_sha256(spec: JudgeSpec) -> dict[str, str]:
+    out = {}
+    for run, path in loo_paths(spec).items():
+        stat = path.stat()
+        out[run] = _sha256(str(path), stat.st_mtime_ns, stat.st_size)
+    return out
+
+
 @lru_cache(maxsize=16)
 def _sha256(path: str, mtime_ns: int, size: int) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -204,18 +233,29 @@ class LearnedJudge:
             raise ValueError(f"judge {spec.name!r}: only learned-v1 is implemented, not {spec.model!r}")
         self.spec = spec
         self.head = load_head(head_path(spec))
+        self.loo = {run: load_head(path) for run, path in loo_paths(spec).items()}
+
+    def head_for(self, run: str | None) -> tuple[Head, str]:
+        if run in self.loo:
+            return self.loo[run], f" (head trained without {run}'s verdicts)"
+        return self.head, ""
 
     async def judge(self, items: Sequence[Item]):
-        p = self.head.predict_proba(features(items, sbert_embed))
+        x = features(items, sbert_embed)
+        p = np.empty(len(items))
+        for run in {it.run for it in items}:
+            rows = np.array([it.run == run for it in items])
+            p[rows] = self.head_for(run)[0].predict_proba(x[rows])
         outcomes = []
         for it, prob in zip(items, p):
-            verdict = self.head.decide(float(prob))
-            why = f"P(correct) {prob:.3f}, threshold {self.head.threshold:.3f}"
+            head, which = self.head_for(it.run)
+            verdict = head.decide(float(prob))
+            why = f"P(correct) {prob:.3f}, threshold {head.threshold:.3f}{which}"
             if not clean(it.prediction):
                 outcomes.append(Outcome(False, "ok", "empty prediction"))
             elif verdict is None:
                 outcomes.append(Outcome(None, "no_verdict", f"{why}: inside the abstention band "
-                                        f"[{self.head.abstain_low:.3f}, {self.head.abstain_high:.3f})"))
+                                        f"[{head.abstain_low:.3f}, {head.abstain_high:.3f})"))
             else:
                 outcomes.append(Outcome(verdict, "ok", why))
         return outcomes, []

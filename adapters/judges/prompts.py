@@ -29,6 +29,7 @@ class Item:
     question: str
     answer: str
     prediction: str
+    run: str | None = None         # the run's name, given to judges whose verdict depends on it (no prompt shows it)
 
 
 @dataclass(frozen=True)

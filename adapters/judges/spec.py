@@ -84,8 +84,13 @@ class JudgeSpec:
             from adapters.judges.learned import head_sha256  # late: learned imports spec
 
             # the head's content, not where it lies, can change a verdict
-            return {"options": {k: v for k, v in self.options.items() if k != "head"},
-                    "head_sha256": head_sha256(self)}
+            from adapters.judges.learned import loo_sha256
+
+            settings = {"options": {k: v for k, v in self.options.items() if k != "head"},
+                        "head_sha256": head_sha256(self)}
+            if loo := loo_sha256(self):
+                settings["leave_one_out_sha256"] = loo
+            return settings
         if self.offline:
             return {"options": self.options}
         settings = {"temperature": self.temperature, "max_tokens": self.max_tokens, "structured": self.structured,
@@ -162,6 +167,12 @@ def _spec(raw: Any, where: str) -> JudgeSpec:
             raise JudgeConfigError(f"{where}: a gemini base_url is the bare host, e.g. "
                                    f"https://generativelanguage.googleapis.com (google-genai adds /v1beta), "
                                    f"not {url!r}")
+    if provider == "learned" and (values.get("options") or {}).get("leave_one_out"):
+        # its verdict depends on the run (a head per run): never one verdict for two runs
+        if values.get("share_verdicts") is True:
+            raise JudgeConfigError(f"{where}: a learned judge with options.leave_one_out scores each run with "
+                                   f"its own head, so it cannot share verdicts between runs: drop share_verdicts")
+        values["share_verdicts"] = False
     try:
         spec = JudgeSpec(**values)
     except TypeError as exc:

@@ -2,6 +2,7 @@
 -- yet, or only a transient failure ('error', 'timeout'), or with $retry_failed any failure.
 -- item_key is the verdict-cache key: the same judge, question, reference and prediction.
 SELECT p.run_id,
+       r.name AS run_name,
        p.qid,
        q.question,
        q.answer,
