@@ -138,7 +138,7 @@ def test_the_ui_calls_its_own_api_and_shows_the_runs_by_name_and_a_tasks_logs(re
                   CTSVQA_PREFECT="resident")
     assert done.returncode == 0, done.stderr
     names = flow_run_names(state.url)
-    expected = ["benchmark/tiny", "import-upstream/phantoms-small-s4-n2", "preprocess/phantom-small-s4",
+    expected = ["benchmark/tiny", "import-upstream/phantoms-v2-small-s4-n2", "preprocess/phantom-v2-small-s4",
                 "infer/phantom-expert", "infer/blind", "judge/offline", "score/phantom-expert,blind"]
     assert set(expected) <= set(names), names
     req = urllib.request.Request(f"{state.url}/task_runs/filter", data=json.dumps({}).encode(),

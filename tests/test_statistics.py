@@ -91,7 +91,7 @@ def test_clustered_paired_test_is_statsmodels_cluster_robust_ols():
     diff = np.clip(np.round(effect + rng.normal(0.15, 0.5, len(volumes))), -1, 1)
     fit = sm.OLS(diff, np.ones((len(diff), 1))).fit(cov_type="cluster", cov_kwds={"groups": volumes})
     assert statistics.clustered_paired_test(diff, volumes) == pytest.approx(float(fit.pvalues[0]), rel=1e-9)
-    # one question per volume: the cluster test is the plain robust one, and no difference is p 1
+    # no difference at all, or a single volume: nothing to test
     assert statistics.clustered_paired_test(np.zeros(10), np.arange(10)) is None
     assert statistics.clustered_paired_test(np.array([1.0, 0.0]), np.array([0, 0])) is None
 
