@@ -162,6 +162,12 @@ def held_out_note(con: duckdb.DuckDBPyConnection, dataset: str) -> str | None:
                                 f"verdicts (leave one model out): their accuracy is held out" for judge, runs in rows)
 
 
+def panels(con: duckdb.DuckDBPyConnection, dataset: str) -> list[str]:
+    """The jury panels with verdicts on `dataset`, in name order."""
+    return [p for (p,) in con.execute("SELECT DISTINCT panel FROM jury_verdicts WHERE dataset = ? ORDER BY panel",
+                                      [dataset]).fetchall()]
+
+
 def incomplete_runs(con: duckdb.DuckDBPyConnection, dataset: str) -> list[str]:
     """One warning line per run and panel whose numbers are not final yet (run_status 'judging')."""
     return [f"warning: {model} (panel {panel}) is still being judged: {n} judgments pending from "
@@ -199,13 +205,11 @@ def print_report(con: duckdb.DuckDBPyConnection, console: Console | None = None,
         if board := leaderboard_table(con, ds):
             tables.append(board)
         tables.append(judge_table(con, ds))
-        tables += [category_table(con, ds, p) for (p,) in con.execute(
-            "SELECT DISTINCT panel FROM jury_verdicts WHERE dataset = ? ORDER BY panel", [ds]).fetchall()]
+        judged = panels(con, ds)
+        tables += [category_table(con, ds, p) for p in judged]
         tables.append(agreement_table(con, ds))
-        panels = [p for (p,) in con.execute("SELECT DISTINCT panel FROM jury_verdicts WHERE dataset = ? ORDER BY panel",
-                                            [ds]).fetchall()]
-        tables += [t for p in panels if (t := comparison_table(con, ds, p))]
-        tables += [t for p in panels if (t := blind_ceiling_table(con, ds, p))]
+        tables += [t for p in judged if (t := comparison_table(con, ds, p))]
+        tables += [t for p in judged if (t := blind_ceiling_table(con, ds, p))]
         for table in tables:
             console.print(table)
             console.print()
@@ -234,8 +238,7 @@ def report_data(con: duckdb.DuckDBPyConnection, dataset: str | None = None) -> d
             out[ds][name] = [dict(zip([d[0] for d in con.description], row)) for row in rows]
         from tasks import blind_ceiling
 
-        out[ds]["blind_ceiling"] = {p: blind_ceiling.rows(con, ds, p) for (p,) in con.execute(
-            "SELECT DISTINCT panel FROM jury_verdicts WHERE dataset = ? ORDER BY panel", [ds]).fetchall()}
+        out[ds]["blind_ceiling"] = {p: blind_ceiling.rows(con, ds, p) for p in panels(con, ds)}
         out[ds]["shared_verdicts"] = [dict(zip(("model", "judge", "n_verdicts", "n_shared"), r)) for r in con.execute(
             "SELECT model, judge, n_verdicts, n_shared FROM shared_verdicts WHERE dataset = ? ORDER BY model, judge",
             [ds]).fetchall()]

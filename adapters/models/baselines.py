@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any, Sequence
 
 import numpy as np
@@ -20,6 +20,11 @@ from adapters.models.base import Answer, DatasetQuestion, ModelAdapter, ModelInp
 
 def _unknown(q: Question) -> Answer:
     return Answer(q.qid, None, "error", f"question {q.qid} is not in the data set given to prepare()")
+
+
+def _per_question(by_qid: dict[str, DatasetQuestion], questions: Sequence[Question], one) -> list[Answer]:
+    """one(question, its data-set entry) for each question prepare() saw; an error answer for the rest."""
+    return [one(q, by_qid[q.qid]) if q.qid in by_qid else _unknown(q) for q in questions]
 
 
 class RandomAnswer(ModelAdapter):
@@ -44,25 +49,20 @@ class RandomAnswer(ModelAdapter):
         return pool[int.from_bytes(digest[:8], "big") % len(pool)]
 
     def answer(self, model_input: ModelInput | None, questions: Sequence[Question]) -> list[Answer]:
-        out = []
-        for q in questions:
-            own = self.by_qid.get(q.qid)
-            if own is None:
-                out.append(_unknown(q))
-                continue
-            seen: set[str] = set()
-            pool = [c for cat in own.categories for c in self.by_category[cat]
-                    if c.volume != own.volume and not (c.qid in seen or seen.add(c.qid))]
-            source = "category"
-            if not pool:
-                pool, source = [c for c in self.all if c.volume != own.volume], "any-volume"
-            if not pool:
-                out.append(Answer(q.qid, None, "error", "no other volume in the data set to draw an answer from"))
-                continue
-            pool.sort(key=lambda c: c.qid)
-            pick = self._draw(pool, q.qid)
-            out.append(Answer(q.qid, pick.answer, meta={"from_qid": pick.qid, "pool": source, "pool_size": len(pool)}))
-        return out
+        return _per_question(self.by_qid, questions, self._answer_one)
+
+    def _answer_one(self, q: Question, own: DatasetQuestion) -> Answer:
+        seen: set[str] = set()
+        pool = [c for cat in own.categories for c in self.by_category[cat]
+                if c.volume != own.volume and not (c.qid in seen or seen.add(c.qid))]
+        source = "category"
+        if not pool:
+            pool, source = [c for c in self.all if c.volume != own.volume], "any-volume"
+        if not pool:
+            return Answer(q.qid, None, "error", "no other volume in the data set to draw an answer from")
+        pool.sort(key=lambda c: c.qid)
+        pick = self._draw(pool, q.qid)
+        return Answer(q.qid, pick.answer, meta={"from_qid": pick.qid, "pool": source, "pool_size": len(pool)})
 
 
 _TOKEN = re.compile(r"[a-z0-9]+")
@@ -163,31 +163,22 @@ class BlindOracle(ModelAdapter):
             self.by_text[q.question.strip().lower()].append(q)
 
     def answer(self, model_input: ModelInput | None, questions: Sequence[Question]) -> list[Answer]:
-        out = []
-        for q in questions:
-            own = self.by_qid.get(q.qid)
-            if own is None:
-                out.append(_unknown(q))
-                continue
-            same = self.by_text[own.question.strip().lower()]
-            others = [o.answer.strip() for o in same if _half(o.volume) != _half(own.volume)]
-            pool = "other half"
-            if not others:          # the question is asked in one half only
-                others, pool = [o.answer.strip() for o in same if o.volume != own.volume], "other volumes"
-            if not others:
-                out.append(Answer(q.qid, None, "error", "no other volume asks this question: nothing to learn its "
-                                                        "answer from"))
-                continue
-            numbers = [_MEASUREMENT.match(a) for a in others]
-            if all(numbers):
-                mm = float(np.median([float(m.group(1)) for m in numbers]))
-                out.append(Answer(q.qid, f"About {int(round(mm))} mm.", meta={"rule": "median", "pool": pool,
-                                                                              "pool_size": len(others)}))
-                continue
-            counts: dict[str, int] = defaultdict(int)
-            for a in others:
-                counts[a] += 1
-            text = min(counts, key=lambda a: (-counts[a], a))
-            out.append(Answer(q.qid, text, meta={"rule": "most frequent", "share": round(counts[text] / len(others), 4),
-                                                 "pool": pool, "pool_size": len(others)}))
-        return out
+        return _per_question(self.by_qid, questions, self._answer_one)
+
+    def _answer_one(self, q: Question, own: DatasetQuestion) -> Answer:
+        same = self.by_text[own.question.strip().lower()]
+        others = [o.answer.strip() for o in same if _half(o.volume) != _half(own.volume)]
+        pool = "other half"
+        if not others:          # the question is asked in one half only
+            others, pool = [o.answer.strip() for o in same if o.volume != own.volume], "other volumes"
+        if not others:
+            return Answer(q.qid, None, "error", "no other volume asks this question: nothing to learn its answer from")
+        numbers = [_MEASUREMENT.match(a) for a in others]
+        if all(numbers):
+            mm = float(np.median([float(m.group(1)) for m in numbers]))
+            return Answer(q.qid, f"About {int(round(mm))} mm.", meta={"rule": "median", "pool": pool,
+                                                                     "pool_size": len(others)})
+        counts = Counter(others)
+        text = min(counts, key=lambda a: (-counts[a], a))
+        return Answer(q.qid, text, meta={"rule": "most frequent", "share": round(counts[text] / len(others), 4),
+                                         "pool": pool, "pool_size": len(others)})
