@@ -130,13 +130,14 @@ def timing(db, n: int, run: str = "m3d") -> None:
     Wall time on a shared machine says little, so the CPU time of the process is printed too."""
     import torch
 
-    from adapters.judges.offline import SbertJudge, SpatialRulesJudge, _sbert_model
+    from adapters.judges.minilm import sbert_model
+    from adapters.judges.offline import SbertJudge, SpatialRulesJudge
     from adapters.judges.spec import JudgeSpec
 
     torch.set_num_threads(2)
     items = jt.load_items(db)
     one = items.subset(items.model == run).items()[:n]
-    _sbert_model()                                      # loading the model is not judging
+    sbert_model()                                      # loading the model is not judging
     judge = learned.LearnedJudge(JudgeSpec("learned", "learned", "learned-v1"))
     rows = []
     for name in ("spatial-rules + sbert", "learned-v1"):

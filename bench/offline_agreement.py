@@ -107,7 +107,8 @@ def sweep_sbert(con: duckdb.DuckDBPyConnection, runs: list[str]) -> None:
     """Kappa of sbert against the upstream majority on the tune half, for a range of thresholds."""
     import numpy as np
 
-    from adapters.judges.offline import _sbert_model, clean
+    from adapters.judges.minilm import sbert_model
+    from adapters.judges.text_rules import clean
 
     rows = con.execute(
         "SELECT v.qid, q.answer, p.text, v.majority_correct FROM jury_verdicts v "
@@ -115,7 +116,7 @@ def sweep_sbert(con: duckdb.DuckDBPyConnection, runs: list[str]) -> None:
         "WHERE v.panel = 'upstream' AND v.model IN (SELECT unnest($runs))", {"runs": runs}).fetchall()
     rows = [r for r in rows if split_of(r[0].split("::")[0]) == "tune"]
     t0 = time.perf_counter()
-    model = _sbert_model()
+    model = sbert_model()
     emb = model.encode([clean(r[2]) for r in rows] + [r[1] for r in rows], normalize_embeddings=True,
                        batch_size=128, convert_to_numpy=True)
     cos = (emb[:len(rows)] * emb[len(rows):]).sum(axis=1)

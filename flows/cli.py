@@ -193,7 +193,7 @@ def _judge(args: argparse.Namespace, panel) -> int:
 
 
 def cmd_judge_train(args: argparse.Namespace) -> int:
-    from adapters.judges.learned import HEAD_DIR
+    from adapters.judges.heads import HEAD_DIR
     from tasks.judge_training import LOO_DIR, train, train_all
 
     out = args.out or HEAD_DIR

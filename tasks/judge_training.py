@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 import warehouse
-from adapters.judges import learned
-from adapters.judges.offline import clean
+from adapters.judges import heads, learned
+from adapters.judges.text_rules import clean
 from adapters.judges.prompts import Item
 
 SQL = Path(__file__).resolve().parent.parent / "sql" / "queries"
@@ -281,7 +281,7 @@ def without_run(items: Items, run: str) -> Items:
     return items.subset(~mine & ~np.isin(keys, keys[mine]))
 
 
-def train(db, target: str = "majority", out: Path = learned.HEAD_DIR, seed: int = 0,
+def train(db, target: str = "majority", out: Path = heads.HEAD_DIR, seed: int = 0,
           embed_cache: Path | None = None, params: dict | None = None, exclude: str | None = None,
           items: Items | None = None) -> dict:
     """Train on every judged upstream item that has a `target` verdict (but `exclude`'s, see
@@ -300,7 +300,7 @@ def train(db, target: str = "majority", out: Path = learned.HEAD_DIR, seed: int 
     folds = (volume_folds(items, params["inner_folds"], salt=f"inner{seed}") if params["inner_folds"] >= 2
              else np.zeros(len(items), int))
     arrays, metrics = fit_with_rule(x, y, folds, seed, params)
-    blob = learned.head_bytes(arrays)
+    blob = heads.head_bytes(arrays)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "head.npz").write_bytes(blob)
@@ -328,7 +328,7 @@ def train(db, target: str = "majority", out: Path = learned.HEAD_DIR, seed: int 
 LOO_DIR = "leave-one-out"
 
 
-def train_all(db, out: Path = learned.HEAD_DIR, seed: int = 0, embed_cache: Path | None = None,
+def train_all(db, out: Path = heads.HEAD_DIR, seed: int = 0, embed_cache: Path | None = None,
               params: dict | None = None, target: str = "majority") -> list[dict]:
     """The head on every run, and one per run trained without it (out/leave-one-out/<run>/), which the
     learned judge uses when it scores that run: its accuracy there is then held out."""

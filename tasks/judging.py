@@ -21,7 +21,8 @@ import pyarrow as pa
 import warehouse
 from adapters.judges import build_judge
 from adapters.judges.base import Stopped
-from adapters.judges.llm import CallLog, LLMJudge, Outcome
+from adapters.judges.base import Outcome
+from adapters.judges.llm import CallLog, LLMJudge
 from adapters.judges.prompts import Item
 from adapters.judges.spec import JudgeSpec, Panel
 from tasks import interrupt

@@ -6,10 +6,10 @@ so a fast GPU takes more; rows returned to the caller, which alone writes the wa
     answer_sharded(request, items, replicas, address=None, *, run_id="", dataset=(), init_kwargs=None)
         -> Iterator[tuple[str, list[dict]]]          # (volume, its rows), in the order volumes finish
 
-- `request`: `tasks.inference.InferRequest` (model, checkpoint, options, batch_size, device, ...). A
+- `request`: `tasks.answering.InferRequest` (model, checkpoint, options, batch_size, device, ...). A
   `cuda...` device becomes `cuda:0` in each replica: the one GPU Ray leaves visible to it through
   `CUDA_VISIBLE_DEVICES`. Any other device (`cpu`) is used as is (tests with logical GPUs).
-- `items`: `tasks.inference.WorkItem`s, e.g. `inference.work_items(plan, inference.model_inputs_for(db,
+- `items`: `tasks.answering.WorkItem`s, e.g. `inference.work_items(plan, inference.model_inputs_for(db,
   plan), session_id)`: a volume, its questions, its `ModelInput` (a path: each replica reads the file
   itself, arrays never cross processes), the provenance its rows carry.
 - `replicas`: `["cuda:0", "cuda:1"]` (these GPUs of this host, for a Ray started here; indices count
@@ -64,8 +64,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from adapters.models.base import AdapterError, DatasetQuestion, ModelInput
-from tasks import inference, ray_reaper
-from tasks.inference import InferenceError, InferRequest, WorkItem
+from tasks import answering, ray_reaper
+from tasks.answering import InferenceError, InferRequest, WorkItem
 
 log = logging.getLogger("ctsvqa.sharding")
 INIT_ENV = "CTSVQA_RAY_INIT"
@@ -240,21 +240,21 @@ class Replica:
         import ray
 
         t0 = time.perf_counter()
-        adapter = inference.make_adapter(self.request)
-        inference.load_adapter(adapter, self.request)
+        adapter = answering.make_adapter(self.request)
+        answering.load_adapter(adapter, self.request)
         adapter.prepare(dataset)
         self.adapter = adapter
         self.info = {"index": self.index, "pid": os.getpid(), "node": ray.util.get_node_ip_address(),
                      "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                      "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "device": self.request.device}
         return {**self.info, "load_seconds": round(time.perf_counter() - t0, 3),
-                "volumes_per_call": inference.volumes_per_call(adapter)}
+                "volumes_per_call": answering.volumes_per_call(adapter)}
 
     def prefetch(self, mi: ModelInput) -> None:
         """Read the input of the volume this replica will probably answer next, while it answers this one."""
         # the last two: this call may overtake the answer call that takes the previous one; older
         # ones (a reservation another replica took) are dropped, not kept in memory
-        self.prefetched[str(mi.path)] = self.pool.submit(inference.read_input, mi)
+        self.prefetched[str(mi.path)] = self.pool.submit(answering.read_input, mi)
         while len(self.prefetched) > 2:
             self.prefetched.pop(next(iter(self.prefetched)))
 
@@ -262,13 +262,13 @@ class Replica:
         # this call and the next volume's prefetch may run in either order (two threads)
         mi = item.model_input
         ready = self.prefetched.pop(str(mi.path), None) if isinstance(mi, ModelInput) else None
-        mi = ready.result() if ready is not None else inference.read_input(mi)
-        return inference.answer_item(self.adapter, self.run_id, item, mi, self.request.batch_size,
+        mi = ready.result() if ready is not None else answering.read_input(mi)
+        return answering.answer_item(self.adapter, self.run_id, item, mi, self.request.batch_size,
                                      {"replica": self.info, "input_prefetched": ready is not None})
 
     def answer_group(self, items: list[WorkItem]) -> list[list[dict]]:
         """Several volumes decoded together (`answer_many` adapters read their inputs themselves, ahead)."""
-        return inference.answer_group(self.adapter, self.run_id, items, [i.model_input for i in items],
+        return answering.answer_group(self.adapter, self.run_id, items, [i.model_input for i in items],
                                       self.request.batch_size, {"replica": self.info})
 
 
@@ -379,12 +379,12 @@ def _schedule(handles: dict, infos: dict[int, dict], todo: deque, run_id: str) -
             what = "this volume" if len(unit) == 1 else f"these {len(unit)} volumes"
             reason = f"replica {i} ({_where(infos[i])}) died while answering {what}: {_cause(exc)}"
             log.warning("%s; going on with %d replica(s)", reason, len(handles) - 1)
-            per_volume = [inference.failed_rows(run_id, item, reason, extra) for item in unit]
+            per_volume = [answering.failed_rows(run_id, item, reason, extra) for item in unit]
             handles.pop(i)
             if i in reserved:
                 todo.appendleft(reserved.pop(i))
         except RayError as exc:           # the replica's own code failed (an adapter's errors are rows already)
-            per_volume = [inference.failed_rows(run_id, item, f"replica {i} failed: {_cause(exc)}", extra)
+            per_volume = [answering.failed_rows(run_id, item, f"replica {i} failed: {_cause(exc)}", extra)
                           for item in unit]
         for item, rows in zip(unit, per_volume):
             yield item.volume, rows

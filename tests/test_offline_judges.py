@@ -53,3 +53,13 @@ def test_sbert_uses_the_real_embedding_model():
     ]))
     assert [o.verdict for o in outcomes] == [True, False, False]
     assert "cosine" in outcomes[0].reason and outcomes[2].reason == "empty prediction"
+
+
+def test_every_offline_provider_has_a_judge_class():
+    from adapters.judges import NATIVE_CLIENTS, OFFLINE_JUDGES, _load
+    from adapters.judges.spec import LLM_PROVIDERS, OFFLINE_PROVIDERS
+
+    assert sorted(OFFLINE_JUDGES) == sorted(OFFLINE_PROVIDERS)
+    assert set(NATIVE_CLIENTS) <= set(LLM_PROVIDERS)
+    for where in [*OFFLINE_JUDGES.values(), *NATIVE_CLIENTS.values()]:
+        assert callable(getattr(_load(where), "judge", None) or getattr(_load(where), "complete", None))

@@ -37,7 +37,7 @@ def _upstream_style(con: duckdb.DuckDBPyConnection, run: str) -> dict:
     from nltk.translate.meteor_score import meteor_score
     from rouge_score import rouge_scorer
 
-    from adapters.judges.offline import _sbert_model
+    from adapters.judges.minilm import sbert_model
     from adapters.metrics.wordnet import wordnet
 
     rows = con.execute("SELECT q.answer, p.text FROM predictions p JOIN runs r USING (run_id) "
@@ -51,7 +51,7 @@ def _upstream_style(con: duckdb.DuckDBPyConnection, run: str) -> dict:
             hyps.append(hyp)
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     rouge = [scorer.score(r, h) for r, h in zip(refs, hyps)]
-    model = _sbert_model()
+    model = sbert_model()
     e_ref = model.encode(refs, normalize_embeddings=True)
     e_hyp = model.encode(hyps, normalize_embeddings=True)
     return {

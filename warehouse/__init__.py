@@ -12,7 +12,7 @@ import duckdb
 from warehouse.connection import (  # noqa: F401  (re-exported)
     WarehouseError, WarehouseLocked, WarehouseMissing, connect, resolve_db, transaction,
 )
-from warehouse import summaries
+from warehouse import summary_tables
 from warehouse.migrate import ensure_schema, latest_version
 
 
@@ -49,6 +49,6 @@ def reader(db: str | os.PathLike | None = None) -> Iterator[duckdb.DuckDBPyConne
             "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'schema_version'"
         ).fetchone()[0]:
             raise WarehouseMissing(f"{resolve_db(db)} is not a ctsvqa warehouse (no schema_version table)")
-        summaries.read_live_if_stale(con)
+        summary_tables.read_live_if_stale(con)
         yield con
 

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import duckdb
 
-from warehouse.connection import WarehouseError, transaction
+from warehouse import summary_tables as summaries
+from warehouse.connection import (MIGRATIONS_DIR, SQL_DIR, VIEWS_DIR,  # noqa: F401  (re-exported)
+                                  WarehouseError, transaction)
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
-MIGRATIONS_DIR = SQL_DIR / "migrations"
-VIEWS_DIR = SQL_DIR / "views"
 _MIGRATION_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 
 
@@ -89,8 +88,6 @@ def migrate(con: duckdb.DuckDBPyConnection, directory: Path = MIGRATIONS_DIR) ->
 def apply_views(con: duckdb.DuckDBPyConnection, directory: Path = VIEWS_DIR) -> bool:
     """Re-create every definition (files run in name order, so a view may use earlier ones), the
     summary tables' shapes and the public views. Returns True when the summaries need a full refresh."""
-    from warehouse import summaries
-
     with transaction(con):
         for path in sorted(directory.glob("*.sql")):
             try:
@@ -107,8 +104,6 @@ def view_names(con: duckdb.DuckDBPyConnection) -> list[str]:
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
-    from warehouse import summaries
-
     migrate(con)
     if apply_views(con) or not summaries.is_fresh(con):
-        summaries.refresh(con)
+        summaries.refresh_on(con, False)

@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
+from importlib import import_module
+
+from adapters.judges.base import Judge
 from adapters.judges.spec import JudgeSpec
 
+# provider -> (module, class). Imported on first use: a run loads only the client library it calls.
+OFFLINE_JUDGES = {
+    "exact": ("adapters.judges.offline", "ExactJudge"),
+    "spatial-rules": ("adapters.judges.offline", "SpatialRulesJudge"),
+    "sbert": ("adapters.judges.offline", "SbertJudge"),
+    "learned": ("adapters.judges.learned", "LearnedJudge"),
+}
+# Every OpenAI-compatible provider (openai, openai-compatible, dashscope-compatible) speaks through
+# OpenAIChat, which also takes the provider's name; the two with wire formats of their own:
+NATIVE_CLIENTS = {
+    "gemini": ("adapters.judges.gemini", "GeminiChat"),
+    "dashscope": ("adapters.judges.dashscope_native", "DashScopeChat"),
+}
 
-def build_judge(spec: JudgeSpec):
+
+def _load(where: tuple[str, str]):
+    module, name = where
+    return getattr(import_module(module), name)
+
+
+def build_judge(spec: JudgeSpec) -> Judge:
     """A ready judge with `batch_size` and `async judge(items) -> (outcomes, calls)`."""
-    if spec.provider == "learned":
-        from adapters.judges.learned import LearnedJudge
-
-        return LearnedJudge(spec)
     if spec.offline:
-        from adapters.judges import offline
-
-        return {"exact": offline.ExactJudge, "spatial-rules": offline.SpatialRulesJudge,
-                "sbert": offline.SbertJudge}[spec.provider](spec)
+        return _load(OFFLINE_JUDGES[spec.provider])(spec)
     from adapters.judges.keys import api_key
     from adapters.judges.limiter import JudgeLimiter
     from adapters.judges.llm import LLMJudge
@@ -23,14 +38,8 @@ def build_judge(spec: JudgeSpec):
 
     key = api_key(spec)
     # Always the endpoint the judge's identity names, never one a client library picks on its own.
-    if spec.provider == "gemini":
-        from adapters.judges.gemini import GeminiChat
-
-        client = GeminiChat(key, spec.endpoint, spec.timeout_s)
-    elif spec.provider == "dashscope":
-        from adapters.judges.dashscope_native import DashScopeChat
-
-        client = DashScopeChat(key, spec.endpoint, spec.timeout_s)
+    if spec.provider in NATIVE_CLIENTS:
+        client = _load(NATIVE_CLIENTS[spec.provider])(key, spec.endpoint, spec.timeout_s)
     else:
         from adapters.judges.openai_chat import OpenAIChat
 

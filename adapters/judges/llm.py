@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
-from adapters.judges.base import ChatReply, ChatRequest, ProviderError, Stopped, scrub, with_retries
+from adapters.judges.base import ChatReply, ChatRequest, Outcome, ProviderError, Stopped, scrub, with_retries
 from adapters.judges.limiter import AGAIN, FIRST, JudgeLimiter
 from adapters.judges.prompts import DID_NOT_PARSE, NOT_IN_REPLY, Item, Prompt, looks_cut
 from adapters.judges.spec import JudgeSpec
@@ -18,21 +18,6 @@ from adapters.judges.spec import JudgeSpec
 
 class ChatClient(Protocol):
     async def complete(self, req: ChatRequest) -> ChatReply: ...
-
-
-@dataclass
-class Outcome:
-    """The result for one item. verdict is set only when status is 'ok'."""
-
-    verdict: bool | None
-    status: str                    # 'ok' | 'unparsed' | 'error' | 'timeout' | 'blocked' | 'no_verdict'
-    reason: str | None = None
-    raw: str | None = None
-    call_id: str | None = None
-    tokens_in: int | None = None   # this item's share of its call
-    tokens_out: int | None = None
-    latency_ms: float | None = None
-    cost_usd: float | None = None
 
 
 @dataclass

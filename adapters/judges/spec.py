@@ -16,6 +16,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
+from adapters.judges.heads import head_sha256, loo_sha256
+from adapters.judges.prompts import load_prompt
+
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 LLM_PROVIDERS = ("openai", "openai-compatible", "gemini", "dashscope", "dashscope-compatible")
 OFFLINE_PROVIDERS = ("exact", "spatial-rules", "sbert", "learned")
@@ -81,11 +84,7 @@ class JudgeSpec:
         """Everything that can change a verdict. Rates, prices, timeouts and keys cannot. The
         provider's public endpoint is left implicit, so judges of real APIs keep their ids."""
         if self.provider == "learned":
-            from adapters.judges.learned import head_sha256  # late: learned imports spec
-
             # the head's content, not where it lies, can change a verdict
-            from adapters.judges.learned import loo_sha256
-
             settings = {"options": {k: v for k, v in self.options.items() if k != "head"},
                         "head_sha256": head_sha256(self)}
             if loo := loo_sha256(self):
@@ -150,7 +149,6 @@ def _spec(raw: Any, where: str) -> JudgeSpec:
     values = dict(raw)
     if provider in LLM_PROVIDERS:
         values.setdefault("prompt", DEFAULT_PROMPT)
-        from adapters.judges.prompts import load_prompt  # late: prompts import spec
         try:
             load_prompt(values["prompt"])
         except FileNotFoundError:

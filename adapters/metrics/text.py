@@ -51,12 +51,12 @@ def sbert_cosines(references: Sequence[str], predictions: Sequence[str]) -> list
     """Cosine of L2-normalised embeddings, each distinct text embedded once."""
     import numpy as np
 
-    from adapters.judges.offline import _sbert_model
+    from adapters.judges.minilm import sbert_model
 
     texts = sorted(set(references) | set(predictions))
     if not texts:
         return []
-    vectors = _sbert_model().encode(texts, normalize_embeddings=True, batch_size=128, convert_to_numpy=True,
+    vectors = sbert_model().encode(texts, normalize_embeddings=True, batch_size=128, convert_to_numpy=True,
                                     show_progress_bar=False)
     index = {t: i for i, t in enumerate(texts)}
     ref = vectors[[index[t] for t in references]]
