@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from prefect.artifacts import create_table_artifact
 
 import warehouse
+from warehouse.connection import query_text
 
-QUERY = Path(__file__).resolve().parent.parent / "sql" / "queries" / "accuracy_artifact.sql"
 
 
 def publish_accuracy(db: str | None, dataset: str | None = None, panel: str | None = None) -> list[dict]:
     with warehouse.reader(db) as con:
-        cur = con.execute(QUERY.read_text(), [dataset, panel])
+        cur = con.execute(query_text("accuracy_artifact.sql"), [dataset, panel])
         cols = [d[0] for d in cur.description]
         rows = [dict(zip(cols, r)) for r in cur.fetchall()]
     scope = " ".join(x for x in (f"dataset {dataset}" if dataset else "", f"panel {panel}" if panel else "") if x)

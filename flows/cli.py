@@ -193,8 +193,8 @@ def _judge(args: argparse.Namespace, panel) -> int:
 
 
 def cmd_judge_train(args: argparse.Namespace) -> int:
-    from adapters.judges.heads import HEAD_DIR
-    from tasks.judge_training import LOO_DIR, train, train_all
+    from adapters.judges.heads import HEAD_DIR, LOO_DIR
+    from tasks.judge_training import train, train_all
 
     out = args.out or HEAD_DIR
     if args.leave_one_out:

@@ -9,14 +9,13 @@ the answers are is right (the sum of the squared answer shares)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import duckdb
 
 from adapters.datasets.phantom import answer_options, version_of
+from warehouse.connection import query_text
 
 ORACLE = "blind-oracle"
-SQL = Path(__file__).resolve().parent.parent / "sql" / "queries" / "blind_ceiling.sql"
 
 
 def chance(template: str, n_distinct: int, sum_sq_share: float, options: dict) -> tuple[str, float]:
@@ -32,7 +31,7 @@ def rows(con: duckdb.DuckDBPyConnection, dataset: str, panel: str) -> list[dict]
     (templates asked in one volume only are not templates). Empty when there is no such run."""
     out, options = [], answer_options(version_of(dataset))
     for template, asked, k_seen, top, sum_sq, oracle in con.execute(
-            SQL.read_text(), {"dataset": dataset, "panel": panel, "oracle": ORACLE}).fetchall():
+            query_text("blind_ceiling.sql"), {"dataset": dataset, "panel": panel, "oracle": ORACLE}).fetchall():
         k, p = chance(template, k_seen, sum_sq, options)
         out.append({"template": template, "asked": asked, "answers": k, "chance": p,
                     "blind_oracle": oracle, "commonest_answer_share": top})

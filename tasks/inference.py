@@ -30,8 +30,8 @@ from tasks.answering import (  # noqa: F401  (re-exported: the flows and tests u
     volumes_per_call,
 )
 from warehouse import leases, loaders, summaries
+from warehouse.connection import query_text
 
-SQL = Path(__file__).resolve().parent.parent / "sql" / "queries"
 SOURCE = "inference"
 log = logging.getLogger("ctsvqa.inference")
 
@@ -162,7 +162,7 @@ def plan_run(db, request: InferRequest, adapter: ModelAdapter | None = None, dev
 
 
 def _pending(con, run_id: str, dataset_id: str, request: InferRequest) -> dict[str, list[Question]]:
-    rows = con.execute((SQL / "pending_predictions.sql").read_text(), {
+    rows = con.execute(query_text("pending_predictions.sql"), {
         "run_id": run_id, "dataset": dataset_id, "limit": request.limit_volumes,
         "retry_failed": request.retry_failed}).fetchall()
     pending: dict[str, list[Question]] = {}
@@ -253,7 +253,7 @@ def input_sources(db, plan: RunPlan) -> dict[str, tuple]:
 
 def dataset_questions(db, dataset_id: str) -> list[DatasetQuestion]:
     with warehouse.reader(db) as con:
-        rows = con.execute((SQL / "dataset_questions.sql").read_text(), {"dataset": dataset_id}).fetchall()
+        rows = con.execute(query_text("dataset_questions.sql"), {"dataset": dataset_id}).fetchall()
     return [DatasetQuestion(qid, volume, q, a, tuple(cats)) for qid, volume, q, a, cats in rows]
 
 
@@ -287,7 +287,7 @@ class PredictionWriter:
         table = pa.Table.from_pylist(self.rows, schema=PREDICTION_SCHEMA)
         with warehouse.writer(self.db) as con, warehouse.transaction(con):
             con.register("new_predictions", table)
-            con.execute((SQL / "save_predictions.sql").read_text())
+            con.execute(query_text("save_predictions.sql"))
             con.unregister("new_predictions")
         self.rows = []
 

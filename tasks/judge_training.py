@@ -17,10 +17,10 @@ import numpy as np
 
 import warehouse
 from adapters.judges import heads, learned
-from adapters.judges.text_rules import clean
 from adapters.judges.prompts import Item
+from adapters.judges.text_rules import clean
+from warehouse.connection import query_text
 
-SQL = Path(__file__).resolve().parent.parent / "sql" / "queries"
 TARGETS = ("majority", "gpt", "gemini2.5", "qwen")
 
 
@@ -56,7 +56,7 @@ class Items:
 
 def load_items(db) -> Items:
     with warehouse.reader(db) as con:
-        rows = con.execute((SQL / "judge_training_items.sql").read_text()).fetchall()
+        rows = con.execute(query_text("judge_training_items.sql")).fetchall()
     if not rows:
         raise ValueError(f"{warehouse.resolve_db(db)}: no upstream judgments to train on; "
                          f"run `ctsvqa import-upstream` first")
@@ -325,9 +325,6 @@ def train(db, target: str = "majority", out: Path = heads.HEAD_DIR, seed: int = 
     return manifest
 
 
-LOO_DIR = "leave-one-out"
-
-
 def train_all(db, out: Path = heads.HEAD_DIR, seed: int = 0, embed_cache: Path | None = None,
               params: dict | None = None, target: str = "majority") -> list[dict]:
     """The head on every run, and one per run trained without it (out/leave-one-out/<run>/), which the
@@ -336,5 +333,5 @@ def train_all(db, out: Path = heads.HEAD_DIR, seed: int = 0, embed_cache: Path |
     out = Path(out)
     manifests = [train(db, target, out, seed, embed_cache, params, items=items)]
     for run in sorted(set(items.model.tolist())):
-        manifests.append(train(db, target, out / LOO_DIR / run, seed, embed_cache, params, exclude=run, items=items))
+        manifests.append(train(db, target, out / heads.LOO_DIR / run, seed, embed_cache, params, exclude=run, items=items))
     return manifests

@@ -12,7 +12,6 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence
 
 import duckdb
@@ -27,8 +26,8 @@ from adapters.judges.prompts import Item
 from adapters.judges.spec import JudgeSpec, Panel
 from tasks import interrupt
 from warehouse import leases, loaders
+from warehouse.connection import query_text
 
-SQL = Path(__file__).resolve().parent.parent / "sql" / "queries"
 log = logging.getLogger("ctsvqa.judging")
 
 ProgressFn = Callable[[str, int, int], None]        # (judge name, done, total)
@@ -101,7 +100,7 @@ def register_panel(db, panel: Panel) -> None:
 
 def pending_work(con: duckdb.DuckDBPyConnection, spec: JudgeSpec, runs: Sequence[str] | None,
                  retry_failed: bool) -> tuple[list[Work], int]:
-    rows = con.execute((SQL / "pending_judgments.sql").read_text(), {
+    rows = con.execute(query_text("pending_judgments.sql"), {
         "judge_id": spec.judge_id, "runs": list(runs or []), "retry_failed": retry_failed}).fetchall()
     work: dict[str, Work] = {}
     for run_id, run_name, qid, question, answer, prediction, item_key in rows:
@@ -195,7 +194,7 @@ class JudgmentWriter:
             with self.lock, warehouse.writer(self.db) as con, warehouse.transaction(con):
                 for name, table in tables.items():
                     con.register(name, table)
-                con.execute((SQL / "save_judgments.sql").read_text())
+                con.execute(query_text("save_judgments.sql"))
                 for name in tables:
                     con.unregister(name)
         except BaseException:

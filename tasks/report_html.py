@@ -22,8 +22,8 @@ import pandas as pd
 
 import warehouse
 from tasks.report import report_datasets
+from warehouse.connection import query_text
 
-SQL = Path(__file__).resolve().parent.parent / "sql" / "queries"
 PANEL_PREFERENCE = ("paper", "upstream", "offline-learned", "offline")
 MAX_HEATMAP_QUESTIONS = 1500
 N_EXAMPLES = 6
@@ -38,7 +38,7 @@ class Report:
 
 
 def _query(con: duckdb.DuckDBPyConnection, name: str, **params) -> pd.DataFrame:
-    return con.execute((SQL / f"{name}.sql").read_text(), params).df()
+    return con.execute(query_text(f"{name}.sql"), params).df()
 
 
 def choose_panel(con: duckdb.DuckDBPyConnection, dataset: str, panel: str | None) -> str | None:

@@ -7,15 +7,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence
 
 import pyarrow as pa
 
 import warehouse
 from adapters.metrics import text
+from warehouse.connection import query_text
 
-SQL = Path(__file__).resolve().parent.parent / "sql" / "queries"
 log = logging.getLogger("ctsvqa.scoring")
 CHUNK = 2000
 
@@ -79,7 +78,7 @@ def store_scores(db, cols: dict[str, list]) -> None:
 
 def refresh_bleu(db, run_id: str) -> float | None:
     """Corpus BLEU over the run's kept pairs, stored with the hash of the set it describes."""
-    query = (SQL / "text_kept_pairs.sql").read_text().rstrip().rstrip(";")
+    query = query_text("text_kept_pairs.sql").rstrip().rstrip(";")
     params = {"run_id": run_id, "version": text.METRICS_VERSION}
     with warehouse.reader(db) as con:
         pairs = con.execute(query, params).fetchall()
@@ -101,7 +100,7 @@ def score_runs(db, names: Sequence[str] | None = None,
     if not run_ids:
         return summary
     with warehouse.writer(db) as con:             # migrates an older warehouse before the first read
-        rows = con.execute((SQL / "text_pairs.sql").read_text(),
+        rows = con.execute(query_text("text_pairs.sql"),
                            {"run_ids": run_ids, "version": text.METRICS_VERSION}).fetchall()
     for start in range(0, len(rows), CHUNK):
         cols = score_rows(rows[start:start + CHUNK])

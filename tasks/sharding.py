@@ -264,12 +264,12 @@ class Replica:
         ready = self.prefetched.pop(str(mi.path), None) if isinstance(mi, ModelInput) else None
         mi = ready.result() if ready is not None else answering.read_input(mi)
         return answering.answer_item(self.adapter, self.run_id, item, mi, self.request.batch_size,
-                                     {"replica": self.info, "input_prefetched": ready is not None})
+                                      {"replica": self.info, "input_prefetched": ready is not None})
 
     def answer_group(self, items: list[WorkItem]) -> list[list[dict]]:
         """Several volumes decoded together (`answer_many` adapters read their inputs themselves, ahead)."""
         return answering.answer_group(self.adapter, self.run_id, items, [i.model_input for i in items],
-                                      self.request.batch_size, {"replica": self.info})
+                                       self.request.batch_size, {"replica": self.info})
 
 
 # -- the scheduler ------------------------------------------------------------------------------

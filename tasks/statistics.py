@@ -7,15 +7,14 @@ it again on the jury the two runs have in common. Fleiss' kappa is a view (sql/v
 from __future__ import annotations
 
 from itertools import combinations
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.stats import binomtest, norm
 
 import warehouse
+from warehouse.connection import query_text
 
-SQL = Path(__file__).resolve().parent.parent / "sql" / "queries"
 N_RESAMPLES = 2000
 LEVEL = 0.95
 SEED = 20261130
@@ -75,12 +74,12 @@ def holm(p_values) -> list[float | None]:
 
 def _outcomes(db) -> pd.DataFrame:
     with warehouse.reader(db) as con:
-        return con.execute((SQL / "jury_outcomes.sql").read_text()).df()
+        return con.execute(query_text("jury_outcomes.sql")).df()
 
 
 def _votes(db) -> pd.DataFrame:
     with warehouse.reader(db) as con:
-        return con.execute((SQL / "jury_votes.sql").read_text()).df()
+        return con.execute(query_text("jury_votes.sql")).df()
 
 
 def _pair(ra: np.ndarray, rb: np.ndarray, volumes: np.ndarray) -> dict:

@@ -26,6 +26,11 @@ DEFAULT_LOCK_TIMEOUT_S = 30.0
 _LOCK_PID = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PID (?P<pid>\d+)\)")
 
 
+def query_text(name: str) -> str:
+    """The text of sql/queries/<name>, the longer statements the tasks run."""
+    return (QUERIES_DIR / name).read_text()
+
+
 class WarehouseError(RuntimeError):
     pass
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import duckdb
 
-from warehouse import summary_tables as summaries
-from warehouse.connection import (MIGRATIONS_DIR, SQL_DIR, VIEWS_DIR,  # noqa: F401  (re-exported)
-                                  WarehouseError, transaction)
+from warehouse import summary_tables
+from warehouse.connection import MIGRATIONS_DIR, VIEWS_DIR, WarehouseError, transaction
 
 _MIGRATION_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 
@@ -94,7 +93,7 @@ def apply_views(con: duckdb.DuckDBPyConnection, directory: Path = VIEWS_DIR) -> 
                 con.execute(path.read_text())
             except duckdb.Error as exc:
                 raise MigrationError(f"{path}: {exc}") from exc
-        return summaries.install(con)
+        return summary_tables.install(con)
 
 
 def view_names(con: duckdb.DuckDBPyConnection) -> list[str]:
@@ -105,5 +104,5 @@ def view_names(con: duckdb.DuckDBPyConnection) -> list[str]:
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     migrate(con)
-    if apply_views(con) or not summaries.is_fresh(con):
-        summaries.refresh_on(con, False)
+    if apply_views(con) or not summary_tables.is_fresh(con):
+        summary_tables.refresh_on(con, False)

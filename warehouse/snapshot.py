@@ -13,7 +13,8 @@ import duckdb
 from warehouse.connection import (
     WarehouseError, WarehouseMissing, mode_gate, lock_timeout, resolve_db, retry_on_lock, sql_literal,
 )
-from warehouse.migrate import SQL_DIR, ensure_schema, view_names
+from warehouse.connection import query_text
+from warehouse.migrate import ensure_schema, view_names
 
 
 def default_snapshot(db: str | os.PathLike | None) -> Path:
@@ -59,7 +60,7 @@ def publish_snapshot(db: str | os.PathLike | None, out: str | os.PathLike,
         # The copy gets the current schema and up-to-date summaries (a writer may have changed data
         # without refreshing them), so every view of the snapshot answers.
         ensure_schema(con)
-        con.execute((SQL_DIR / "queries" / "snapshot_info.sql").read_text(), {"source": str(src.resolve())})
+        con.execute(query_text("snapshot_info.sql"), {"source": str(src.resolve())})
         con.execute("USE memory")
         con.execute("DETACH snap")
     except BaseException as exc:
