@@ -43,14 +43,20 @@ def phantom_set(spec: PhantomSet, out: str) -> str:
     return str(root)
 
 
+def _infer_params(m: dict) -> dict:
+    params = {k: v for k, v in m.items() if k in ("model", "name", "checkpoint", "device", "dtype", "seed",
+                                                   "options", "ablate", "limit_volumes")}
+    if "batch_size" in m:
+        params["batch_size"] = int(m["batch_size"])
+    return params
+
+
 def _recipes(models: list[dict]) -> list[str]:
-    from adapters.models import registry
-    from adapters.models.base import AdapterSettings
+    from tasks.answering import InferRequest, build_adapter
 
     out = []
     for m in models:
-        adapter = registry.create(m["model"], AdapterSettings(checkpoint=m.get("checkpoint"),
-                                                              options=dict(m.get("options") or {})))
+        adapter = build_adapter(InferRequest(**_infer_params(m)))      # the adapter its run will use
         if adapter.recipe and adapter.recipe not in out:
             out.append(adapter.recipe)
     return out
@@ -77,38 +83,37 @@ def _inputs_missing(db, dataset: str, recipes: list[str], volumes: list[str]) ->
                                   model_inputs.output_root(db)))
 
 
-def _run_complete(db, dataset: str, params: dict) -> str | None:
-    """The run's name when this configuration has every prediction stored, else None (to do, or a
-    problem the infer sub-flow reports: a model that cannot be built, a name taken)."""
+def _plan(db, dataset: str, params: dict):
+    """The run's plan, or None when it cannot be made here (a model that cannot be built, a name taken:
+    the infer sub-flow reports the problem in its own words)."""
     from tasks.inference import InferRequest, plan_run
 
     try:
-        plan = plan_run(db, InferRequest(dataset=dataset, **params))
+        return plan_run(db, InferRequest(dataset=dataset, **params))
     except Exception:  # noqa: BLE001
         return None
-    return plan.name if plan.exists and not plan.pending else None
 
 
-def _nothing_to_judge(db, spec: str, runs: list[str]) -> bool:
-    from adapters.judges.spec import load_panel
+def _nothing_to_judge(db, panel, runs: list[str]) -> bool:
     from tasks import judging
 
     try:
-        return judging.pending_total(db, load_panel(spec), runs or None, False) == 0
+        return judging.pending_total(db, panel, runs or None, False) == 0
     except Exception:  # noqa: BLE001
         return False
 
 
-def _judges_ready(spec: str) -> str | None:
-    """Why a jury cannot sit now (missing keys), or None."""
+def _panel_ready(spec: str):
+    """The jury's panel, loaded and its keys checked, or why it cannot sit now (missing keys)."""
     from adapters.judges.keys import MissingKey, check_keys
     from adapters.judges.spec import load_panel
 
+    panel = load_panel(spec)
     try:
-        check_keys(load_panel(spec).judges)
+        check_keys(panel.judges)
     except MissingKey as exc:
-        return str(exc)
-    return None
+        return None, str(exc)
+    return panel, None
 
 
 def _interrupted(dataset: str, stage: str, left: str) -> dict:
@@ -123,6 +128,13 @@ def _run_name() -> str:
 
 @flow(name="benchmark", flow_run_name=_run_name)
 def benchmark(config: str | None = None, db: str | None = None, out: str | None = None) -> dict:
+    from tasks.answering import one_adapter_per_request
+
+    with one_adapter_per_request():      # each model's adapter: built once for its recipe, plan and run
+        return _benchmark(config, db, out)
+
+
+def _benchmark(config: str | None, db, out: str | None) -> dict:
     log = get_run_logger()
     cfg: BenchmarkConfig = load_config(config)
     out_dir = Path(out or "out").resolve()
@@ -149,15 +161,13 @@ def benchmark(config: str | None = None, db: str | None = None, out: str | None 
 
     runs, failures = [], []
     for m in cfg.models:
-        params = {k: v for k, v in m.items() if k in ("model", "name", "checkpoint", "device", "dtype", "seed",
-                                                       "options", "ablate", "limit_volumes")}
-        if "batch_size" in m:
-            params["batch_size"] = int(m["batch_size"])
-        if (name := _run_complete(db, dataset, params)) is not None:
-            log.info("infer %s: every prediction is stored; nothing to do", name)
-            runs.append(name)
+        params = _infer_params(m)
+        plan = _plan(db, dataset, params)
+        if plan is not None and plan.exists and not plan.pending:
+            log.info("infer %s: every prediction is stored; nothing to do", plan.name)
+            runs.append(plan.name)
             continue
-        state = infer(db=db, dataset=dataset, return_state=True, **params)
+        state = infer(db=db, dataset=dataset, return_state=True, plan=plan.ref() if plan else None, **params)
         if state.is_failed() and isinstance(exc := state.result(raise_on_failure=False), (LeaseHeld, WarehouseLocked)):
             # the warehouse is held (an analyst's connection, another session): every later stage would
             # fail or report stale numbers, so stop here with the one line that says who holds it
@@ -175,15 +185,16 @@ def benchmark(config: str | None = None, db: str | None = None, out: str | None 
 
     juries, skipped = [], []
     for spec in cfg.judges:
-        if (why := _judges_ready(spec)) is not None:
+        panel, why = _panel_ready(spec)
+        if why is not None:
             skipped.append(f"{spec}: {why}")
             log.warning("jury %s skipped: %s", spec, why)
             continue
-        if _nothing_to_judge(db, spec, runs):
+        if _nothing_to_judge(db, panel, runs):
             log.info("judge %s: every prediction is judged; nothing to do", spec)
             juries.append(spec)
             continue
-        rows = judge(judges=spec, runs=runs or None, db=db)
+        rows = judge(judges=spec, runs=runs or None, db=db, panel=panel.ref())
         juries.append(spec)
         if interrupt.STOP.is_set():
             return _interrupted(dataset, f"judge {spec}", f"{sum(r['left'] for r in rows)} judgment(s)")

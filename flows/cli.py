@@ -141,7 +141,7 @@ def _judge(args: argparse.Namespace, panel) -> int:
 
     if args.dry_run:
         rows = judge_flow.judge(judges=args.judges, runs=args.run, db=args.db, retry_failed=args.retry_failed,
-                                dry_run=True)
+                                dry_run=True, panel=panel.ref())
         print("forecast — nothing was sent:")
         print(judging.format_forecast(rows))
         return 0
@@ -169,7 +169,7 @@ def _judge(args: argparse.Namespace, panel) -> int:
 
             judge_flow.progress_hook = hook
             rows = judge_flow.judge(judges=args.judges, runs=args.run, db=args.db, retry_failed=args.retry_failed,
-                                    wait=args.wait)
+                                    wait=args.wait, panel=panel.ref())
     except Exception:
         if not judging.STOP.is_set():
             raise                      # after Ctrl-C the flow may fail on its way out; the data is stored
@@ -269,6 +269,13 @@ def _options(pairs: list[str] | None) -> dict:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
+    from tasks.answering import one_adapter_per_request
+
+    with one_adapter_per_request():        # one adapter for the checks here, the plan and the run
+        return _infer(args)
+
+
+def _infer(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -328,7 +335,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
             start_temporary_server_ignoring_ctrl_c()
             try:
                 with interrupt.ctrl_c("starting no new volume; storing what is answered (Ctrl-C again: exit now)"):
-                    state = infer_flow.infer(**params, **shard, db=args.db, return_state=True)
+                    state = infer_flow.infer(**params, **shard, db=args.db, plan=plan.ref(), return_state=True)
             finally:
                 infer_flow.progress_hook = None
     if not state.is_completed():

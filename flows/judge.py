@@ -11,7 +11,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.snapshot import refresh_snapshot
 from adapters.judges.keys import check_keys
 from flows.artifacts import publish_accuracy
-from adapters.judges.spec import JudgeSpec, load_panel
+from adapters.judges.spec import JudgeSpec, Panel, load_panel
 from tasks import judging
 from warehouse import summaries
 from flows.retrying import transient_only
@@ -49,17 +49,25 @@ def _run_name() -> str:
 @flow(name="judge", task_runner=ThreadPoolTaskRunner(max_workers=4),
       flow_run_name=_run_name)
 def judge(judges: str = "offline", runs: list[str] | None = None, db: str | None = None,
-          retry_failed: bool = False, dry_run: bool = False, wait: bool = False) -> list[dict]:
-    """Every judge of the panel works in parallel; each stores its results as they complete."""
+          retry_failed: bool = False, dry_run: bool = False, wait: bool = False,
+          panel: dict | None = None) -> list[dict]:
+    """Every judge of the panel works in parallel; each stores its results as they complete. `panel`:
+    the panel the caller loaded and checked, with its runs (`Panel.ref()`, the CLI's and the
+    benchmark's, which also checked its keys), so the flow does not load and check it again."""
     log = get_run_logger()
-    panel = load_panel(judges)
-    judging.require_runs(db, runs)
+    checked = panel
+    if checked is None:
+        panel = load_panel(judges)
+        judging.require_runs(db, runs)
+    else:
+        panel = Panel.from_ref(checked)           # its keys too were checked by the caller
     if dry_run:
         rows = judging.forecast(db, panel, runs, retry_failed)
         log.info("forecast (nothing sent):\n%s", judging.format_forecast(rows))
         create_table_artifact(key="judge-forecast", table=rows, description=f"Forecast for panel {panel.name}")
         return rows
-    check_keys(panel.judges)
+    if checked is None:
+        check_keys(panel.judges)
     judging.register_panel(db, panel)
     futures = [judge_task.submit(db, spec, runs, retry_failed, wait) for spec in panel.judges]
     rows, failed = [], []

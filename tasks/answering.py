@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from adapters.models import registry
 from adapters.models.base import AdapterError, AdapterSettings, Answer, ModelAdapter, ModelInput, Question
@@ -75,6 +77,50 @@ def check_device(device: str) -> None:
                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
 
 
+# -- one adapter per request within a command or a flow run ------------------------------------------
+_built: dict[str, ModelAdapter] = {}       # request's adapter settings -> the adapter built, not yet loaded
+_scopes = 0
+_lock = threading.Lock()
+
+
+def _adapter_key(request: InferRequest) -> str:
+    return json.dumps([request.model, request.env, asdict(request.settings())], sort_keys=True, default=str)
+
+
+@contextmanager
+def one_adapter_per_request() -> Iterator[None]:
+    """Within it (one command, one flow run: the CLI, the benchmark flow and the infer flow open it),
+    `make_adapter` for the same model settings gives the adapter built first until it is loaded, so a
+    run's checks, its plan and its answers share one adapter and one identity: the model's code and
+    checkpoint are fingerprinted once. Loading takes the adapter out (a later run builds its own), and
+    the last scope to close forgets the rest, so a long-lived process never plans with an identity
+    read before the files changed."""
+    global _scopes
+    with _lock:
+        _scopes += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _scopes -= 1
+            if not _scopes:
+                _built.clear()
+
+
+def build_adapter(request: InferRequest) -> ModelAdapter:
+    """The request's adapter, not loaded, without `make_adapter`'s checks of the run's settings (the
+    benchmark asks each model's recipe before any run starts)."""
+    key = _adapter_key(request)
+    with _lock:
+        adapter = _built.get(key) if _scopes else None
+    if adapter is None:
+        adapter = registry.create(request.model, request.settings(), env=request.env)
+        with _lock:
+            if _scopes:
+                adapter = _built.setdefault(key, adapter)
+    return adapter
+
+
 def make_adapter(request: InferRequest, device_here: bool = True) -> ModelAdapter:
     """`device_here`: the model runs in this process, so its device must be on this machine (a sharded
     run's driver builds the adapter only to plan; each replica checks its own GPU)."""
@@ -90,7 +136,7 @@ def make_adapter(request: InferRequest, device_here: bool = True) -> ModelAdapte
                          f"leave it out for every volume")
     if request.ablate is not None and request.ablate not in ABLATIONS:
         raise ValueError(f"unknown ablation {request.ablate!r}; known: {', '.join(ABLATIONS)}")
-    adapter = registry.create(request.model, request.settings(), env=request.env)
+    adapter = build_adapter(request)
     recipe = adapter.recipe
     if recipe is not None and recipe not in RECIPES:
         raise AdapterError(f"model {request.model!r} asks for recipe {recipe!r}, which is not in "
@@ -226,6 +272,9 @@ def answer_volumes(adapter: ModelAdapter, run_id: str, items: list[tuple[str, Mo
 
 
 def load_adapter(adapter: ModelAdapter, request: InferRequest) -> None:
+    with _lock:
+        for key in [k for k, a in _built.items() if a is adapter]:
+            del _built[key]                # loaded (or failed to): the next run builds its own
     try:
         adapter.load()
     except AdapterError:

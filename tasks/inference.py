@@ -57,6 +57,19 @@ class RunPlan:
     def input_volume(self, volume: str) -> str:
         return self.mapping[volume] if self.mapping else volume
 
+    def ref(self) -> dict[str, Any]:
+        """The plan as a flow or task parameter: everything but the pending questions (a run's share
+        of the data set, re-read from the warehouse by `replan`, as it must be once the run's lease is
+        held)."""
+        return {"run_id": self.run_id, "name": self.name, "dataset_id": self.dataset_id, "model": self.model,
+                "recipe": self.recipe, "config": self.config, "mapping": self.mapping, "exists": self.exists,
+                "n_pending": self.n_pending}
+
+    @classmethod
+    def from_ref(cls, ref: dict[str, Any]) -> "RunPlan":
+        fields = {k: v for k, v in ref.items() if k != "n_pending"}
+        return cls(**fields, pending={})
+
 
 @dataclass
 class InferSummary:
@@ -336,14 +349,22 @@ def work_items(plan: RunPlan, inputs: dict[str, ModelInput | str], session_id: s
 
 
 def run_inference(db, request: InferRequest, progress: ProgressFn | None = None, flow_run_id: str | None = None,
-                  build_missing: bool = True, flush_seconds: float = 1.0, sharding=None) -> InferSummary:
-    """The whole run: plan, build missing inputs (without Prefect when `build_missing`), load the
-    model once, answer volume by volume, store as volumes finish. Without `sharding` everything runs
-    in this process; with a `tasks.sharding.Sharding` the volumes go to one model replica per GPU
-    (Ray actors) and come back here as rows, so this process alone writes the warehouse."""
+                  build_missing: bool = True, flush_seconds: float = 1.0, sharding=None,
+                  plan: RunPlan | None = None) -> InferSummary:
+    """The whole run: plan (unless the caller planned it: `plan`, from `plan_run`), build missing
+    inputs (without Prefect when `build_missing`), load the model once, answer volume by volume, store
+    as volumes finish. Without `sharding` everything runs in this process; with a
+    `tasks.sharding.Sharding` the volumes go to one model replica per GPU (Ray actors) and come back
+    here as rows, so this process alone writes the warehouse."""
     t0 = time.perf_counter()
     adapter = make_adapter(request, device_here=sharding is None)
-    plan = plan_run(db, request, adapter)
+    if plan is None:
+        plan = plan_run(db, request, adapter)
+    elif identity_hash(adapter.identity()) != identity_hash(plan.config["identity"]):
+        raise InferenceError(f"the plan of run {plan.name} ({plan.run_id}) was made for another configuration "
+                             f"than this request's; plan it again")
+    elif not plan.pending:
+        plan = replan(db, plan, request)       # a plan from a reference: its pending questions are read here
     if not plan.pending:
         return InferSummary(plan.run_id, plan.name, plan.dataset_id, plan.model)
     lease = [run_lease(plan)]

@@ -99,3 +99,23 @@ class EchoStreamModel(EchoModel):
                 return
             mi, qs = items[i]
             yield i, self.answer(mi, qs)
+
+
+class CountingModel(EchoModel):
+    """EchoModel that appends a line to COUNT_TEST_LOG each time it is constructed ('built') and each
+    time its checkpoint and code are fingerprinted ('fingerprinted'): a command's count of both."""
+    name = "counting-test"
+
+    def __init__(self, settings: AdapterSettings | None = None) -> None:
+        super().__init__(settings)
+        self._count("built")
+
+    def checkpoint_identity(self):
+        self._count("fingerprinted")
+        return super().checkpoint_identity()
+
+    @staticmethod
+    def _count(what: str) -> None:
+        if os.environ.get("COUNT_TEST_LOG"):
+            with open(os.environ["COUNT_TEST_LOG"], "a") as f:
+                f.write(what + "\n")

@@ -355,6 +355,47 @@ def test_cli_flow_random_then_resume(prefect_server, pdb, capsys):
     assert len(predictions(pdb, "random")) == len(all_qids(pdb))
 
 
+def test_one_infer_command_builds_its_adapter_once_and_fingerprints_it_once(prefect_server, pdb, tmp_path,
+                                                                            monkeypatch, capsys):
+    """The CLI's checks, the flow's plan and the run share one adapter (issue 23: it was built three
+    or four times, each plan hashing the model's code again); a second process would count again."""
+    from flows.cli import main
+
+    log = tmp_path / "count.log"
+    monkeypatch.setenv("COUNT_TEST_LOG", str(log))
+    model = "tests.infer_adapters:CountingModel"
+    assert main(["infer", "--model", model, "--db", str(pdb), "--limit-volumes", "2"]) == 0
+    assert "answered, 0 failed" in capsys.readouterr().out
+    assert log.read_text().split() == ["built", "fingerprinted"]
+    log.write_text("")
+    assert main(["infer", "--model", model, "--db", str(pdb)]) == 0          # resumes the third volume
+    assert log.read_text().split() == ["built", "fingerprinted"]
+    assert len(predictions(pdb, "counting-test")) == len(all_qids(pdb))
+
+
+def test_a_plan_for_another_configuration_is_refused_not_run(pdb):
+    echo = "tests.infer_adapters:EchoModel"
+    plan = inference.plan_run(pdb, InferRequest(model=echo))
+    with pytest.raises(InferenceError, match="another configuration"):
+        run_inference(pdb, InferRequest(model=echo, options={"fail_qid": "x"}), plan=plan)
+    assert rows(pdb, "SELECT count(*) FROM predictions") == [(0,)]
+
+
+def test_adapters_are_shared_only_inside_a_scope_and_until_loaded():
+    from tasks import answering
+
+    request = InferRequest(model="tests.infer_adapters:EchoModel")
+    assert answering.make_adapter(request) is not answering.make_adapter(request)
+    with answering.one_adapter_per_request():
+        first = answering.make_adapter(request)
+        assert answering.make_adapter(request) is first
+        assert answering.make_adapter(InferRequest(model=request.model, seed=1)) is not first
+        answering.load_adapter(first, request)
+        assert answering.make_adapter(request) is not first            # a loaded adapter is the run's own
+    with answering.one_adapter_per_request():
+        assert answering.make_adapter(request) is not first            # a new scope reads the files again
+
+
 # -- baselines -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("model", ["random", "blind"])

@@ -130,6 +130,14 @@ class Panel:
     judges: tuple[JudgeSpec, ...]
     source: str
 
+    def ref(self) -> dict[str, Any]:
+        """The panel as loaded and checked, as a flow parameter: the flow does not read the file again."""
+        return asdict(self)
+
+    @classmethod
+    def from_ref(cls, ref: dict[str, Any]) -> "Panel":
+        return cls(ref["name"], ref.get("description"), tuple(JudgeSpec(**j) for j in ref["judges"]), ref["source"])
+
 
 _FIELDS = set(JudgeSpec.__dataclass_fields__)
 

@@ -20,6 +20,7 @@ Life of an adapter in one run:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import platform
@@ -165,6 +166,15 @@ class ModelAdapter:
         return code_fingerprint(self.settings.code_dir) if self.settings.code_dir else None
 
     def identity(self) -> dict[str, Any]:
+        """Everything that can change an answer. Computed once per adapter (it hashes the model's code
+        checkout and the checkpoint's metadata) and handed out as a copy: the run's plan, its checks and
+        its provenance read the same one. A subclass adds to `compute_identity`."""
+        memo = self.__dict__.get("_identity_memo")
+        if memo is None:
+            memo = self.__dict__["_identity_memo"] = self.compute_identity()
+        return copy.deepcopy(memo)
+
+    def compute_identity(self) -> dict[str, Any]:
         from adapters.models.recipes import RECIPES
 
         recipe = self.recipe

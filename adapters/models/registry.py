@@ -121,13 +121,13 @@ def _in_process(cls: type[ModelAdapter]) -> type[ModelAdapter]:
     says so with this interpreter's package set (a different stack can change an answer)."""
     from adapters.models import environments
 
-    def identity(self) -> dict:
+    def compute_identity(self) -> dict:
         dists = {d.metadata["Name"]: d.version for d in metadata.distributions() if d.metadata["Name"]}
-        return {**cls.identity(self), "environment": {
+        return {**cls.compute_identity(self), "environment": {
             "current": True, "python": platform.python_version(),
             "fingerprint": environments.fingerprint_of({environments._canon(k): v for k, v in dists.items()})}}
 
-    return type(cls.__name__, (cls,), {"identity": identity, "__module__": cls.__module__})
+    return type(cls.__name__, (cls,), {"compute_identity": compute_identity, "__module__": cls.__module__})
 
 
 @dataclass

@@ -131,7 +131,7 @@ class WorkerAdapter(ModelAdapter):
     def code_identity(self) -> dict[str, Any] | None:
         return self.inner.code_identity()
 
-    def identity(self) -> dict[str, Any]:
+    def compute_identity(self) -> dict[str, Any]:
         return {**self.inner.identity(), "environment": self.environment_identity}
 
     @classmethod
