@@ -3,7 +3,6 @@ does only the missing work, so a second call is quick and a killed call resumes 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -19,28 +18,14 @@ from flows.preprocess import preprocess
 from flows.score import score
 from warehouse import WarehouseLocked
 from warehouse.leases import LeaseHeld
-from tasks import interrupt
+from tasks import interrupt, judging, model_inputs
 from tasks.benchmark_config import BenchmarkConfig, PhantomSet, describe, load_config
+from tasks.phantom_sets import ensure_phantom_set
 
 
 @task(name="phantom-set", cache_policy=NO_CACHE)
 def phantom_set(spec: PhantomSet, out: str) -> str:
-    """Generated once: the same files are kept (a re-generation would change their mtimes, and with them
-    every input built from them)."""
-    from adapters.datasets.phantom import GENERATORS, MANIFEST_JSON, generate
-
-    version = f"-v{spec.version}" if spec.version != 1 else ""
-    root = Path(out) / f"phantoms{version}-{spec.size}-s{spec.seed}-n{spec.n}"
-    manifest = root / MANIFEST_JSON
-    try:
-        have = json.loads(manifest.read_text())
-    except (OSError, ValueError):
-        have = {}
-    if {k: have.get(k) for k in ("n", "seed", "size", "generator")} != {"n": spec.n, "seed": spec.seed,
-                                                                         "size": spec.size,
-                                                                         "generator": GENERATORS[spec.version]}:
-        generate(root, spec.n, spec.seed, spec.size, spec.version)
-    return str(root)
+    return str(ensure_phantom_set(spec, out))
 
 
 def _infer_params(m: dict) -> dict:
@@ -65,22 +50,13 @@ def _recipes(models: list[dict]) -> list[str]:
 def _imported_already(source: str, db, dataset: str | None) -> dict | None:
     from dataclasses import asdict
 
-    from adapters.datasets import upstream
-    from tasks.upstream_import import fingerprint, previous_import
+    from tasks.upstream_import import imported_already
 
     try:
-        done = previous_import(db, fingerprint(upstream.discover(source), dataset))
+        done = imported_already(source, db, dataset)
     except Exception:  # noqa: BLE001  (the import sub-flow reports a bad layout in its own words)
         return None
     return asdict(done) if done is not None else None
-
-
-def _inputs_missing(db, dataset: str, recipes: list[str], volumes: list[str]) -> bool:
-    from adapters.models.recipes import RECIPES
-    from tasks import model_inputs
-
-    return bool(model_inputs.plan(db, dataset, [RECIPES[r] for r in recipes], [Path(v) for v in volumes or []],
-                                  model_inputs.output_root(db)))
 
 
 def _plan(db, dataset: str, params: dict):
@@ -92,28 +68,6 @@ def _plan(db, dataset: str, params: dict):
         return plan_run(db, InferRequest(dataset=dataset, **params))
     except Exception:  # noqa: BLE001
         return None
-
-
-def _nothing_to_judge(db, panel, runs: list[str]) -> bool:
-    from tasks import judging
-
-    try:
-        return judging.pending_total(db, panel, runs or None, False) == 0
-    except Exception:  # noqa: BLE001
-        return False
-
-
-def _panel_ready(spec: str):
-    """The jury's panel, loaded and its keys checked, or why it cannot sit now (missing keys)."""
-    from adapters.judges.keys import MissingKey, check_keys
-    from adapters.judges.spec import load_panel
-
-    panel = load_panel(spec)
-    try:
-        check_keys(panel.judges)
-    except MissingKey as exc:
-        return None, str(exc)
-    return panel, None
 
 
 def _interrupted(dataset: str, stage: str, left: str) -> dict:
@@ -152,7 +106,7 @@ def _benchmark(config: str | None, db, out: str | None) -> dict:
     dataset = imported["dataset_id"]
 
     recipes = _recipes(cfg.models)
-    if recipes and _inputs_missing(db, dataset, recipes, cfg.volumes):
+    if recipes and model_inputs.missing_for(db, dataset, recipes, cfg.volumes):
         preprocess(recipes=",".join(recipes), db=db, dataset=dataset, volumes=cfg.volumes or None)
     elif recipes:
         log.info("preprocess: every model input is built and current; nothing to do")
@@ -185,12 +139,12 @@ def _benchmark(config: str | None, db, out: str | None) -> dict:
 
     juries, skipped = [], []
     for spec in cfg.judges:
-        panel, why = _panel_ready(spec)
+        panel, why = judging.panel_ready(spec)
         if why is not None:
             skipped.append(f"{spec}: {why}")
             log.warning("jury %s skipped: %s", spec, why)
             continue
-        if _nothing_to_judge(db, panel, runs):
+        if judging.nothing_to_judge(db, panel, runs):
             log.info("judge %s: every prediction is judged; nothing to do", spec)
             juries.append(spec)
             continue
@@ -211,10 +165,7 @@ def _benchmark(config: str | None, db, out: str | None) -> dict:
     with warehouse.reader(db) as con:
         board = leaderboard.table_rows(leaderboard.leaderboard(con, dataset))
         caveat = leaderboard.caveat(con, dataset) if board else None
-        headline = con.execute(
-            "SELECT model, panel, n_predictions, n_questions, majority_accuracy, strict_accuracy, status, "
-            "n_pending_judgments FROM model_accuracy WHERE dataset = ? AND panel = ? ORDER BY majority_accuracy DESC, model",
-            [dataset, report.panel]).df().to_dict("records")
+        headline = leaderboard.headline(con, dataset, report.panel)
     create_table_artifact(key="benchmark-accuracy", table=headline,
                           description=f"Jury accuracy, dataset {dataset}, panel {report.panel}")
     create_markdown_artifact(key="benchmark-report", markdown=(

@@ -10,9 +10,8 @@ from prefect.states import Failed
 
 from flows.snapshot import refresh_snapshot
 from flows.preprocess import preprocess
-from adapters.models.base import AdapterError
 from tasks import inference
-from tasks.answering import one_adapter_per_request
+from tasks.answering import AdapterError, one_adapter_per_request
 from tasks.inference import InferenceError, InferRequest
 from warehouse import WarehouseLocked
 from warehouse.leases import LeaseHeld

@@ -9,10 +9,9 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.snapshot import refresh_snapshot
-from adapters.judges.keys import check_keys
 from flows.artifacts import publish_accuracy
-from adapters.judges.spec import JudgeSpec, Panel, load_panel
 from tasks import judging
+from tasks.judging import JudgeSpec, Panel
 from warehouse import summaries
 from flows.retrying import transient_only
 
@@ -57,7 +56,7 @@ def judge(judges: str = "offline", runs: list[str] | None = None, db: str | None
     log = get_run_logger()
     checked = panel
     if checked is None:
-        panel = load_panel(judges)
+        panel = judging.load_panel(judges)
         judging.require_runs(db, runs)
     else:
         panel = Panel.from_ref(checked)           # its keys too were checked by the caller
@@ -67,7 +66,7 @@ def judge(judges: str = "offline", runs: list[str] | None = None, db: str | None
         create_table_artifact(key="judge-forecast", table=rows, description=f"Forecast for panel {panel.name}")
         return rows
     if checked is None:
-        check_keys(panel.judges)
+        judging.check_keys(panel)
     judging.register_panel(db, panel)
     futures = [judge_task.submit(db, spec, runs, retry_failed, wait) for spec in panel.judges]
     rows, failed = [], []

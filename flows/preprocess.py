@@ -14,7 +14,6 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.retrying import transient_only
 
 from flows.snapshot import refresh_snapshot
-from adapters.models.recipes import RECIPES, select
 from tasks import input_cache, interrupt, model_inputs
 
 _pool = None
@@ -34,7 +33,7 @@ def _content_key(context, parameters) -> str:
                 digest.update(block)
     else:                                    # missing, or not a file: the decoder names what it is
         digest.update(f"not-a-file:{job.dataset_id}:{job.volume}:{job.path}".encode())
-    recipes = ",".join(sorted(RECIPES[n].key for n in job.recipes))
+    recipes = ",".join(sorted(model_inputs.recipe_keys(job.recipes)))
     return f"model-inputs-{digest.hexdigest()}-{hashlib.sha256((recipes + parameters['out_root']).encode()).hexdigest()[:16]}"
 
 
@@ -67,7 +66,7 @@ def preprocess(recipes: str = "all", db: str | None = None, dataset: str | None 
     `only_volumes`: build only these volumes (what an inference run lacks)."""
     global _pool
     log = get_run_logger()
-    chosen = select(recipes)
+    chosen = model_inputs.select_recipes(recipes)
     max_bytes = input_cache.budget(max_cache)
     out_root = model_inputs.output_root(db, out)
     jobs = model_inputs.plan(db, dataset, chosen, [Path(v).resolve() for v in volumes or []], out_root,

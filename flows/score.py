@@ -10,7 +10,6 @@ from prefect.runtime import flow_run
 from flows.retrying import transient_only
 
 from flows.snapshot import refresh_snapshot
-import warehouse
 from tasks import scoring, statistics
 
 
@@ -46,10 +45,7 @@ def score(runs: list[str] | None = None, db: str | None = None) -> list[dict]:
     """Text metrics of the runs (only what is not scored yet), then every run's statistics."""
     summary = score_task(db, runs)
     statistics_task(db)
-    with warehouse.reader(db) as con:
-        table = con.execute("SELECT * FROM text_metrics WHERE list_contains(?, run_id) ORDER BY dataset, model",
-                            [summary.runs]).df()
-    rows = table.drop(columns=["run_id"]).to_dict("records")
+    rows = scoring.text_metric_rows(db, summary.runs)
     get_run_logger().info("scored %d prediction(s) in %.1f s", summary.scored, summary.seconds)
     refresh_snapshot(db)
     if rows:

@@ -17,6 +17,7 @@ import numpy as np
 
 import warehouse
 from adapters.judges import heads, learned
+from adapters.judges.heads import HEAD_DIR, LOO_DIR  # noqa: F401  (where judge-train writes by default)
 from adapters.judges.prompts import Item
 from adapters.judges.text_rules import clean
 from warehouse.connection import query_text

@@ -20,6 +20,7 @@ import pyarrow as pa
 import warehouse
 from adapters.judges import build_judge
 from adapters.judges.base import Stopped
+from adapters.judges.keys import MissingKey  # noqa: F401  (the CLI's name for a missing API key)
 from adapters.judges.base import Outcome
 from adapters.judges.llm import CallLog, LLMJudge
 from adapters.judges.prompts import Item
@@ -447,3 +448,37 @@ def summary_row(s: JudgeSummary) -> dict:
             "tokens_out": s.tokens_out, "cost_usd": round(s.cost_usd, 6), "seconds": round(s.seconds, 2),
             "judged": s.judged, "left": s.left, "interrupted": s.interrupted, "calls_failed": s.calls_failed,
             "all_calls_failed": s.all_calls_failed, "first_error": s.first_error}
+
+
+# -- what the flows ask of a panel (they import no adapter themselves) ---------------------------------
+
+def load_panel(judges: str) -> Panel:
+    from adapters.judges.spec import load_panel as load
+
+    return load(judges)
+
+
+def check_keys(panel: Panel) -> None:
+    """Every judge's API key is where its spec says (MissingKey names the first that is not)."""
+    from adapters.judges.keys import check_keys as check
+
+    check(panel.judges)
+
+
+def panel_ready(judges: str) -> tuple[Panel | None, str | None]:
+    """The panel, loaded and its keys checked, or why it cannot sit now (a missing key)."""
+    from adapters.judges.keys import MissingKey
+
+    panel = load_panel(judges)
+    try:
+        check_keys(panel)
+    except MissingKey as exc:
+        return None, str(exc)
+    return panel, None
+
+
+def nothing_to_judge(db, panel: Panel, runs: Sequence[str] | None) -> bool:
+    try:
+        return pending_total(db, panel, runs or None, False) == 0
+    except Exception:  # noqa: BLE001  (the judge flow reports the problem in its own words)
+        return False

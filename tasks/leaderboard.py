@@ -80,3 +80,11 @@ def table_rows(rows: list[Row]) -> list[dict]:
     return [{"rank": i, "model": r.model, "majority %": "—" if r.accuracy is None else f"{100 * r.accuracy:.1f}",
              "answered": f"{r.answered}/{r.questions}", "what": r.kind, "jury": r.jury}
             for i, r in enumerate(rows, start=1)]
+
+
+def headline(con: duckdb.DuckDBPyConnection, dataset: str, panel: str | None) -> list[dict]:
+    """Each model's jury accuracy under the report's panel, best first (the benchmark's summary)."""
+    from warehouse.connection import query_text
+
+    return con.execute(query_text("benchmark_headline.sql"), {"dataset": dataset, "panel": panel}).df().to_dict(
+        "records")

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 import warehouse
 from adapters.datasets.upstream import ct_rate_folder
-from adapters.models.recipes import RECIPES, Recipe
+from adapters.models.recipes import RECIPES, Recipe, select
 
 VOLUME_SUBDIRS = ("volumes", "dataset/data_volumes/dataset/valid_fixed", "valid_fixed", ".")
 
@@ -296,3 +296,18 @@ def summary(db, dataset: str | None, recipes: Sequence[Recipe], out_root: Path, 
     return {"volumes_processed": volumes_processed, "inputs_ok": built, "failed_volumes": by_volume,
             "n_volumes": n_volumes, "out_root": str(out_root), "cache_bytes": input_cache.usage(out_root),
             "max_cache": max_bytes}
+
+
+def missing_for(db, dataset: str, recipes: Sequence[str], volumes: Sequence[str] | None) -> bool:
+    """Whether any of these recipes' inputs is not built, gone or stale (the preprocess flow's plan)."""
+    return bool(plan(db, dataset, [RECIPES[r] for r in recipes], [Path(v) for v in volumes or []], output_root(db)))
+
+
+def select_recipes(spec: str) -> list[Recipe]:
+    """`all` or a comma-separated list of recipe names (an unknown one is a ValueError naming the known)."""
+    return select(spec)
+
+
+def recipe_keys(names: Iterable[str]) -> list[str]:
+    """name@version of each recipe: what a cached input is keyed by."""
+    return [RECIPES[n].key for n in names]

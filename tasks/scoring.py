@@ -117,3 +117,11 @@ def score_runs(db, names: Sequence[str] | None = None,
         refresh_bleu(db, run_id)
     summary.seconds = round(time.perf_counter() - t0, 2)
     return summary
+
+
+def text_metric_rows(db, run_ids: Sequence[str]) -> list[dict]:
+    """The text_metrics view's rows for these runs (without their ids), by data set and model."""
+    with warehouse.reader(db) as con:
+        table = con.execute("SELECT * FROM text_metrics WHERE list_contains(?, run_id) ORDER BY dataset, model",
+                            [list(run_ids)]).df()
+    return table.drop(columns=["run_id"]).to_dict("records")

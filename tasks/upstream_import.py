@@ -17,6 +17,7 @@ import duckdb
 
 import warehouse
 from adapters.datasets import upstream
+from adapters.datasets.upstream import UpstreamFormatError  # noqa: F401  (the CLI's name for a bad layout)
 from warehouse import loaders, summaries
 
 SOURCE = "upstream-import"
@@ -155,6 +156,13 @@ def previous_import(db: str | os.PathLike | None, fp: str | None) -> ImportSumma
     except (warehouse.WarehouseError, duckdb.CatalogException):
         return None                  # no warehouse yet, or one from before the fingerprints table
     return ImportSummary(**{**json.loads(row[0]), "unchanged": True}) if row else None
+
+
+def imported_already(root: str | os.PathLike, db: str | os.PathLike | None = None,
+                     dataset_id: str | None = None) -> ImportSummary | None:
+    """The stored summary when the warehouse holds an import of exactly these files (a bad layout
+    raises UpstreamFormatError, in its own words)."""
+    return previous_import(db, fingerprint(upstream.discover(root), dataset_id))
 
 
 @dataclass(frozen=True)

@@ -55,3 +55,31 @@ def test_no_import_circles():
     assert sum(map(len, edges.values())) > 100               # the graph was read, not empty
     assert "adapters.judges.base" in edges["adapters.judges.learned"]
     assert strongly_connected(edges) == []
+
+
+def test_flows_orchestrate_tasks_and_import_no_adapter():
+    """The flows and the CLI call tasks (and the warehouse); models, judges and data sets are reached
+    through tasks only, so an adapter's move or rename never touches a flow (issue 23, part 2)."""
+    graph = grimp.build_graph(*PACKAGES, exclude_type_checking_imports=True)
+    flows = [m for m in graph.modules if m == "flows" or m.startswith("flows.")]
+    assert "flows.cli.entry" in flows and "flows.infer" in flows
+    direct = {(m, i) for m in flows for i in graph.find_modules_directly_imported_by(m)
+              if i == "adapters" or i.startswith("adapters.")}
+    assert direct == set()
+    assert any(i.startswith("tasks.") for i in graph.find_modules_directly_imported_by("flows.infer"))
+
+
+def test_flows_hold_no_sql():
+    """SQL lives in sql/ and in the tasks and warehouse modules that run it, not in a flow's strings."""
+    import ast
+    import re
+    from pathlib import Path
+
+    keyword = re.compile(r"^\s*(SELECT|INSERT|UPDATE|DELETE|CREATE|WITH)\b.*\b(FROM|INTO|SET|TABLE|AS)\b", re.I | re.S)
+    found = []
+    for path in sorted((Path(__file__).resolve().parent.parent / "flows").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and keyword.match(node.value):
+                found.append(f"{path.name}:{node.lineno}")
+    assert found == []
+    assert keyword.match("SELECT x FROM t") and not keyword.match("select the runs to judge")

@@ -98,3 +98,9 @@ def export_views_parquet(con: duckdb.DuckDBPyConnection, out_dir: str | os.PathL
         os.replace(tmp, target)
         written.append(target)
     return written
+
+
+def snapshot_state(con: duckdb.DuckDBPyConnection) -> tuple[object, list[str]]:
+    """When a snapshot was taken, and the runs still being judged then."""
+    taken_at, incomplete = con.execute("SELECT taken_at, runs_incomplete FROM snapshot_info").fetchall()[0]
+    return taken_at, list(incomplete)

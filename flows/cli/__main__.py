@@ -1,0 +1,5 @@
+import sys
+
+from flows.cli.entry import main
+
+sys.exit(main())
