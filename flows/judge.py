@@ -54,18 +54,18 @@ def judge(judges: str = "offline", runs: list[str] | None = None, db: str | None
     the panel the caller loaded and checked, with its runs (`Panel.ref()`, the CLI's and the
     benchmark's, which also checked its keys), so the flow does not load and check it again."""
     log = get_run_logger()
-    checked = panel
-    if checked is None:
+    checked_by_caller = panel is not None        # the panel, its runs and its keys
+    if checked_by_caller:
+        panel = Panel.from_ref(panel)
+    else:
         panel = judging.load_panel(judges)
         judging.require_runs(db, runs)
-    else:
-        panel = Panel.from_ref(checked)           # its keys too were checked by the caller
     if dry_run:
         rows = judging.forecast(db, panel, runs, retry_failed)
         log.info("forecast (nothing sent):\n%s", judging.format_forecast(rows))
         create_table_artifact(key="judge-forecast", table=rows, description=f"Forecast for panel {panel.name}")
         return rows
-    if checked is None:
+    if not checked_by_caller:
         judging.check_keys(panel)
     judging.register_panel(db, panel)
     futures = [judge_task.submit(db, spec, runs, retry_failed, wait) for spec in panel.judges]

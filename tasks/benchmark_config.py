@@ -232,4 +232,3 @@ def as_json(cfg: BenchmarkConfig) -> str:
     from dataclasses import asdict
 
     return json.dumps(asdict(cfg), sort_keys=True, default=str)
-

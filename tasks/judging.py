@@ -20,11 +20,11 @@ import pyarrow as pa
 import warehouse
 from adapters.judges import build_judge
 from adapters.judges.base import Stopped
-from adapters.judges.keys import MissingKey  # noqa: F401  (the CLI's name for a missing API key)
+from adapters.judges.keys import MissingKey, check_keys as check_spec_keys
 from adapters.judges.base import Outcome
 from adapters.judges.llm import CallLog, LLMJudge
 from adapters.judges.prompts import Item
-from adapters.judges.spec import JudgeSpec, Panel
+from adapters.judges.spec import JudgeSpec, Panel, load_panel  # noqa: F401  (load_panel: the flows' name)
 from tasks import interrupt
 from warehouse import leases, loaders
 from warehouse.connection import query_text
@@ -452,23 +452,13 @@ def summary_row(s: JudgeSummary) -> dict:
 
 # -- what the flows ask of a panel (they import no adapter themselves) ---------------------------------
 
-def load_panel(judges: str) -> Panel:
-    from adapters.judges.spec import load_panel as load
-
-    return load(judges)
-
-
 def check_keys(panel: Panel) -> None:
     """Every judge's API key is where its spec says (MissingKey names the first that is not)."""
-    from adapters.judges.keys import check_keys as check
-
-    check(panel.judges)
+    check_spec_keys(panel.judges)
 
 
 def panel_ready(judges: str) -> tuple[Panel | None, str | None]:
     """The panel, loaded and its keys checked, or why it cannot sit now (a missing key)."""
-    from adapters.judges.keys import MissingKey
-
     panel = load_panel(judges)
     try:
         check_keys(panel)

@@ -14,6 +14,7 @@ from pathlib import Path
 import duckdb
 
 from tasks.upstream_import import UPSTREAM_PANEL
+from warehouse.connection import query_text
 
 PUBLISHED = Path(__file__).resolve().parent.parent / "adapters" / "datasets" / "published" / "ct_spatialvqa_jury.json"
 DATASET = "ct-spatialvqa"
@@ -84,7 +85,5 @@ def table_rows(rows: list[Row]) -> list[dict]:
 
 def headline(con: duckdb.DuckDBPyConnection, dataset: str, panel: str | None) -> list[dict]:
     """Each model's jury accuracy under the report's panel, best first (the benchmark's summary)."""
-    from warehouse.connection import query_text
-
     return con.execute(query_text("benchmark_headline.sql"), {"dataset": dataset, "panel": panel}).df().to_dict(
         "records")
